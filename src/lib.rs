@@ -1,0 +1,17 @@
+//! dualnet: a compiler and toolkit for provably robust neural networks.
+//!
+//! `.net` text → [`syntax`] (pest, spanned AST) → [`ir`] (petgraph DAG, blocks expanded) → [`check`]
+//! (diagnostics) → primal execution and the mechanically reversed dual network ([`ir::dual`], [`dual`]) →
+//! bounds, certification, attacks and training. Method: Wong, Schmidt, Metzen, Kolter, "Scaling provable
+//! adversarial defenses", NeurIPS 2018.
+
+pub mod check;
+pub mod cli;
+pub mod diagnostics;
+pub mod emit;
+pub mod error;
+pub mod ir;
+pub mod kernels;
+pub mod ops;
+pub mod syntax;
+pub mod weights;

@@ -1,0 +1,37 @@
+//! The `dualnet` binary. See README.md.
+
+use clap::{Parser, Subcommand};
+use dualnet::cli;
+
+#[derive(Parser)]
+#[command(name = "dualnet", version, about = "Compile .net specs to networks and their dual networks; certify, attack and train provably robust models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, build and check spec files; print every diagnostic.
+    Check(cli::check::Args),
+    /// Print the checked primal graph, the emitted dual graph, or Graphviz DOT of both.
+    Compile(cli::compile::Args),
+    /// Write PyTorch-default initial weights for a spec.
+    Init(cli::init::Args),
+    /// List the ops the compiler knows and which have dual rules.
+    Ops,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Command::Check(a) => cli::check::run(a),
+        Command::Compile(a) => cli::compile::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Init(a) => cli::init::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Ops => {
+            cli::ops::run();
+            0
+        }
+    };
+    std::process::exit(code);
+}

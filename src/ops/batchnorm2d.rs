@@ -1,0 +1,81 @@
+//! `batchnorm2d(src, eps=1e-5)` in evaluation mode: per channel `y = w (x - mean) / sqrt(var + eps) + b`,
+//! `[C, H, W] -> [C, H, W]`; parameters `weight`, `bias`, `running_mean`, `running_var`, each `[C]`.
+//!
+//! As a fixed affine map: `y = s x + t` with `s = w / sqrt(var + eps)`, `t = b - mean s`. Dual rule: the
+//! diagonal map `nu -> s nu` (it is symmetric); `t` enters the objective like a bias.
+
+use candle_core::{Tensor};
+
+use super::*;
+use crate::error::{Context, Result};
+
+pub struct BatchNorm2d;
+
+static PARAMS: &[ParamSpec] = &[ParamSpec::float("eps", 1e-5)];
+
+impl Op for BatchNorm2d {
+    fn name(&self) -> &'static str {
+        "batchnorm2d"
+    }
+    fn summary(&self) -> &'static str {
+        "batch normalisation in evaluation mode (running statistics), per channel"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        shape::image(inputs[0])?;
+        if !(a.float("eps") > 0.0) {
+            return Err(ShapeError::BadValue { param: "eps", detail: "`eps` must be positive".into() });
+        }
+        Ok(inputs[0].clone())
+    }
+    fn weights(&self, _a: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
+        let c = inputs[0].first().copied().unwrap_or(1);
+        let w = |suffix, init, trainable| WeightSpec { suffix, shape: vec![c], init, trainable };
+        vec![
+            w("weight", Init::Ones, true),
+            w("bias", Init::Zeros, true),
+            w("running_mean", Init::Zeros, false),
+            w("running_var", Init::Ones, false),
+        ]
+    }
+    fn dual_name(&self) -> Option<&'static str> {
+        Some("channel_scale")
+    }
+}
+
+/// Per-channel scale `s` and shift `t` as `[C, 1, 1]` tensors.
+fn scale_shift(ctx: &NodeCtx) -> Result<(Tensor, Tensor)> {
+    let eps = ctx.attrs.float("eps");
+    let c = ctx.out_shape[0];
+    let go = || -> candle_core::Result<(Tensor, Tensor)> {
+        let w = ctx.weight("weight").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let b = ctx.weight("bias").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let m = ctx.weight("running_mean").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let v = ctx.weight("running_var").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let s = w.div(&(v + eps)?.sqrt()?)?;
+        let t = (b - m.mul(&s)?)?;
+        Ok((s.reshape((c, 1, 1))?, t.reshape((c, 1, 1))?))
+    };
+    go().context(|| format!("batchnorm2d `{}`", ctx.name))
+}
+
+impl OpExec for BatchNorm2d {
+    fn role(&self) -> Role {
+        Role::Affine
+    }
+    fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        let (s, _) = scale_shift(ctx)?;
+        inputs[0].broadcast_mul(&s).context(|| format!("batchnorm2d `{}`", ctx.name))
+    }
+    fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![self.linear(ctx, std::slice::from_ref(nu))?])
+    }
+    fn bias(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
+        let (_, t) = scale_shift(ctx)?;
+        let out = t.broadcast_as(ctx.out_shape.as_slice()).and_then(|t| t.contiguous());
+        Ok(Some(out.context(|| format!("batchnorm2d `{}`", ctx.name))?))
+    }
+}
+

@@ -1,0 +1,94 @@
+//! `conv2d(src, out=C, kernel=K, stride=S, padding=P)`: `[C_in, H, W] -> [C, H', W']`,
+//! `H' = floor((H + 2P - K) / S) + 1`; weight `[C, C_in, K, K]`, bias `[C]` (PyTorch layout).
+//!
+//! Dual rule: the transposed convolution with the same kernel, stride and padding, and the output padding
+//! `H - ((H' - 1) S - 2P + K)` that restores the input size exactly (it is `< S`).
+
+use candle_core::Tensor;
+
+use super::*;
+use crate::error::{Context, Result};
+
+pub struct Conv2d;
+
+static PARAMS: &[ParamSpec] = &[
+    ParamSpec::required_int("out", Min::Positive),
+    ParamSpec::required_int("kernel", Min::Positive),
+    ParamSpec::int("stride", 1, Min::Positive),
+    ParamSpec::int("padding", 0, Min::NonNegative),
+];
+
+/// Output padding that makes the transposed convolution return exactly `n_in`.
+pub fn output_padding(n_in: usize, n_out: usize, k: usize, s: usize, p: usize) -> usize {
+    (n_in + 2 * p).saturating_sub((n_out - 1) * s + k)
+}
+
+impl Op for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn summary(&self) -> &'static str {
+        "2-d convolution with square kernel, stride and zero padding"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        let (_, h, w) = shape::image(inputs[0])?;
+        let (k, s, p) = (a.usize("kernel"), a.usize("stride"), a.usize("padding"));
+        let ho = shape::window_out(h, k, s, p, "height")?;
+        let wo = shape::window_out(w, k, s, p, "width")?;
+        Ok(vec![a.usize("out"), ho, wo])
+    }
+    fn weights(&self, a: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
+        let (c_in, k, c) = (inputs[0].first().copied().unwrap_or(1), a.usize("kernel"), a.usize("out"));
+        let fan_in = c_in * k * k;
+        vec![
+            WeightSpec { suffix: "weight", shape: vec![c, c_in, k, k], init: Init::FanIn(fan_in), trainable: true },
+            WeightSpec { suffix: "bias", shape: vec![c], init: Init::FanIn(fan_in), trainable: true },
+        ]
+    }
+    fn dual_name(&self) -> Option<&'static str> {
+        Some("conv_transpose2d")
+    }
+}
+
+impl OpExec for Conv2d {
+    fn role(&self) -> Role {
+        Role::Affine
+    }
+    fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        let w = ctx.weight("weight")?;
+        let (s, p) = (ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
+        crate::kernels::conv2d(&inputs[0], w, s, p).context(|| format!("conv2d `{}`", ctx.name))
+    }
+    fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
+        let w = ctx.weight("weight")?;
+        let (k, s, p) = (ctx.attrs.usize("kernel"), ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
+        let (n_in, n_out) = (ctx.in_shapes[0][1], ctx.out_shape[1]);
+        let op = output_padding(n_in, n_out, k, s, p);
+        let out = crate::kernels::conv_transpose2d(nu, w, s, p, op).context(|| format!("dual of conv2d `{}`", ctx.name))?;
+        Ok(vec![out])
+    }
+    fn bias(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
+        let b = ctx.weight("bias")?;
+        let c = ctx.out_shape[0];
+        let out = b.reshape((c, 1, 1)).and_then(|b| b.broadcast_as(ctx.out_shape.as_slice())).and_then(|b| b.contiguous());
+        Ok(Some(out.context(|| format!("bias of conv2d `{}`", ctx.name))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_padding_restores_size() {
+        // n_in = 28, k = 4, s = 2, p = 1: n_out = (28 + 2 - 4)/2 + 1 = 14; (14-1)*2 - 2 + 4 = 28 → 0.
+        assert_eq!(output_padding(28, 14, 4, 2, 1), 0);
+        // n_in = 7, k = 3, s = 2, p = 0: n_out = (7 - 3)/2 + 1 = 3; (3-1)*2 + 3 = 7 → 0.
+        assert_eq!(output_padding(7, 3, 3, 2, 0), 0);
+        // n_in = 8, k = 3, s = 2, p = 0: n_out = 3; (3-1)*2 + 3 = 7 → 1.
+        assert_eq!(output_padding(8, 3, 3, 2, 0), 1);
+    }
+}

@@ -1,0 +1,35 @@
+//! `identity(src)`: `y = x`, any shape. Dual rule: identity.
+
+use candle_core::Tensor;
+
+use super::*;
+use crate::error::Result;
+
+pub struct Identity;
+
+impl Op for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+    fn summary(&self) -> &'static str {
+        "y = x"
+    }
+    fn infer_shape(&self, _a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        Ok(inputs[0].clone())
+    }
+    fn dual_name(&self) -> Option<&'static str> {
+        Some("identity")
+    }
+}
+
+impl OpExec for Identity {
+    fn role(&self) -> Role {
+        Role::Affine
+    }
+    fn linear(&self, _ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        Ok(inputs[0].clone())
+    }
+    fn transpose(&self, _ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![nu.clone()])
+    }
+}

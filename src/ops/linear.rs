@@ -1,0 +1,58 @@
+//! `linear(src, out=N)`: `y = W x + b`, `x: [N_in]`, `W: [out, N_in]` (PyTorch layout), `b: [out]`.
+//!
+//! Dual rule (paper eq. (7), `nu_hat_i = W_i^T nu_{i+1}`): the transposed matrix, `[L, out] -> [L, N_in]`;
+//! the bias enters the objective as `nu^T b`.
+
+use candle_core::Tensor;
+
+use super::*;
+use crate::error::{Context, Result};
+
+pub struct Linear;
+
+static PARAMS: &[ParamSpec] = &[ParamSpec::required_int("out", Min::Positive)];
+
+impl Op for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn summary(&self) -> &'static str {
+        "fully connected layer y = W x + b on a vector"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn infer_shape(&self, attrs: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        match inputs[0].as_slice() {
+            [_] => Ok(vec![attrs.usize("out")]),
+            _ => Err(ShapeError::NeedsVector { got: inputs[0].clone() }),
+        }
+    }
+    fn weights(&self, attrs: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
+        let n_in = inputs[0].iter().product();
+        vec![
+            WeightSpec { suffix: "weight", shape: vec![attrs.usize("out"), n_in], init: Init::FanIn(n_in), trainable: true },
+            WeightSpec { suffix: "bias", shape: vec![attrs.usize("out")], init: Init::FanIn(n_in), trainable: true },
+        ]
+    }
+    fn dual_name(&self) -> Option<&'static str> {
+        Some("linear_T")
+    }
+}
+
+impl OpExec for Linear {
+    fn role(&self) -> Role {
+        Role::Affine
+    }
+    fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        let w = ctx.weight("weight")?;
+        inputs[0].matmul(&w.t().context(|| format!("linear `{}`", ctx.name))?).context(|| format!("linear `{}`", ctx.name))
+    }
+    fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
+        let w = ctx.weight("weight")?;
+        Ok(vec![nu.matmul(w).context(|| format!("dual of linear `{}`", ctx.name))?])
+    }
+    fn bias(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
+        Ok(Some(ctx.weight("bias")?.clone()))
+    }
+}

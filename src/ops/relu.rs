@@ -1,0 +1,55 @@
+//! `relu(src)`: `max(z, 0)` elementwise, any shape.
+//!
+//! Relaxation on `[l, u]` (paper eq. (3)–(5), Wong & Kolter 2018): active units (`l >= 0`) slope 1, inactive
+//! (`u <= 0`) slope 0, crossing units (`l < 0 < u`) the chord slope `d = u / (u - l)` with offset
+//! `relu(z) - d z in [0, -d l]`. The dual rule is `nu = d * nu_hat` and the objective term over crossing units
+//! `min(nu*0, nu*(-d l))`, which equals the paper's `sum l [nu]_+` with the paper's sign of `nu`.
+
+use candle_core::Tensor;
+
+use super::*;
+use crate::error::{Context, Result};
+
+pub struct Relu;
+
+impl Op for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+    fn summary(&self) -> &'static str {
+        "rectified linear unit max(z, 0)"
+    }
+    fn infer_shape(&self, _a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        Ok(inputs[0].clone())
+    }
+    fn dual_name(&self) -> Option<&'static str> {
+        Some("relu_dual")
+    }
+}
+
+/// The ReLU relaxation from bounds; `l`, `u` of any equal shape.
+pub fn relu_relaxation(l: &Tensor, u: &Tensor) -> candle_core::Result<Relaxation> {
+    let zero = l.zeros_like()?;
+    let one = l.ones_like()?;
+    let active = l.ge(&zero)?;
+    let crossing = (l.lt(&zero)? * u.gt(&zero)?)?;
+    // Guard the division where the unit is not crossing, so no NaN reaches any gradient.
+    let denom = crossing.where_cond(&(u - l)?, &one)?;
+    let chord = (u / denom)?;
+    let slope = crossing.where_cond(&chord, &active.where_cond(&one, &zero)?)?;
+    // offset in [0, -d l] on crossing units: mid = rad = -d l / 2.
+    let half = crossing.where_cond(&((&chord * l)? * -0.5)?, &zero)?;
+    Ok(Relaxation { slope, mid: half.clone(), rad: half })
+}
+
+impl OpExec for Relu {
+    fn role(&self) -> Role {
+        Role::Activation
+    }
+    fn activate(&self, ctx: &NodeCtx, x: &Tensor) -> Result<Tensor> {
+        x.relu().context(|| format!("relu `{}`", ctx.name))
+    }
+    fn relax(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
+        relu_relaxation(l, u).context(|| format!("relaxation of relu `{}`", ctx.name))
+    }
+}

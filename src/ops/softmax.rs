@@ -1,0 +1,25 @@
+//! `softmax(src)`: normalised exponentials over a vector; known, shaped, but without a dual rule yet.
+
+use super::*;
+
+pub struct Softmax;
+
+impl Op for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax"
+    }
+    fn summary(&self) -> &'static str {
+        "normalised exponentials over a vector (no dual rule)"
+    }
+    fn infer_shape(&self, _a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        Ok(inputs[0].clone())
+    }
+    fn dual_name(&self) -> Option<&'static str> {
+        None
+    }
+    fn alternatives(&self) -> &'static str {
+        "leave the output as logits; the margin bounds and robust cross-entropy work on logits"
+    }
+}
+
+impl OpExec for Softmax {}
