@@ -7,7 +7,9 @@
 
 pub mod check;
 pub mod cli;
+pub mod data;
 pub mod diagnostics;
+pub mod dual;
 pub mod emit;
 pub mod error;
 pub mod ir;

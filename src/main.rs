@@ -18,6 +18,8 @@ enum Command {
     Compile(cli::compile::Args),
     /// Write PyTorch-default initial weights for a spec.
     Init(cli::init::Args),
+    /// Exact certified bounds for a batch of inputs (JSON).
+    Bounds(cli::bounds::Args),
     /// List the ops the compiler knows and which have dual rules.
     Ops,
 }
@@ -28,6 +30,7 @@ fn main() {
         Command::Check(a) => cli::check::run(a),
         Command::Compile(a) => cli::compile::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Init(a) => cli::init::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Bounds(a) => cli::bounds::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Ops => {
             cli::ops::run();
             0

@@ -8,6 +8,7 @@ use crate::diagnostics::Diagnostic;
 use crate::error::{Error, Result};
 use crate::ir::Graph;
 
+pub mod bounds;
 pub mod check;
 pub mod compile;
 pub mod init;

@@ -51,6 +51,20 @@ struct Lowerer<'a> {
     seen: HashSet<(Code, usize, usize)>,
     stack: Vec<String>,
     input: Option<(NodeIndex, Span)>,
+    /// The first `input` statement, even when its shape was invalid (so that it is not also reported missing).
+    declared_input: Option<Span>,
+}
+
+/// The largest value of an integer argument (`out`, `kernel`, `stride`, `padding`) and of an input dimension.
+/// Far above any real network; it keeps every size computation of the shape rules within `usize`.
+pub const MAX_INT_ARG: i64 = 1 << 20;
+
+/// The largest number of values of one node for one example (2^32, 16 GiB of f32).
+pub const MAX_NODE_VALUES: usize = 1 << 32;
+
+/// The number of values of a shape, if it fits in `usize`.
+fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
 pub fn lower(file: &File) -> Lowered {
@@ -61,6 +75,7 @@ pub fn lower(file: &File) -> Lowered {
         seen: HashSet::new(),
         stack: Vec::new(),
         input: None,
+        declared_input: None,
     };
     for b in &file.blocks {
         if let Some(prev) = lw.blocks.get(b.name.node.as_str()) {
@@ -126,7 +141,7 @@ pub fn lower(file: &File) -> Lowered {
         in_block: None,
     };
     let output = lw.body(&net.body, &mut scope, net.name.span);
-    if lw.input.is_none() {
+    if lw.declared_input.is_none() {
         lw.report(
             Diagnostic::new(Code::MissingInput, format!("network `{}` has no input", net.name.node))
                 .label(net.name.span, "this network declares no `input`")
@@ -219,7 +234,7 @@ impl<'a> Lowerer<'a> {
             );
             return;
         }
-        if let Some((_, prev)) = self.input {
+        if let Some(prev) = self.declared_input {
             self.report(
                 Diagnostic::new(Code::RepeatedInput, "more than one `input`")
                     .label(span, "second input")
@@ -228,6 +243,7 @@ impl<'a> Lowerer<'a> {
             );
             return;
         }
+        self.declared_input = Some(span);
         if self.duplicate(name, scope) {
             return;
         }
@@ -239,6 +255,18 @@ impl<'a> Lowerer<'a> {
             }
             _ => None,
         };
+        let too_large = dims.as_ref().is_some_and(|d| {
+            d.iter().any(|&k| k as u64 > MAX_INT_ARG as u64) || numel(d).is_none_or(|n| n > MAX_NODE_VALUES)
+        });
+        if too_large {
+            self.report(
+                Diagnostic::new(Code::InputShape, format!("input shape `{}` is too large", shape.node))
+                    .label(shape.span, format!("at most {MAX_INT_ARG} per dimension and {MAX_NODE_VALUES} values in all"))
+                    .help("write the shape of one example without the batch, e.g. `[3, 32, 32]` for CIFAR-10"),
+            );
+            scope.env.insert(name.node.clone(), (Binding::Poisoned, name.span));
+            return;
+        }
         let Some(dims) = dims else {
             self.report(
                 Diagnostic::new(Code::InputShape, format!("invalid input shape `{}`", shape.node))
@@ -507,6 +535,17 @@ impl<'a> Lowerer<'a> {
                     Min::NonNegative => Some(0),
                     Min::Positive => Some(1),
                 };
+                if let Value::Int(i) = &v {
+                    if *i > MAX_INT_ARG {
+                        self.report(
+                            Diagnostic::new(Code::ArgumentValue, format!("`{}` is too large, found {i}", spec.name))
+                                .label(a.value.span, format!("at most {MAX_INT_ARG}"))
+                                .help(format!("integer arguments are at most {MAX_INT_ARG}; no layer of a real network comes near it")),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                }
                 if let (Some(low), Value::Int(i)) = (low, &v) {
                     if *i < low {
                         let what = if low == 0 { "must not be negative" } else { "must be at least 1" };
@@ -598,6 +637,21 @@ impl<'a> Lowerer<'a> {
                 return Binding::Poisoned;
             }
         };
+        if numel(&out).is_none_or(|n| n > MAX_NODE_VALUES) {
+            let at = callee.map(|c| c.span).unwrap_or(span);
+            let from: Vec<String> =
+                idx.iter().map(|i| format!("`{}` {}", self.dag[*i].name, fmt_shape(&self.dag[*i].shape))).collect();
+            let values = out.iter().map(|&d| d as u128).product::<u128>();
+            self.report(
+                Diagnostic::new(
+                    Code::ShapeMismatch,
+                    format!("`{}` of {} would have shape {}, too large", op.name(), from.join(", "), fmt_shape(&out)),
+                )
+                .label(at, format!("{values} values per example, more than {MAX_NODE_VALUES}"))
+                .help("reduce the size: fewer output channels or features, a stride, pooling, or less padding"),
+            );
+            return Binding::Poisoned;
+        }
         if out.iter().any(|&d| d == 0) {
             self.report(
                 Diagnostic::new(Code::EmptyOutput, format!("`{}` would have shape {}", name.node, fmt_shape(&out)))

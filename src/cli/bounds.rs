@@ -1,0 +1,201 @@
+//! `dualnet bounds --spec S --weights W --inputs I --eps E [--norm linf|l2] [--bounded] [--dtype f32|f64]
+//! --json OUT`: exact certified bounds for a batch, in the JSON layout of design.md §3 (and of the reference's
+//! `expected.json` settings).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::diagnostics::{Code, Diagnostic};
+use crate::dual::robust::{certified, certify_batch, robust_ce_per_example};
+use crate::dual::{InputSet, Model, Norm};
+use crate::error::{Context, Error, Result};
+use crate::weights::Weights;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SetArgs {
+    /// Perturbation radius ε in input units (pixels in [0, 1]).
+    #[arg(long, allow_negative_numbers = true)]
+    pub eps: f64,
+    #[arg(long, value_enum, default_value = "linf")]
+    pub norm: Norm,
+    /// Intersect the ℓ∞ ball with the box `--box-lo..--box-hi` (default [0, 1]).
+    #[arg(long)]
+    pub bounded: bool,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub box_lo: f64,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub box_hi: f64,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: super::DTypeArg,
+}
+
+impl SetArgs {
+    pub fn bounds(&self) -> Option<(f64, f64)> {
+        self.bounded.then_some((self.box_lo, self.box_hi))
+    }
+    pub fn validate(&self) -> Result<()> {
+        if !self.eps.is_finite() || self.eps < 0.0 {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, format!("`--eps` must be a finite number >= 0, got `{}`", self.eps))
+                    .help("ε is in input units (pixels in [0, 1]), e.g. `--eps 0.1`"),
+            ));
+        }
+        if self.bounded && !(self.box_lo < self.box_hi) {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, format!("empty box [{}, {}]", self.box_lo, self.box_hi))
+                    .help("`--box-lo` must be below `--box-hi`"),
+            ));
+        }
+        if self.bounded && self.norm == Norm::L2 {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, "`--bounded` applies to the ℓ∞ ball only")
+                    .help("drop `--bounded` with `--norm l2`"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long)]
+    pub spec: PathBuf,
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// safetensors with `x` [B, C, H, W] and `y` [B].
+    #[arg(long)]
+    pub inputs: PathBuf,
+    #[command(flatten)]
+    pub set: SetArgs,
+    /// Where to write the JSON results (`-` for standard output).
+    #[arg(long)]
+    pub json: PathBuf,
+}
+
+#[derive(Serialize)]
+pub struct LayerBoundsJson {
+    pub lower: Vec<Vec<f64>>,
+    pub upper: Vec<Vec<f64>>,
+}
+
+#[derive(Serialize)]
+pub struct BoundsJson {
+    pub network: String,
+    pub norm: Norm,
+    pub epsilon: f64,
+    pub bounded_input: bool,
+    pub dtype: String,
+    pub clean_logits: Vec<Vec<f64>>,
+    pub margin_lb: Vec<Vec<f64>>,
+    pub layer_bounds: BTreeMap<String, LayerBoundsJson>,
+    pub robust_ce: f64,
+    pub robust_ce_per_example: Vec<f64>,
+    pub robust_err: f64,
+    pub uncertified: Vec<bool>,
+}
+
+pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let d = t.dims();
+    let b = d.first().copied().unwrap_or(0);
+    let n: usize = d.iter().skip(1).product();
+    t.reshape((b, n)).and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.to_vec2()).context(|| "reading results".to_string())
+}
+
+/// Load a model: check the spec, load and check the weights.
+pub fn load_model(spec: &Path, weights: &Path, dtype: DType, device: &Device) -> Result<Model> {
+    let g = super::load_graph(spec)?;
+    let w = Weights::load(&g, weights, dtype, device)?;
+    Ok(Model::new(g, w, dtype, device.clone()))
+}
+
+/// Load `x` and `y` from an inputs file and check them against the model.
+pub fn load_inputs(model: &Model, path: &Path) -> Result<(Tensor, Vec<u32>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read inputs", path, e))?;
+    let bad = |msg: String, help: &str| Error::input(Diagnostic::new(Code::InputsInvalid, msg).help(help.to_string()));
+    let map = candle_core::safetensors::load_buffer(&bytes, &model.device)
+        .map_err(|e| bad(format!("`{}` is not a valid safetensors file: {e}", path.display()), "write `x` and `y` with safetensors"))?;
+    let file = path.display();
+    let x = map.get("x").ok_or_else(|| bad(format!("`{file}` has no tensor `x`"), "store the images as `x` [B, C, H, W]"))?;
+    let y = map.get("y").ok_or_else(|| bad(format!("`{file}` has no tensor `y`"), "store the labels as `y` [B] (integers)"))?;
+    let in_shape = model.graph.input_shape();
+    let b = x.dims().first().copied().unwrap_or(0);
+    if x.dims().len() != in_shape.len() + 1 || &x.dims()[1..] != in_shape.as_slice() || b == 0 {
+        return Err(bad(
+            format!("`x` in `{file}` has shape {:?}, expected [B, {}]", x.dims(), in_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+            "the spec's `input` declares the shape of one example",
+        ));
+    }
+    if y.dims() != [b] {
+        return Err(bad(format!("`y` in `{file}` has shape {:?}, expected [{b}]", y.dims()), "one label per image"));
+    }
+    if !y.dtype().is_int() {
+        return Err(bad(format!("`y` in `{file}` has dtype {:?}, expected integers", y.dtype()), "store labels as int64"));
+    }
+    let labels: Vec<i64> = y.to_dtype(DType::I64).and_then(|t| t.to_vec1()).context(|| "reading labels".to_string())?;
+    let k = model.graph.num_classes() as i64;
+    if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l >= k) {
+        return Err(bad(format!("label {l} of example {i} is out of range for {k} classes"), "labels are class indices 0..K-1"));
+    }
+    if !x.dtype().is_float() {
+        return Err(bad(format!("`x` in `{file}` has dtype {:?}, expected floats", x.dtype()), "store images as float32 in [0, 1]"));
+    }
+    let x = x.to_dtype(model.dtype).context(|| "reading inputs".to_string())?;
+    Ok((x, labels.into_iter().map(|l| l as u32).collect()))
+}
+
+/// Compute the JSON result for a batch.
+pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Result<BoundsJson> {
+    let b = labels.len();
+    let input_set = InputSet::new(x, &vec![set.eps; b], set.norm, set.bounds())?;
+    let logits = model.forward(x)?;
+    let cert = certify_batch(model, &input_set, labels)?;
+    let margin_lb = rows(&cert.margin_lb)?;
+    let ce = rows(&robust_ce_per_example(&cert.margin_lb)?.unsqueeze(1).context(|| "robust loss".to_string())?)?;
+    let ce: Vec<f64> = ce.into_iter().map(|r| r[0]).collect();
+    let cert_flags = certified(&margin_lb, labels);
+    let mut layer_bounds = BTreeMap::new();
+    for (z, l, u) in &cert.bounds.layers {
+        layer_bounds.insert(model.graph.node(*z).name.clone(), LayerBoundsJson { lower: rows(l)?, upper: rows(u)? });
+    }
+    Ok(BoundsJson {
+        network: model.graph.name.clone(),
+        norm: set.norm,
+        epsilon: set.eps,
+        bounded_input: set.bounded,
+        dtype: format!("{:?}", model.dtype).to_lowercase(),
+        clean_logits: rows(&logits)?,
+        margin_lb,
+        layer_bounds,
+        robust_ce: ce.iter().sum::<f64>() / b as f64,
+        robust_ce_per_example: ce,
+        robust_err: cert_flags.iter().filter(|c| !**c).count() as f64 / b as f64,
+        uncertified: cert_flags.iter().map(|c| !c).collect(),
+    })
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    args.set.validate()?;
+    let device = Device::Cpu;
+    let model = load_model(&args.spec, &args.weights, args.set.dtype.dtype(), &device)?;
+    let (x, labels) = load_inputs(&model, &args.inputs)?;
+    let out = compute(&model, &x, &labels, &args.set)?;
+    let text = serde_json::to_string(&out).map_err(|e| Error::Usage(format!("serialising results: {e}")))?;
+    if args.json.as_os_str() == "-" {
+        println!("{text}");
+    } else {
+        crate::weights::write_atomic(&args.json, text.as_bytes())?;
+        eprintln!(
+            "{}: robust_ce {:.6}, robust_err {:.4} ({} of {} certified) -> {}",
+            model.graph.name,
+            out.robust_ce,
+            out.robust_err,
+            out.uncertified.iter().filter(|u| !**u).count(),
+            labels.len(),
+            args.json.display()
+        );
+    }
+    Ok(())
+}

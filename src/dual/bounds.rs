@@ -1,0 +1,231 @@
+//! Layer-by-layer bounds on every activation input (paper Section 3.1, Algorithm 1 with exact terms).
+//!
+//! For each activation input `z` in topological order we need `l <= z(x') <= u` over the input set, using the
+//! relaxations of all earlier activations (`a = d z + δ`, `δ ∈ [lo, hi]`, see [`crate::ops::Relaxation`]).
+//! `z` is an affine function of the free quantities — the input `x'` and every earlier offset `δ` — so
+//! `z = center + Σ_sources A_s · free_s`, and
+//! `l, u = center ∓ Σ_sources dual_norm(A_s)`. These are exactly the bounds the dual network of the graph up to
+//! `z` gives for `c = ±e_i` (Theorem 1), computed for all `i` at once, the way the reference implementation does:
+//! instead of pushing an identity backwards through the transposed network we push each source's identity
+//! **forward** through the (relaxed, bias-free) primal ops, which for exact bounds is the same matrix.
+//!
+//! Shapes: a source's value at node `n` is `[Bs, m, *shape_n]` where `m` counts its free directions (input
+//! pixels, or one per crossing unit) and `Bs` is 1 while the value is the same for every example (the input
+//! identity before the first activation) and `B` afterwards. A source carries its dual-norm weights: `[B, m]`
+//! radii for ℓ1-type terms (ℓ∞/box input and activation offsets) or `[B]` ε for the ℓ2 input ball.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use petgraph::graph::NodeIndex;
+
+use super::input_set::InputSet;
+use super::model::Model;
+use crate::error::{Context, Result};
+use crate::ir::NodeKind;
+use crate::ops::{Relaxation, Role};
+
+/// How a source's matrix enters the bound.
+enum Weight {
+    /// `Σ_r |A_{b,r,j}| w_{b,r}`, `w: [B, m]`.
+    L1(Tensor),
+    /// `eps_b · sqrt(Σ_r A_{b,r,j}^2)`, `eps: [B]`.
+    L2(Tensor),
+}
+
+struct Source {
+    vals: HashMap<NodeIndex, Tensor>,
+    weight: Weight,
+}
+
+/// Bounds of every activation input and the relaxation of every activation.
+pub struct Bounds {
+    /// `(activation input node, lower [B, *shape], upper [B, *shape])`, in topological order.
+    pub layers: Vec<(NodeIndex, Tensor, Tensor)>,
+    /// Relaxation of each activation node (keyed by the activation node itself).
+    pub relax: HashMap<NodeIndex, Relaxation>,
+}
+
+impl Bounds {
+    pub fn of(&self, z: NodeIndex) -> Option<(&Tensor, &Tensor)> {
+        self.layers.iter().find(|(n, _, _)| *n == z).map(|(_, l, u)| (l, u))
+    }
+}
+
+fn merge_lead(t: &Tensor) -> candle_core::Result<Tensor> {
+    let d = t.dims();
+    let mut shape = vec![d[0] * d[1]];
+    shape.extend_from_slice(&d[2..]);
+    t.reshape(shape)
+}
+
+fn split_lead(t: &Tensor, bs: usize, m: usize) -> candle_core::Result<Tensor> {
+    let d = t.dims();
+    let mut shape = vec![bs, m];
+    shape.extend_from_slice(&d[1..]);
+    t.reshape(shape)
+}
+
+/// Compute all layer bounds for `set` (exact: every source is pushed forward in full).
+pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
+    let g = &model.graph;
+    let x = set.center();
+    let b = x.dims()[0];
+    let n_nodes = g.dag.node_count();
+    // Last consumer position of every node, to free source values as soon as possible.
+    let mut last_use = vec![0usize; n_nodes];
+    for i in g.order() {
+        for (m, _) in g.consumers(i) {
+            last_use[i.index()] = last_use[i.index()].max(m.index());
+        }
+    }
+    let mut centers: Vec<Option<Tensor>> = vec![None; n_nodes];
+    let mut sources: Vec<Source> = Vec::new();
+    let mut out = Bounds { layers: Vec::new(), relax: HashMap::new() };
+
+    for i in g.order() {
+        let node = g.node(i);
+        let ctx_err = || format!("computing bounds at `{}`", node.name);
+        match node.kind {
+            NodeKind::Input => {
+                centers[i.index()] = Some(x.clone());
+                let n_in: usize = node.shape.iter().product();
+                let mut eye_shape = vec![1, n_in];
+                eye_shape.extend_from_slice(&node.shape);
+                let eye = Tensor::eye(n_in, x.dtype(), x.device()).and_then(|e| e.reshape(eye_shape)).context(ctx_err)?;
+                let weight = match set {
+                    InputSet::Box { radius, .. } => Weight::L1(radius.reshape((b, n_in)).context(ctx_err)?),
+                    InputSet::L2 { eps, .. } => Weight::L2(eps.clone()),
+                };
+                let mut vals = HashMap::new();
+                vals.insert(i, eye);
+                sources.push(Source { vals, weight });
+            }
+            NodeKind::Op(op) => {
+                let ctx = model.ctx(i);
+                match op.role() {
+                    Role::Affine => {
+                        let ins: Vec<Tensor> = node.inputs.iter().filter_map(|j| centers[j.index()].clone()).collect();
+                        let mut c = op.linear(&ctx, &ins)?;
+                        if let Some(bias) = op.bias(&ctx)? {
+                            c = c.broadcast_add(&bias).context(ctx_err)?;
+                        }
+                        centers[i.index()] = Some(c);
+                        for s in sources.iter_mut() {
+                            let present: Vec<Tensor> = node.inputs.iter().filter_map(|j| s.vals.get(j).cloned()).collect();
+                            if present.is_empty() {
+                                continue;
+                            }
+                            let v = if node.inputs.len() > 1 {
+                                // A sum: absent operands contribute zero; leading dims broadcast.
+                                op.linear(&ctx, &present)?
+                            } else {
+                                let t = &present[0];
+                                let (bs, m) = (t.dims()[0], t.dims()[1]);
+                                let y = op.linear(&ctx, &[merge_lead(t).context(ctx_err)?])?;
+                                split_lead(&y, bs, m).context(ctx_err)?
+                            };
+                            s.vals.insert(i, v);
+                        }
+                    }
+                    Role::Activation => {
+                        let z = node.inputs[0];
+                        if out.of(z).is_none() {
+                            let (l, u) = layer_bounds(model, &centers, &sources, z, b)?;
+                            out.layers.push((z, l, u));
+                        }
+                        let (l, u) = match out.of(z) {
+                            Some((l, u)) => (l.clone(), u.clone()),
+                            None => return Err(crate::error::Error::Usage("internal: bounds missing".into())),
+                        };
+                        let r = op.relax(&ctx, &l, &u)?;
+                        let cz = centers[z.index()].clone().unwrap_or_else(|| x.clone());
+                        centers[i.index()] = Some((r.slope.mul(&cz).context(ctx_err)? + &r.mid).context(ctx_err)?);
+                        let slope1 = r.slope.unsqueeze(1).context(ctx_err)?;
+                        for s in sources.iter_mut() {
+                            if let Some(v) = s.vals.get(&z) {
+                                let nv = v.broadcast_mul(&slope1).context(ctx_err)?;
+                                s.vals.insert(i, nv);
+                            }
+                        }
+                        if let Some(src) = offset_source(i, &r, b, &node.shape).context(ctx_err)? {
+                            sources.push(src);
+                        }
+                        out.relax.insert(i, r);
+                    }
+                    Role::Unsupported => {
+                        return Err(crate::error::Error::Usage(format!("`{}` has no dual rule", op.name())));
+                    }
+                }
+            }
+        }
+        // Free values no later node reads.
+        for s in sources.iter_mut() {
+            s.vals.retain(|n, _| last_use[n.index()] > i.index());
+        }
+    }
+    Ok(out)
+}
+
+/// `center ∓ Σ_s dual_norm(A_s)` at node `z`, each `[B, *shape_z]`.
+fn layer_bounds(model: &Model, centers: &[Option<Tensor>], sources: &[Source], z: NodeIndex, b: usize) -> Result<(Tensor, Tensor)> {
+    let node = model.graph.node(z);
+    let ctx_err = || format!("bounds of `{}`", node.name);
+    let n: usize = node.shape.iter().product();
+    let center = centers[z.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal: no center".into()))?;
+    let mut radius = Tensor::zeros((b, n), center.dtype(), center.device()).context(ctx_err)?;
+    for s in sources {
+        let Some(a) = s.vals.get(&z) else { continue };
+        let (bs, m) = (a.dims()[0], a.dims()[1]);
+        let a = a.reshape((bs, m, n)).context(ctx_err)?;
+        let term = match &s.weight {
+            Weight::L1(w) => {
+                // [B, 1, m] x [Bs, m, n] -> [B, 1, n]
+                let w3 = w.unsqueeze(1).context(ctx_err)?;
+                w3.broadcast_matmul(&a.abs().context(ctx_err)?).context(ctx_err)?.squeeze(1).context(ctx_err)?
+            }
+            Weight::L2(eps) => {
+                let norm = a.sqr().and_then(|q| q.sum(1)).and_then(|q| q.sqrt()).context(ctx_err)?; // [Bs, n]
+                norm.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?
+            }
+        };
+        radius = radius.broadcast_add(&term).context(ctx_err)?;
+    }
+    let radius = radius.reshape(center.shape()).context(ctx_err)?;
+    let l = (&center - &radius).context(ctx_err)?;
+    let u = (&center + &radius).context(ctx_err)?;
+    Ok((l, u))
+}
+
+/// The source of an activation's offsets: one free direction per unit with a non-zero offset radius
+/// (for ReLU: the crossing units), injected at the activation's output.
+fn offset_source(node: NodeIndex, r: &Relaxation, b: usize, shape: &[usize]) -> candle_core::Result<Option<Source>> {
+    let n: usize = shape.iter().product();
+    let rad = r.rad.reshape((b, n))?;
+    let host: Vec<f64> = rad.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let rows: Vec<Vec<usize>> = (0..b).map(|e| (0..n).filter(|&j| host[e * n + j] > 0.0).collect()).collect();
+    let m = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    if m == 0 {
+        return Ok(None);
+    }
+    let mut onehot = vec![0f64; b * m * n];
+    let mut idx = vec![0u32; b * m];
+    let mut mask = vec![0f64; b * m];
+    for (e, row) in rows.iter().enumerate() {
+        for (k, &j) in row.iter().enumerate() {
+            onehot[(e * m + k) * n + j] = 1.0;
+            idx[e * m + k] = j as u32;
+            mask[e * m + k] = 1.0;
+        }
+    }
+    let dev = rad.device();
+    let mut inj_shape = vec![b, m];
+    inj_shape.extend_from_slice(shape);
+    let inj = Tensor::from_vec(onehot, inj_shape, dev)?.to_dtype(rad.dtype())?;
+    let idx = Tensor::from_vec(idx, (b, m), dev)?;
+    let mask = Tensor::from_vec(mask, (b, m), dev)?.to_dtype(rad.dtype())?;
+    let w = (rad.gather(&idx, 1)? * mask)?;
+    let mut vals = HashMap::new();
+    vals.insert(node, inj);
+    Ok(Some(Source { vals, weight: Weight::L1(w) }))
+}

@@ -1,0 +1,88 @@
+//! Input sets (paper Section 3.1, Corollaries 1–2 and Appendix F): the ℓ∞ ball, the ℓ∞ ball intersected with a
+//! box, and the ℓ2 ball, each per example with its own ε.
+//!
+//! The ℓ∞ ball and its box intersection are both a per-pixel box `center ± radius` (`[B, *in]`); their dual norm
+//! term is `Σ_i |ν_i| radius_i` (the paper's `ε‖ν̂_1‖_1`, or for the box `Σ [ν]_+ u + [ν]_- l` rewritten around the
+//! center). The ℓ2 ball has dual norm `ε‖ν̂_1‖_2` and is never box-constrained.
+
+use candle_core::Tensor;
+
+use crate::diagnostics::{Code, Diagnostic};
+use crate::error::{Context, Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    Linf,
+    L2,
+}
+
+impl std::fmt::Display for Norm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Norm::Linf => "linf",
+            Norm::L2 => "l2",
+        })
+    }
+}
+
+/// The perturbation set of a batch.
+#[derive(Clone)]
+pub enum InputSet {
+    /// `{x' : |x' - center| <= radius}` elementwise (ℓ∞ ball, possibly clipped to a box).
+    Box { center: Tensor, radius: Tensor },
+    /// `{x' : ||x' - center||_2 <= eps_b}`; `eps` is `[B]`.
+    L2 { center: Tensor, eps: Tensor },
+}
+
+impl InputSet {
+    /// Build the set for inputs `x: [B, *in]`, per-example `eps`, the norm, and an optional box `[lo, hi]`.
+    pub fn new(x: &Tensor, eps: &[f64], norm: Norm, bounds: Option<(f64, f64)>) -> Result<Self> {
+        let b = x.dims().first().copied().unwrap_or(0);
+        if eps.len() != b {
+            return Err(Error::Usage(format!("internal: {} epsilons for a batch of {b}", eps.len())));
+        }
+        if let Some(bad) = eps.iter().find(|e| !e.is_finite() || **e < 0.0) {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, format!("ε must be a finite number >= 0, got `{bad}`"))
+                    .help("give ε in input units (pixels in [0, 1]), e.g. `--eps 0.1`"),
+            ));
+        }
+        let ctx = || "building the input set".to_string();
+        let mut shape = vec![b];
+        shape.extend(std::iter::repeat_n(1, x.rank().saturating_sub(1)));
+        let eps_t = Tensor::from_vec(eps.to_vec(), b, x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
+        match norm {
+            Norm::L2 => {
+                if bounds.is_some() {
+                    return Err(Error::input(
+                        Diagnostic::new(Code::BadOption, "the ℓ2 ball cannot be box-constrained")
+                            .help("drop `--bounded` with `--norm l2`"),
+                    ));
+                }
+                Ok(InputSet::L2 { center: x.clone(), eps: eps_t })
+            }
+            Norm::Linf => {
+                let e = eps_t.reshape(shape).context(ctx)?;
+                let (lo, hi) = (x.broadcast_sub(&e).context(ctx)?, x.broadcast_add(&e).context(ctx)?);
+                let (lo, hi) = match bounds {
+                    None => (lo, hi),
+                    Some((a, z)) => {
+                        let lo = lo.clamp(a, z).context(ctx)?;
+                        let hi = hi.clamp(a, z).context(ctx)?;
+                        (lo, hi)
+                    }
+                };
+                let center = ((&lo + &hi).context(ctx)? * 0.5).context(ctx)?;
+                let radius = ((&hi - &lo).context(ctx)? * 0.5).context(ctx)?.relu().context(ctx)?;
+                Ok(InputSet::Box { center, radius })
+            }
+        }
+    }
+
+    pub fn center(&self) -> &Tensor {
+        match self {
+            InputSet::Box { center, .. } | InputSet::L2 { center, .. } => center,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The dual network proper (paper Theorem 1, Figure 1): the objective `J(c)` — a lower bound on `c·f(x')` over the
+//! input set — computed by running the network backwards, one dual rule per op, in reverse topological order.
+//!
+//! With `λ_n` the adjoint at node `n`'s output (the paper's `-ν_n`), seeded `λ_out = c`:
+//! - affine op `m` (`y = A x + b`): `λ_in += Aᵀ λ_m` (its dual rule), and `J += λ_m · b`;
+//! - activation `m` with relaxation `a = d z + δ`, `δ ∈ [mid - rad, mid + rad]`: `λ_z += d ⊙ λ_m`, and
+//!   `J += λ_m · mid - |λ_m| · rad` (for ReLU this is the paper's `Σ_{crossing} l_j [ν_j]_+`);
+//! - a node with several consumers sums their contributions (skip connections reversed);
+//! - the input: `J += λ_x · center - Σ |λ_x| radius` (ℓ∞ / box) or `- ε ‖λ_x‖_2` (ℓ2).
+//!
+//! Shapes: `c` is `[B, K, *out]` (K objectives per example); every `λ_n` is `[B, K, *shape_n]`; `J` is `[B, K]`.
+
+use candle_core::Tensor;
+use petgraph::graph::NodeIndex;
+
+use super::bounds::Bounds;
+use super::input_set::InputSet;
+use super::model::Model;
+use crate::error::{Context, Error, Result};
+use crate::ir::NodeKind;
+use crate::ops::Role;
+
+fn sum_trailing(t: &Tensor) -> candle_core::Result<Tensor> {
+    // [B, K, *s] -> [B, K]
+    let d = t.dims();
+    t.reshape((d[0], d[1], d[2..].iter().product::<usize>()))?.sum(2)
+}
+
+/// `J(c)` for every objective row of `c: [B, K, *out]`.
+pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> Result<Tensor> {
+    let g = &model.graph;
+    let (b, k) = (c.dims()[0], c.dims()[1]);
+    let n_nodes = g.dag.node_count();
+    let mut lambda: Vec<Option<Tensor>> = vec![None; n_nodes];
+    lambda[g.output.index()] = Some(c.clone());
+    let mut j = Tensor::zeros((b, k), c.dtype(), c.device()).context(|| "dual objective".to_string())?;
+    let order: Vec<NodeIndex> = g.order().collect();
+    for &i in order.iter().rev() {
+        let Some(lam) = lambda[i.index()].take() else { continue };
+        let node = g.node(i);
+        let ctx_err = || format!("dual network at `{}`", node.name);
+        match node.kind {
+            NodeKind::Input => {
+                let term = match set {
+                    InputSet::Box { center, radius } => {
+                        let lin = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?;
+                        let nrm = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?).context(ctx_err)?)
+                            .context(ctx_err)?;
+                        (lin - nrm).context(ctx_err)?
+                    }
+                    InputSet::L2 { center, eps } => {
+                        let lin = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?;
+                        let nrm = sum_trailing(&lam.sqr().context(ctx_err)?).and_then(|s| s.sqrt()).context(ctx_err)?;
+                        (lin - nrm.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?
+                    }
+                };
+                j = (j + term).context(ctx_err)?;
+            }
+            NodeKind::Op(op) => {
+                let ctx = model.ctx(i);
+                match op.role() {
+                    Role::Affine => {
+                        if let Some(bias) = op.bias(&ctx)? {
+                            let t = sum_trailing(&lam.broadcast_mul(&bias).context(ctx_err)?).context(ctx_err)?;
+                            j = (j + t).context(ctx_err)?;
+                        }
+                        let mut flat_shape = vec![b * k];
+                        flat_shape.extend_from_slice(&node.shape);
+                        let flat = lam.reshape(flat_shape).context(ctx_err)?;
+                        let contribs = op.transpose(&ctx, &flat)?;
+                        for (inp, t) in node.inputs.iter().zip(contribs) {
+                            let mut shape = vec![b, k];
+                            shape.extend_from_slice(&g.node(*inp).shape);
+                            let t = t.reshape(shape).context(ctx_err)?;
+                            accumulate(&mut lambda, *inp, t).context(ctx_err)?;
+                        }
+                    }
+                    Role::Activation => {
+                        let r = bounds.relax.get(&i).ok_or_else(|| Error::Usage("internal: relaxation missing".into()))?;
+                        let mid = r.mid.unsqueeze(1).context(ctx_err)?;
+                        let rad = r.rad.unsqueeze(1).context(ctx_err)?;
+                        let t1 = sum_trailing(&lam.broadcast_mul(&mid).context(ctx_err)?).context(ctx_err)?;
+                        let t2 = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&rad).context(ctx_err)?).context(ctx_err)?;
+                        j = ((j + t1).context(ctx_err)? - t2).context(ctx_err)?;
+                        let back = lam.broadcast_mul(&r.slope.unsqueeze(1).context(ctx_err)?).context(ctx_err)?;
+                        accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
+                    }
+                    Role::Unsupported => return Err(Error::Usage(format!("`{}` has no dual rule", op.name()))),
+                }
+            }
+        }
+    }
+    Ok(j)
+}
+
+fn accumulate(lambda: &mut [Option<Tensor>], i: NodeIndex, t: Tensor) -> candle_core::Result<()> {
+    let slot = &mut lambda[i.index()];
+    *slot = Some(match slot.take() {
+        Some(prev) => (prev + t)?,
+        None => t,
+    });
+    Ok(())
+}
+
+/// `c[b, j] = e_{y_b} - e_j` for all `j` (row `y_b` is zero): `[B, K, K]`.
+pub fn margin_objectives(labels: &[u32], k: usize, like: &Tensor) -> Result<Tensor> {
+    let b = labels.len();
+    let mut data = vec![0f64; b * k * k];
+    for (e, &y) in labels.iter().enumerate() {
+        for jj in 0..k {
+            if jj != y as usize {
+                data[(e * k + jj) * k + y as usize] += 1.0;
+                data[(e * k + jj) * k + jj] -= 1.0;
+            }
+        }
+    }
+    Tensor::from_vec(data, (b, k, k), like.device())
+        .and_then(|t| t.to_dtype(like.dtype()))
+        .context(|| "building the margin objectives".to_string())
+}
