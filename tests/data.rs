@@ -130,7 +130,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// Three 2x3 test images with pixels 0, 1, ..., 17 scaled and labels 3, 1, 4, plain or gzipped.
 fn write_small_mnist(dir: &Path, gz: bool) {
     let pixels: Vec<u8> = (0..18u8).map(|v| v * 15).collect();
-    let files = [("t10k-images-idx3-ubyte", idx_images(3, 2, 3, &pixels)), ("t10k-labels-idx1-ubyte", idx_labels(&[3, 1, 4]))];
+    let files =
+        [("t10k-images-idx3-ubyte", idx_images(3, 2, 3, &pixels)), ("t10k-labels-idx1-ubyte", idx_labels(&[3, 1, 4]))];
     for (name, bytes) in files {
         if gz {
             std::fs::write(dir.join(format!("{name}.gz")), gzip(&bytes)).unwrap();
@@ -206,13 +207,17 @@ fn truncated_idx_files_are_rejected() {
     std::fs::write(tmp.path().join("t10k-images-idx3-ubyte.gz"), &gz[..gz.len() / 2]).unwrap();
     std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte.gz"), gzip(&idx_labels(&[3, 1, 4]))).unwrap();
     let e = data_error(mnist::load(tmp.path(), Split::Test));
-    assert!(e.message.starts_with("cannot decompress `") && e.message.contains("t10k-images-idx3-ubyte.gz"), "{}", e.message);
+    assert!(
+        e.message.starts_with("cannot decompress `") && e.message.contains("t10k-images-idx3-ubyte.gz"),
+        "{}",
+        e.message
+    );
 
     // Trailing bytes.
     let mut long = idx_images(3, 2, 3, &pixels);
     long.push(0);
     let e = data_error(load_small(&long, &idx_labels(&[3, 1, 4])));
-    assert!(e.message.contains("t10k-images-idx3-ubyte` has 1 bytes after"), "{}", e.message);
+    assert!(e.message.contains("t10k-images-idx3-ubyte` has 1 byte after"), "{}", e.message);
 }
 
 #[test]
@@ -262,7 +267,8 @@ fn write_cifar(dir: &Path, per: usize) {
         let bytes: Vec<u8> = (0..per).flat_map(|i| cifar_record(((k + i) % 10) as u8, k as u8, 10, 20, 30)).collect();
         std::fs::write(dir.join(name), bytes).unwrap();
     }
-    let test: Vec<u8> = [(9, 255), (0, 0), (5, 51)].iter().flat_map(|&(l, f)| cifar_record(l, f, 100, 150, 200)).collect();
+    let test: Vec<u8> =
+        [(9, 255), (0, 0), (5, 51)].iter().flat_map(|&(l, f)| cifar_record(l, f, 100, 150, 200)).collect();
     std::fs::write(dir.join(cifar::TEST_FILE), test).unwrap();
 }
 

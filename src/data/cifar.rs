@@ -105,8 +105,11 @@ fn missing_files(dir: &Path, folders: &[PathBuf], missing: &[&str]) -> Diagnosti
 fn check_records(bytes: &[u8], file: &Path) -> std::result::Result<(), Diagnostic> {
     let f = file.display();
     if bytes.is_empty() {
-        return Err(Diagnostic::new(Code::DataInvalid, format!("`{f}` is empty, expected CIFAR-10 records of {RECORD_BYTES} bytes"))
-            .help("download the file again"));
+        return Err(Diagnostic::new(
+            Code::DataInvalid,
+            format!("`{f}` is empty, expected CIFAR-10 records of {RECORD_BYTES} bytes"),
+        )
+        .help("download the file again"));
     }
     let extra = bytes.len() % RECORD_BYTES;
     if extra != 0 {

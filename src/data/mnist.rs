@@ -50,11 +50,11 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
     };
     let images_bytes = read_bytes(&images_path)?;
     let labels_bytes = read_bytes(&labels_path)?;
-    let (images, labels) =
-        match (parse_images(&images_bytes, &images_path), parse_labels(&labels_bytes, &labels_path)) {
-            (Ok(i), Ok(l)) => (i, l),
-            (i, l) => return Err(Error::Input([i.err(), l.err()].into_iter().flatten().collect())),
-        };
+    let (images, labels) = match (parse_images(&images_bytes, &images_path), parse_labels(&labels_bytes, &labels_path))
+    {
+        (Ok(i), Ok(l)) => (i, l),
+        (i, l) => return Err(Error::Input([i.err(), l.err()].into_iter().flatten().collect())),
+    };
     if images.count != labels.len() {
         return Err(Error::input(
             Diagnostic::new(
@@ -107,12 +107,21 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Check the magic number and the header length. `kind` is `image` or `label`.
-fn check_header(bytes: &[u8], file: &Path, magic: u32, header: usize, kind: &str) -> std::result::Result<(), Diagnostic> {
+fn check_header(
+    bytes: &[u8],
+    file: &Path,
+    magic: u32,
+    header: usize,
+    kind: &str,
+) -> std::result::Result<(), Diagnostic> {
     let f = file.display();
     if bytes.len() < 4 {
         return Err(Diagnostic::new(
             Code::DataInvalid,
-            format!("`{f}` is truncated: {} bytes, expected an MNIST {kind} file with a {header}-byte header", bytes.len()),
+            format!(
+                "`{f}` is truncated: {} bytes, expected an MNIST {kind} file with a {header}-byte header",
+                bytes.len()
+            ),
         )
         .help("download the file again"));
     }
@@ -141,7 +150,10 @@ fn check_header(bytes: &[u8], file: &Path, magic: u32, header: usize, kind: &str
     if bytes.len() < header {
         return Err(Diagnostic::new(
             Code::DataInvalid,
-            format!("`{f}` is truncated: {} bytes, shorter than the {header}-byte header of an MNIST {kind} file", bytes.len()),
+            format!(
+                "`{f}` is truncated: {} bytes, shorter than the {header}-byte header of an MNIST {kind} file",
+                bytes.len()
+            ),
         )
         .help("download the file again"));
     }
@@ -161,11 +173,19 @@ fn check_length(bytes: &[u8], file: &Path, expected: u128, what: &str) -> std::r
     } else if len > expected {
         Err(Diagnostic::new(
             Code::DataInvalid,
-            format!("`{f}` has {} bytes after the {what} its header promises", len - expected),
+            format!("`{f}` has {} after the {what} its header promises", plural_bytes(len - expected)),
         )
         .help("the file is corrupt or its header is wrong; download it again"))
     } else {
         Ok(())
+    }
+}
+
+fn plural_bytes(n: u128) -> String {
+    if n == 1 {
+        "1 byte".into()
+    } else {
+        format!("{n} bytes")
     }
 }
 
@@ -224,12 +244,18 @@ mod tests {
     fn rejects_bad_headers_and_lengths() {
         let p = Path::new("x");
         let msg = |r: std::result::Result<IdxImages, Diagnostic>| r.unwrap_err().message;
-        assert_eq!(msg(parse_images(&[0, 0], p)), "`x` is truncated: 2 bytes, expected an MNIST image file with a 16-byte header");
+        assert_eq!(
+            msg(parse_images(&[0, 0], p)),
+            "`x` is truncated: 2 bytes, expected an MNIST image file with a 16-byte header"
+        );
         assert_eq!(
             msg(parse_images(&header(&[LABELS_MAGIC, 1]), p)),
             "`x` is an MNIST label file (magic number 2049), expected an image file (magic number 2051)"
         );
-        assert_eq!(msg(parse_images(&header(&[7]), p)), "`x` has magic number 7, expected 2051 (an MNIST image file in the idx format)");
+        assert_eq!(
+            msg(parse_images(&header(&[7]), p)),
+            "`x` has magic number 7, expected 2051 (an MNIST image file in the idx format)"
+        );
         assert_eq!(
             msg(parse_images(&header(&[IMAGES_MAGIC, 1, 2]), p)),
             "`x` is truncated: 12 bytes, shorter than the 16-byte header of an MNIST image file"
@@ -247,6 +273,8 @@ mod tests {
         );
         b.extend([0; 3]);
         assert_eq!(msg(parse_images(&b, p)), "`x` has 2 bytes after the 2 images of 2x2 pixels its header promises");
+        b.pop();
+        assert_eq!(msg(parse_images(&b, p)), "`x` has 1 byte after the 2 images of 2x2 pixels its header promises");
         // A huge count must not overflow.
         assert!(msg(parse_images(&header(&[IMAGES_MAGIC, u32::MAX, u32::MAX, u32::MAX]), p)).contains("is truncated"));
     }

@@ -120,9 +120,8 @@ impl Dataset {
         let labels: Vec<u32> = indices.iter().map(|&i| u32::from(self.labels[i])).collect();
         let [c, h, w] = self.shape;
         let what = || format!("building a batch of {} `{}` examples", indices.len(), self.name);
-        let x = Tensor::from_vec(pixels, (indices.len(), c, h, w), device)
-            .and_then(|x| x.to_dtype(dtype))
-            .context(what)?;
+        let x =
+            Tensor::from_vec(pixels, (indices.len(), c, h, w), device).and_then(|x| x.to_dtype(dtype)).context(what)?;
         let y = Tensor::from_vec(labels, indices.len(), device).context(what)?;
         Ok((x, y))
     }
@@ -229,7 +228,10 @@ pub(crate) fn check_dir(dir: &Path, what: &str, hint: &str) -> Result<()> {
     } else {
         format!("data folder `{}` does not exist", dir.display())
     };
-    Err(Error::input(Diagnostic::new(Code::DataInvalid, msg).help(format!("point `--data-dir` at the folder that holds the {what} files; {hint}"))))
+    Err(Error::input(
+        Diagnostic::new(Code::DataInvalid, msg)
+            .help(format!("point `--data-dir` at the folder that holds the {what} files; {hint}")),
+    ))
 }
 
 /// The first of `folders × names` that is a file.
@@ -253,7 +255,8 @@ pub(crate) fn check_labels(labels: &[u8], num_classes: usize, file: &Path) -> st
     } else {
         format!("`{}` has {count} labels outside 0 to {max} (the first, {value}, at example {first})", file.display())
     };
-    Err(Diagnostic::new(Code::DataInvalid, msg).help("the file is corrupt or belongs to another dataset; download it again"))
+    Err(Diagnostic::new(Code::DataInvalid, msg)
+        .help("the file is corrupt or belongs to another dataset; download it again"))
 }
 
 #[cfg(test)]

@@ -645,7 +645,13 @@ impl<'a> Lowerer<'a> {
             self.report(
                 Diagnostic::new(
                     Code::ShapeMismatch,
-                    format!("`{}` of {} would have shape {}, too large", op.name(), from.join(", "), fmt_shape(&out)),
+                    format!(
+                        "`{}` would have shape {}, too large for one node (`{}` of {})",
+                        name.node,
+                        fmt_shape(&out),
+                        op.name(),
+                        from.join(", ")
+                    ),
                 )
                 .label(at, format!("{values} values per example, more than {MAX_NODE_VALUES}"))
                 .help("reduce the size: fewer output channels or features, a stride, pooling, or less padding"),
