@@ -17,3 +17,4 @@ pub mod kernels;
 pub mod ops;
 pub mod syntax;
 pub mod weights;
+pub mod run;

@@ -20,6 +20,8 @@ enum Command {
     Init(cli::init::Args),
     /// Exact certified bounds for a batch of inputs (JSON).
     Bounds(cli::bounds::Args),
+    /// Certify a data set: clean error, certified robust error (and PGD error with --attack).
+    Certify(cli::certify::Args),
     /// List the ops the compiler knows and which have dual rules.
     Ops,
 }
@@ -31,6 +33,7 @@ fn main() {
         Command::Compile(a) => cli::compile::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Init(a) => cli::init::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Bounds(a) => cli::bounds::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Certify(a) => cli::certify::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Ops => {
             cli::ops::run();
             0

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ir::Graph;
 
 pub mod bounds;
+pub mod certify;
 pub mod check;
 pub mod compile;
 pub mod init;
@@ -67,4 +68,19 @@ impl DTypeArg {
             DTypeArg::F64 => candle_core::DType::F64,
         }
     }
+}
+
+/// The data set's image shape must be the spec's input shape.
+pub fn check_data_shape(model: &crate::dual::Model, data: &crate::data::Dataset) -> Result<()> {
+    let want = model.graph.input_shape();
+    if data.shape.as_slice() != want.as_slice() {
+        return Err(Error::input(
+            crate::diagnostics::Diagnostic::new(
+                crate::diagnostics::Code::DataInvalid,
+                format!("`{}` images are {:?} but the spec's input is {:?}", data.name, data.shape, want),
+            )
+            .help("use a spec whose `input` matches the data set"),
+        ));
+    }
+    Ok(())
 }

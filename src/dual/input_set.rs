@@ -86,3 +86,69 @@ impl InputSet {
         }
     }
 }
+
+impl InputSet {
+    /// Project points `x': [B, *in]` onto the set (PGD's projection step).
+    pub fn project(&self, xp: &Tensor) -> Result<Tensor> {
+        let ctx = || "projecting onto the input set".to_string();
+        match self {
+            InputSet::Box { center, radius } => {
+                let lo = (center - radius).context(ctx)?;
+                let hi = (center + radius).context(ctx)?;
+                xp.maximum(&lo).and_then(|t| t.minimum(&hi)).context(ctx)
+            }
+            InputSet::L2 { center, eps } => {
+                let b = center.dims()[0];
+                let delta = (xp - center).context(ctx)?;
+                let norm = delta.reshape((b, ())).and_then(|d| d.sqr()).and_then(|d| d.sum(1)).and_then(|d| d.sqrt()).context(ctx)?;
+                let scale = eps.broadcast_div(&(norm + 1e-12).context(ctx)?).and_then(|s| s.clamp(0.0, 1.0)).context(ctx)?;
+                let mut shape = vec![b];
+                shape.extend(std::iter::repeat_n(1, center.rank() - 1));
+                let scale = scale.reshape(shape).context(ctx)?;
+                (center + delta.broadcast_mul(&scale).context(ctx)?).context(ctx)
+            }
+        }
+    }
+
+    /// A uniformly random point of the ℓ∞ box, or a random direction scaled into the ℓ2 ball.
+    pub fn random_point(&self, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        let ctx = || "sampling from the input set".to_string();
+        let center = self.center();
+        let n = center.elem_count();
+        match self {
+            InputSet::Box { radius, .. } => {
+                let u: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..=1.0)).collect();
+                let u = Tensor::from_vec(u, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                (center + (u * radius).context(ctx)?).context(ctx)
+            }
+            InputSet::L2 { .. } => {
+                let g: Vec<f64> = (0..n).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
+                let g = Tensor::from_vec(g, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                // Scale each example's direction to a random radius (uniform in [0, 1] of ε), then project.
+                let far = (center + (g * 1e3).context(ctx)?).context(ctx)?;
+                let on_sphere = self.project(&far)?;
+                let t: f64 = rng.random_range(0.0..=1.0);
+                (center + ((on_sphere - center).context(ctx)? * t).context(ctx)?).context(ctx)
+            }
+        }
+    }
+
+    /// A random corner of the ℓ∞ box (every pixel at one end of its interval), or a point on the ℓ2 sphere.
+    pub fn random_corner(&self, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        let ctx = || "sampling from the input set".to_string();
+        let center = self.center();
+        let n = center.elem_count();
+        match self {
+            InputSet::Box { radius, .. } => {
+                let s: Vec<f64> = (0..n).map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect();
+                let s = Tensor::from_vec(s, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                (center + (s * radius).context(ctx)?).context(ctx)
+            }
+            InputSet::L2 { .. } => {
+                let g: Vec<f64> = (0..n).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
+                let g = Tensor::from_vec(g, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                self.project(&(center + (g * 1e3).context(ctx)?).context(ctx)?)
+            }
+        }
+    }
+}

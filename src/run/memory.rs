@@ -1,0 +1,9 @@
+//! Peak resident memory of this process (Linux `VmHWM`), for summaries and benchmarks.
+
+/// Peak resident set size in MB, if the platform reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

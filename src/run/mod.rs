@@ -1,0 +1,4 @@
+//! Running the models: attacks, certification over data sets (and, later, training and cascades).
+pub mod attack;
+pub mod certify;
+pub mod memory;
