@@ -22,6 +22,8 @@ enum Command {
     Bounds(cli::bounds::Args),
     /// Certify a data set: clean error, certified robust error (and PGD error with --attack).
     Certify(cli::certify::Args),
+    /// PGD attack: the empirical robust error in the same perturbation set.
+    Attack(cli::attack::Args),
     /// List the ops the compiler knows and which have dual rules.
     Ops,
 }
@@ -34,6 +36,7 @@ fn main() {
         Command::Init(a) => cli::init::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Bounds(a) => cli::bounds::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Certify(a) => cli::certify::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Attack(a) => cli::attack::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Ops => {
             cli::ops::run();
             0

@@ -8,6 +8,7 @@ use crate::diagnostics::Diagnostic;
 use crate::error::{Error, Result};
 use crate::ir::Graph;
 
+pub mod attack;
 pub mod bounds;
 pub mod certify;
 pub mod check;

@@ -47,6 +47,8 @@ fn rule_name(r: &Rule) -> &'static str {
 
 /// Parse a whole file. A syntax error yields one `E0001` diagnostic pointing at the offending text.
 pub fn parse(text: &str) -> Result<File, Diagnostic> {
+    // Record the tokens tried at the furthest position, for "expected `)` or `,`" (cheap on these small files).
+    pest::set_error_detail(true);
     let mut pairs = NetParser::parse(Rule::file, text).map_err(|e| syntax_error(text, e))?;
     let mut file = File::default();
     let Some(root) = pairs.next() else { return Ok(file) };
@@ -60,38 +62,156 @@ pub fn parse(text: &str) -> Result<File, Diagnostic> {
     Ok(file)
 }
 
+const SYNTAX_HELP: &str = "statements are `input NAME: [C, H, W]`, `NAME = op(SRC, arg=value, ...)`, `NAME = a + b` and `output NAME`, inside `network NAME { ... }`";
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The first byte at or after `pos` that is not whitespace or inside a comment.
+fn skip_trivia(text: &str, mut pos: usize) -> usize {
+    loop {
+        let rest = text.get(pos..).unwrap_or("");
+        let trimmed = rest.trim_start_matches([' ', '\t', '\r', '\n']);
+        pos += rest.len() - trimmed.len();
+        if trimmed.starts_with('#') {
+            pos += trimmed.find('\n').unwrap_or(trimmed.len());
+        } else {
+            return pos;
+        }
+    }
+}
+
+/// The end of the token that starts at `start`: a name, a number, or one character.
+fn token_end(text: &str, start: usize) -> usize {
+    let rest = text.get(start..).unwrap_or("");
+    let mut chars = rest.char_indices();
+    let Some((_, first)) = chars.next() else { return start };
+    let len = if is_name_char(first) || first == '-' {
+        rest.char_indices().skip(1).find(|&(_, c)| !(is_name_char(c) || c == '.')).map(|(i, _)| i).unwrap_or(rest.len())
+    } else {
+        first.len_utf8()
+    };
+    start + len
+}
+
+/// What the parser expected at the error position, in words: punctuation and keywords in backticks, then
+/// "a name", "a number" and "end of file".
+fn expected_words(text: &str, pos: usize, e: &pest::error::Error<Rule>, pest_pos: usize) -> Vec<String> {
+    use pest::error::ErrorVariant;
+    let mut tokens: Vec<String> = Vec::new();
+    let (mut name, mut number, mut eof) = (false, false, false);
+    // In the middle of a name or number, "more of it" is not worth saying.
+    let mid_word = text.get(..pos).and_then(|b| b.chars().next_back()).is_some_and(|c| is_name_char(c) || c == '.');
+    if let Some(attempts) = e.parse_attempts() {
+        // The token type is not exported by pest; its display is the token itself, `a..z` for a range.
+        for t in attempts.expected_tokens() {
+            let t = t.to_string();
+            let range: Vec<char> = t.chars().collect();
+            if let [a, '.', '.', _] = range.as_slice() {
+                if !mid_word {
+                    if a.is_ascii_digit() {
+                        number = true;
+                    } else {
+                        name = true;
+                    }
+                }
+                continue;
+            }
+            if t.trim().is_empty() || t == "#" || t == "BUILTIN_RULE" {
+                continue;
+            }
+            if t.chars().all(is_name_char) && t.chars().count() == 1 {
+                name |= !mid_word;
+            } else if !(mid_word && (t == "." || t.eq_ignore_ascii_case("e"))) {
+                tokens.push(format!("`{t}`"));
+            }
+        }
+    }
+    if pos == pest_pos {
+        if let ErrorVariant::ParsingError { positives, .. } = &e.variant {
+            for r in positives {
+                match r {
+                    Rule::ident => name |= !mid_word,
+                    Rule::number => number |= !mid_word,
+                    Rule::EOI => eof = true,
+                    Rule::network => tokens.push("`network`".into()),
+                    Rule::block_def => tokens.push("`block`".into()),
+                    Rule::input_stmt => tokens.push("`input`".into()),
+                    Rule::output_stmt => tokens.push("`output`".into()),
+                    Rule::list => tokens.push("`[`".into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    tokens.sort_by_key(|t| (t.chars().nth(1).is_some_and(|c| c.is_ascii_alphabetic()), t.clone()));
+    tokens.dedup();
+    if name {
+        tokens.push("a name".into());
+    }
+    if number {
+        tokens.push("a number".into());
+    }
+    if eof {
+        tokens.push("end of file".into());
+    }
+    tokens
+}
+
+fn one_of(words: &[String]) -> String {
+    match words {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
 fn syntax_error(text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
-    let (start, end) = match e.location {
-        InputLocation::Pos(p) => (p, p),
-        InputLocation::Span((s, e)) => (s, e),
-    };
-    // Widen an empty span to the token that starts there, so the label points at something visible.
-    let end = if end > start {
-        end
-    } else {
-        let rest = &text[start.min(text.len())..];
-        let tok = rest.chars().take_while(|c| !c.is_whitespace()).map(|c| c.len_utf8()).sum::<usize>();
-        start + tok.max(rest.chars().next().map(|c| c.len_utf8()).unwrap_or(0))
-    };
-    let found = text.get(start..end).filter(|s| !s.is_empty());
-    let expected = match &e.variant {
-        ErrorVariant::ParsingError { positives, .. } => {
-            let mut names: Vec<&str> = positives.iter().map(rule_name).collect();
-            names.sort();
-            names.dedup();
-            names.join(", ")
+    let pest_pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((s, _)) => s,
+    }
+    .min(text.len());
+    if let ErrorVariant::CustomError { message } = &e.variant {
+        // pest's own limits (deep nesting): not a token problem.
+        return Diagnostic::new(Code::Syntax, format!("the text cannot be parsed: {}", message.trim_end_matches('.')))
+            .label(Span::new(pest_pos, token_end(text, pest_pos)), "here")
+            .help("nest lists only as deep as a shape needs, e.g. `[1, 28, 28]`");
+    }
+    // The furthest position any alternative reached is where the text went wrong; skip the whitespace and
+    // comments there to find the offending token.
+    let reached = e.parse_attempts().map(|a| a.max_position).unwrap_or(0).clamp(pest_pos, text.len());
+    let expected = expected_words(text, reached, &e, pest_pos);
+    let start = skip_trivia(text, reached);
+    let label = if expected.is_empty() { "not expected here".to_string() } else { format!("expected {}", one_of(&expected)) };
+    let mut help = SYNTAX_HELP.to_string();
+    if start >= text.len() {
+        // End of file: point at the last token, which is where something is missing.
+        let last = text.trim_end().char_indices().next_back().map(|(i, _)| i);
+        let d = Diagnostic::new(Code::Syntax, "unexpected end of file");
+        return match last {
+            Some(i) => d.label(Span::new(i, token_end(text, i).max(i + 1)), format!("the file ends after this; {label}")),
+            None => d.label(Span::new(0, 0), label),
         }
-        ErrorVariant::CustomError { message } => message.clone(),
-    };
-    let message = match found {
-        Some(f) => format!("unexpected `{}`", f.chars().take(40).collect::<String>()),
-        None => "unexpected end of file".to_string(),
-    };
-    let label = if expected.is_empty() { "not expected here".to_string() } else { format!("expected {expected}") };
-    Diagnostic::new(Code::Syntax, message)
+        .help(help);
+    }
+    let end = token_end(text, start);
+    let found = text.get(start..end).unwrap_or("");
+    if found.chars().any(|c| !c.is_ascii()) {
+        help = format!("names and numbers are ASCII; other characters may appear only in comments. {help}");
+    }
+    let before = text.get(..start).unwrap_or("").trim_end();
+    if let Some(kw) = ["network", "block", "input", "output"].into_iter().find(|k| before.ends_with(k)) {
+        let at_word_start = before.len() == kw.len() || !before[..before.len() - kw.len()].ends_with(is_name_char);
+        if found == "=" && at_word_start {
+            help = format!("`{kw}` is a keyword and cannot name a node; choose another name");
+        }
+    }
+    Diagnostic::new(Code::Syntax, format!("unexpected `{}`", found.chars().take(40).collect::<String>()))
         .label(Span::new(start, end), label)
-        .help("statements are `input NAME: [C, H, W]`, `NAME = op(SRC, arg=value, ...)`, `NAME = a + b` and `output NAME`, inside `network NAME { ... }`")
+        .help(help)
 }
 
 fn ident(p: Pair<'_, Rule>) -> Ident {
