@@ -16,35 +16,6 @@ fn span_of(p: &Pair<'_, Rule>) -> Span {
     Span::new(s.start(), s.end())
 }
 
-fn rule_name(r: &Rule) -> &'static str {
-    match r {
-        Rule::EOI => "end of file",
-        Rule::file => "a file",
-        Rule::network => "`network NAME { ... }`",
-        Rule::block_def => "`block NAME(inputs; params) { ... }`",
-        Rule::block_inputs => "block input names",
-        Rule::block_params => "block parameters",
-        Rule::param_decl => "a parameter",
-        Rule::input_stmt => "`input NAME: [C, H, W]`",
-        Rule::output_stmt => "`output NAME`",
-        Rule::assign => "`NAME = op(...)`",
-        Rule::sum => "a sum `a + b`",
-        Rule::call => "a call `op(...)`",
-        Rule::named_arg => "a named argument `name=value`",
-        Rule::positional => "an argument",
-        Rule::list => "a list `[...]`",
-        Rule::number => "a number",
-        Rule::ident => "a name",
-        Rule::keyword => "a keyword",
-        Rule::item => "`network` or `block`",
-        Rule::stmt => "a statement",
-        Rule::expr => "an expression",
-        Rule::arg => "an argument",
-        Rule::value => "a value",
-        Rule::WHITESPACE | Rule::COMMENT => "whitespace",
-    }
-}
-
 /// Parse a whole file. A syntax error yields one `E0001` diagnostic pointing at the offending text.
 pub fn parse(text: &str) -> Result<File, Diagnostic> {
     // Record the tokens tried at the furthest position, for "expected `)` or `,`" (cheap on these small files).
@@ -101,8 +72,9 @@ fn expected_words(text: &str, pos: usize, e: &pest::error::Error<Rule>, pest_pos
     use pest::error::ErrorVariant;
     let mut tokens: Vec<String> = Vec::new();
     let (mut name, mut number, mut eof) = (false, false, false);
-    // In the middle of a name or number, "more of it" is not worth saying.
-    let mid_word = text.get(..pos).and_then(|b| b.chars().next_back()).is_some_and(|c| is_name_char(c) || c == '.');
+    // Right after a name or number, with the offending character glued to it, "more of it" is not worth saying.
+    let glued = skip_trivia(text, pos) == pos && pos < text.len();
+    let mid_word = glued && text.get(..pos).and_then(|b| b.chars().next_back()).is_some_and(|c| is_name_char(c) || c == '.');
     if let Some(attempts) = e.parse_attempts() {
         // The token type is not exported by pest; its display is the token itself, `a..z` for a range.
         for t in attempts.expected_tokens() {
@@ -159,6 +131,22 @@ fn expected_words(text: &str, pos: usize, e: &pest::error::Error<Rule>, pest_pos
     tokens
 }
 
+/// The start of the last token of the text (comments and whitespace are not tokens).
+fn last_token(text: &str) -> Option<usize> {
+    let (mut pos, mut last) = (0, None);
+    loop {
+        pos = skip_trivia(text, pos);
+        if pos >= text.len() {
+            return last;
+        }
+        last = Some(pos);
+        pos = token_end(text, pos).max(pos + 1);
+        while !text.is_char_boundary(pos.min(text.len())) {
+            pos += 1;
+        }
+    }
+}
+
 fn one_of(words: &[String]) -> String {
     match words {
         [] => String::new(),
@@ -189,10 +177,10 @@ fn syntax_error(text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     let mut help = SYNTAX_HELP.to_string();
     if start >= text.len() {
         // End of file: point at the last token, which is where something is missing.
-        let last = text.trim_end().char_indices().next_back().map(|(i, _)| i);
+        let last = last_token(text);
         let d = Diagnostic::new(Code::Syntax, "unexpected end of file");
         return match last {
-            Some(i) => d.label(Span::new(i, token_end(text, i).max(i + 1)), format!("the file ends after this; {label}")),
+            Some(i) => d.label(Span::new(i, token_end(text, i)), format!("the file ends after this; {label}")),
             None => d.label(Span::new(0, 0), label),
         }
         .help(help);
@@ -200,7 +188,7 @@ fn syntax_error(text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     let end = token_end(text, start);
     let found = text.get(start..end).unwrap_or("");
     if found.chars().any(|c| !c.is_ascii()) {
-        help = format!("names and numbers are ASCII; other characters may appear only in comments. {help}");
+        help = "names and numbers are ASCII (letters, digits and `_`); other characters may appear only in comments, after `#`".into();
     }
     let before = text.get(..start).unwrap_or("").trim_end();
     if let Some(kw) = ["network", "block", "input", "output"].into_iter().find(|k| before.ends_with(k)) {
