@@ -24,6 +24,8 @@ enum Command {
     Certify(cli::certify::Args),
     /// PGD attack: the empirical robust error in the same perturbation set.
     Attack(cli::attack::Args),
+    /// Speed and memory benchmarks (each configuration in its own process).
+    Bench(cli::bench::Args),
     /// List the ops the compiler knows and which have dual rules.
     Ops,
 }
@@ -37,6 +39,7 @@ fn main() {
         Command::Bounds(a) => cli::bounds::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Certify(a) => cli::certify::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Attack(a) => cli::attack::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Bench(a) => cli::bench::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Ops => {
             cli::ops::run();
             0

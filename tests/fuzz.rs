@@ -73,6 +73,8 @@ enum Mutation {
     InsertChar(usize, char),
     /// Replace the `k`-th number of the text.
     Number(usize, String),
+    /// Replace the `k`-th argument value (a number after `=`).
+    Argument(usize, String),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -88,7 +90,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             Just('+'), Just(';'), Just('#'), Just('\n'), Just('é'), Just('x'), Just('0'), any::<char>()])
             .prop_map(|(i, c)| Mutation::InsertChar(i, c)),
         (ix(), number()).prop_map(|(i, n)| Mutation::Number(i, n)),
-        (ix(), number()).prop_map(|(i, n)| Mutation::Number(i, n)),
+        (ix(), number()).prop_map(|(i, n)| Mutation::Argument(i, n)),
+        (ix(), number()).prop_map(|(i, n)| Mutation::Argument(i, n)),
     ]
 }
 
@@ -111,6 +114,18 @@ fn numbers(text: &str) -> Vec<(usize, usize)> {
         }
     }
     v
+}
+
+/// Byte ranges of the argument values that are numbers: `out=16`, `padding=-1`.
+fn arguments(text: &str) -> Vec<(usize, usize)> {
+    numbers(text).into_iter().filter(|&(s, _)| text[..s].trim_end_matches(' ').ends_with('=')).collect()
+}
+
+fn replace(text: &str, ranges: &[(usize, usize)], k: usize, n: &str) -> String {
+    match ranges.get(k % ranges.len().max(1)) {
+        Some(&(s, e)) => format!("{}{n}{}", &text[..s], &text[e..]),
+        None => text.to_string(),
+    }
 }
 
 fn apply(text: &str, m: &Mutation) -> String {
@@ -160,13 +175,8 @@ fn apply(text: &str, m: &Mutation) -> String {
             chars.insert(i % (chars.len() + 1), *c);
             chars.into_iter().collect()
         }
-        Mutation::Number(k, n) => {
-            let nums = numbers(text);
-            match nums.get(k % nums.len().max(1)) {
-                Some(&(s, e)) => format!("{}{n}{}", &text[..s], &text[e..]),
-                None => text.to_string(),
-            }
-        }
+        Mutation::Number(k, n) => replace(text, &numbers(text), *k, n),
+        Mutation::Argument(k, n) => replace(text, &arguments(text), *k, n),
     }
 }
 
@@ -197,21 +207,27 @@ proptest! {
         exercise(&text);
     }
 
-    /// Every number of a valid spec replaced at once: argument values, input dimensions, block defaults.
+    /// Random numbers in argument positions of a valid spec, several at once (`kernel=0`, `padding=-1`,
+    /// `out=9223372036854775807`, `stride=1e400`, ...), and now and then in any position (input shapes, block
+    /// defaults, comments).
     #[test]
-    fn random_numbers_in_every_position_never_panic(
+    fn random_numbers_in_argument_positions_never_panic(
         seed in 0..SEEDS.len(),
-        values in prop::collection::vec(number(), 64),
+        values in prop::collection::vec(prop::option::weighted(0.3, number()), 64),
+        anywhere in prop::option::weighted(0.2, (any::<usize>(), number())),
     ) {
         let text = SEEDS[seed];
         let mut out = String::new();
         let mut last = 0;
-        for (k, (s, e)) in numbers(text).into_iter().enumerate() {
+        for (k, (s, e)) in arguments(text).into_iter().enumerate() {
             out.push_str(&text[last..s]);
-            out.push_str(&values[k % values.len()]);
+            out.push_str(values[k % values.len()].as_deref().unwrap_or(&text[s..e]));
             last = e;
         }
         out.push_str(&text[last..]);
+        if let Some((k, n)) = anywhere {
+            out = replace(&out, &numbers(&out), k, &n);
+        }
         exercise(&out);
     }
 }
@@ -223,6 +239,8 @@ fn mutations_change_the_text() {
     assert_ne!(apply(text, &Mutation::Number(0, "-7".into())), text);
     assert!(apply(text, &Mutation::Number(0, "-7".into())).contains("-7"));
     assert_eq!(numbers("a1 = conv2d(x, out=16, kernel=-4) [1, 28]"), vec![(19, 21), (30, 32), (35, 36), (38, 40)]);
+    assert_eq!(arguments("a1 = conv2d(x, out=16, kernel=-4) [1, 28]"), vec![(19, 21), (30, 32)]);
+    assert!(apply(text, &Mutation::Argument(0, "0".into())).contains("out=0"));
 }
 
 /// Deep nesting and long inputs stay within the stack and finish.

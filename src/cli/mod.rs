@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ir::Graph;
 
 pub mod attack;
+pub mod bench;
 pub mod bounds;
 pub mod certify;
 pub mod check;

@@ -53,6 +53,8 @@ struct Lowerer<'a> {
     input: Option<(NodeIndex, Span)>,
     /// The first `input` statement, even when its shape was invalid (so that it is not also reported missing).
     declared_input: Option<Span>,
+    /// Whether the network body has an `input` statement at all (for the help of undefined names).
+    network_has_input: bool,
 }
 
 /// The largest value of an integer argument (`out`, `kernel`, `stride`, `padding`) and of an input dimension.
@@ -76,6 +78,7 @@ pub fn lower(file: &File) -> Lowered {
         stack: Vec::new(),
         input: None,
         declared_input: None,
+        network_has_input: false,
     };
     for b in &file.blocks {
         if let Some(prev) = lw.blocks.get(b.name.node.as_str()) {
@@ -117,10 +120,15 @@ pub fn lower(file: &File) -> Lowered {
         network_span: Span::default(),
     };
     let Some(net) = file.networks.first() else {
+        let help = if file.blocks.is_empty() {
+            "a spec holds exactly one `network NAME { input x: [C, H, W]  ...  output NAME }`"
+        } else {
+            "a spec holds exactly one `network NAME { input ...  output ... }`; blocks alone are not a network"
+        };
         lw.report(
             Diagnostic::new(Code::NoNetwork, "no network in this file")
                 .label(Span::new(0, 0), "expected `network NAME { ... }`")
-                .help("a spec holds exactly one `network NAME { input ...  output ... }`; blocks alone are not a network"),
+                .help(help),
         );
         out.diagnostics = lw.diags;
         return out;
@@ -140,6 +148,7 @@ pub fn lower(file: &File) -> Lowered {
         defined: defined_names(&net.body),
         in_block: None,
     };
+    lw.network_has_input = net.body.iter().any(|s| matches!(s, Stmt::Input { .. }));
     let output = lw.body(&net.body, &mut scope, net.name.span);
     if lw.declared_input.is_none() {
         lw.report(
@@ -333,6 +342,10 @@ impl<'a> Lowerer<'a> {
         let mut d = Diagnostic::new(Code::UndefinedNode, format!("undefined node `{}`", name.node)).label(name.span, "not defined");
         d = match did_you_mean(&name.node, candidates) {
             Some(c) => d.help(format!("did you mean `{c}`?")),
+            None if scope.in_block.is_none() && !self.network_has_input => d.help(format!(
+                "the network declares no `input`; if `{0}` is meant to be it, declare it first: `input {0}: [C, H, W]`",
+                name.node
+            )),
             None => d.help("define the node before using it, e.g. `NAME = op(...)`"),
         };
         self.report(d);
@@ -492,7 +505,15 @@ impl<'a> Lowerer<'a> {
                     self.report(
                         Diagnostic::new(Code::Arity, format!("too many arguments for `{}`", op.name()))
                             .label(a.span, "extra argument")
-                            .help(param_help(op)),
+                            .help(if specs.is_empty() {
+                                format!(
+                                    "`{}` takes {} and no other arguments; to combine nodes, sum them first: `s = a + b`",
+                                    op.name(),
+                                    op.arity().describe()
+                                )
+                            } else {
+                                param_help(op)
+                            }),
                     );
                     ok = false;
                 }
