@@ -117,7 +117,7 @@ pub fn dot(g: &Graph, d: &DualGraph) -> String {
         }
     }
     let _ = writeln!(s, "  }}");
-    let _ = writeln!(s, "  {} -> {} [style=dashed, label=\"-c\"];", dot_id(&format!("p:{}", g.node(g.output).name)), dot_id(&format!("d:{}", dual_name(g, g.output))));
+    let _ = writeln!(s, "  {} -> {} [style=dashed, label=\"-c\", constraint=false];", dot_id(&format!("p:{}", g.node(g.output).name)), dot_id(&format!("d:{}", dual_name(g, g.output))));
     let _ = writeln!(s, "}}");
     s
 }

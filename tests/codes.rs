@@ -68,6 +68,10 @@ fn every_code_has_a_page() {
                 for section in ["## What triggers it", "## Example", "## How to fix it"] {
                     assert!(text.contains(section), "{} lacks the section `{section}`", path.display());
                 }
+                if is_front_end(c.as_str()) {
+                    let link = format!("specs/err/{}_", c.as_str());
+                    assert!(text.contains(&link), "{} does not link its spec `{link}*.net`", path.display());
+                }
             }
         }
     }

@@ -383,6 +383,19 @@ network n {
     output l
 }
 ",
+    // Lists nest one level in a shape; deeper nesting is refused before parsing (it would only recurse).
+    lists_nested_too_deep => "\
+network n {
+    input x: [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]
+    output x
+}
+",
+    long_input_shape => "\
+network n {
+    input x: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    output x
+}
+",
     hardtanh_bounds_reversed => "\
 network n {
     input x: [784]

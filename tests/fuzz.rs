@@ -246,8 +246,17 @@ fn mutations_change_the_text() {
 /// Deep nesting and long inputs stay within the stack and finish.
 #[test]
 fn deep_nesting_and_long_inputs() {
-    let deep = format!("network n {{ input x: {}{} output x }}", "[".repeat(5000), "]".repeat(5000));
-    exercise(&deep);
+    for depth in [16, 17, 5000, 100_000] {
+        let deep = format!("network n {{ input x: {}1{} output x }}", "[".repeat(depth), "]".repeat(depth));
+        exercise(&deep);
+        let c = check_source("deep.net", &deep);
+        let want = if depth <= 16 { "E0024" } else { "E0001" };
+        assert_eq!(c.diagnostics.first().map(|d| d.code.as_str()), Some(want), "depth {depth}");
+    }
+    // Unbalanced and in comments: still no panic, and brackets in comments do not count.
+    exercise(&"[".repeat(100_000));
+    exercise(&format!("# {}\nnetwork n {{ input x: [784] l = linear(x, out=10) output l }}", "[".repeat(100)));
+    assert!(!check_source("c.net", &format!("# {}\nnetwork n {{ input x: [784] l = linear(x, out=10) output l }}", "[".repeat(100))).has_errors());
     let mut long = String::from("network n {\n input x: [784]\n l0 = linear(x, out=4)\n");
     for i in 1..2000 {
         long.push_str(&format!(" l{i} = linear(l{}, out=4)\n", i - 1));

@@ -64,6 +64,15 @@ pub const MAX_INT_ARG: i64 = 1 << 20;
 /// The largest number of values of one node for one example (2^32, 16 GiB of f32).
 pub const MAX_NODE_VALUES: usize = 1 << 32;
 
+/// A literal as written, cut to 40 characters for a message.
+fn short(lit: &Literal) -> String {
+    let s = lit.to_string();
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// The number of values of a shape, if it fits in `usize`.
 fn numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -269,7 +278,7 @@ impl<'a> Lowerer<'a> {
         });
         if too_large {
             self.report(
-                Diagnostic::new(Code::InputShape, format!("input shape `{}` is too large", shape.node))
+                Diagnostic::new(Code::InputShape, format!("input shape `{}` is too large", short(&shape.node)))
                     .label(shape.span, format!("at most {MAX_INT_ARG} per dimension and {MAX_NODE_VALUES} values in all"))
                     .help("write the shape of one example without the batch, e.g. `[3, 32, 32]` for CIFAR-10"),
             );
@@ -278,7 +287,7 @@ impl<'a> Lowerer<'a> {
         }
         let Some(dims) = dims else {
             self.report(
-                Diagnostic::new(Code::InputShape, format!("invalid input shape `{}`", shape.node))
+                Diagnostic::new(Code::InputShape, format!("invalid input shape `{}`", short(&shape.node)))
                     .label(shape.span, "expected [C, H, W] or [N] with positive integers")
                     .help("write the shape of one example without the batch, e.g. `[1, 28, 28]` for MNIST or `[784]`"),
             );
@@ -679,7 +688,7 @@ impl<'a> Lowerer<'a> {
             );
             return Binding::Poisoned;
         }
-        if out.iter().any(|&d| d == 0) {
+        if out.contains(&0) {
             self.report(
                 Diagnostic::new(Code::EmptyOutput, format!("`{}` would have shape {}", name.node, fmt_shape(&out)))
                     .label(span, "an empty tensor")

@@ -20,6 +20,9 @@ fn span_of(p: &Pair<'_, Rule>) -> Span {
 pub fn parse(text: &str) -> Result<File, Diagnostic> {
     // Record the tokens tried at the furthest position, for "expected `)` or `,`" (cheap on these small files).
     pest::set_error_detail(true);
+    if let Some(d) = too_deep(text) {
+        return Err(d);
+    }
     let mut pairs = NetParser::parse(Rule::file, text).map_err(|e| syntax_error(text, e))?;
     let mut file = File::default();
     let Some(root) = pairs.next() else { return Ok(file) };
@@ -31,6 +34,34 @@ pub fn parse(text: &str) -> Result<File, Diagnostic> {
         }
     }
     Ok(file)
+}
+
+/// The deepest list nesting accepted. Shapes need one level; the limit keeps every recursion over lists
+/// (building, printing, dropping) far from the stack's end.
+const MAX_LIST_DEPTH: usize = 16;
+
+/// A syntax error for lists nested deeper than [`MAX_LIST_DEPTH`], found before parsing.
+fn too_deep(text: &str) -> Option<Diagnostic> {
+    let (mut depth, mut comment) = (0usize, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '\n' => comment = false,
+            '#' => comment = true,
+            '[' if !comment => {
+                depth += 1;
+                if depth > MAX_LIST_DEPTH {
+                    return Some(
+                        Diagnostic::new(Code::Syntax, format!("lists are nested more than {MAX_LIST_DEPTH} deep"))
+                            .label(Span::new(i, i + 1), "too deep")
+                            .help("a shape is one list of numbers, e.g. `[1, 28, 28]`"),
+                    );
+                }
+            }
+            ']' if !comment => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 const SYNTAX_HELP: &str = "statements are `input NAME: [C, H, W]`, `NAME = op(SRC, arg=value, ...)`, `NAME = a + b` and `output NAME`, inside `network NAME { ... }`";
@@ -164,7 +195,7 @@ fn syntax_error(text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     .min(text.len());
     if let ErrorVariant::CustomError { message } = &e.variant {
         // pest's own limits (deep nesting): not a token problem.
-        return Diagnostic::new(Code::Syntax, format!("the text cannot be parsed: {}", message.trim_end_matches('.')))
+        return Diagnostic::new(Code::Syntax, format!("the text is nested too deeply to parse ({})", message.trim_end_matches('.')))
             .label(Span::new(pest_pos, token_end(text, pest_pos)), "here")
             .help("nest lists only as deep as a shape needs, e.g. `[1, 28, 28]`");
     }
@@ -187,7 +218,7 @@ fn syntax_error(text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     }
     let end = token_end(text, start);
     let found = text.get(start..end).unwrap_or("");
-    if found.chars().any(|c| !c.is_ascii()) {
+    if !found.is_ascii() {
         help = "names and numbers are ASCII (letters, digits and `_`); other characters may appear only in comments, after `#`".into();
     }
     let before = text.get(..start).unwrap_or("").trim_end();
