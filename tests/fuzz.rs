@@ -16,6 +16,7 @@ const SEEDS: &[&str] = &[
     include_str!("../specs/examples/batchnorm_conv.net"),
     include_str!("../specs/examples/avgpool.net"),
     include_str!("../specs/examples/blocks_nested.net"),
+    include_str!("../specs/examples/resnet_tiny.net"),
 ];
 
 /// Run everything a command would run on the text; a panic anywhere fails the property.

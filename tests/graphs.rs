@@ -56,6 +56,7 @@ specs! {
     examples_batchnorm_conv => "specs/examples/batchnorm_conv.net",
     examples_avgpool => "specs/examples/avgpool.net",
     examples_blocks_nested => "specs/examples/blocks_nested.net",
+    examples_resnet_tiny => "specs/examples/resnet_tiny.net",
 }
 
 fn net_files(dir: &Path) -> Vec<String> {
@@ -115,6 +116,7 @@ fn paper_models_match_the_reference_names() {
         let spec = match case.as_str() {
             "mnist_small" | "mnist_small_trained" => "specs/mnist_small.net",
             "batchnorm" => "specs/examples/batchnorm_conv.net",
+            "resnet_tiny" => "specs/examples/resnet_tiny.net",
             _ => continue,
         };
         let reference = checked(&case, &text);
@@ -161,18 +163,29 @@ fn assert_edges_reversed(g: &Graph, d: &dual::DualGraph) {
 
 #[test]
 fn resnet_tiny_dual_reverses_the_skips() {
-    let Some((_, text)) = reference_models().into_iter().find(|(c, _)| c == "resnet_tiny") else { return };
-    let g = checked("../shared/reference/resnet_tiny/model.net", &text);
-    let d = dual::build(&g);
+    let mut cases = vec![("specs/examples/resnet_tiny.net".to_string(), include_str!("../specs/examples/resnet_tiny.net").to_string())];
+    cases.extend(
+        reference_models()
+            .into_iter()
+            .filter(|(c, _)| c == "resnet_tiny")
+            .map(|(c, text)| (format!("../shared/reference/{c}/model.net"), text)),
+    );
+    for (path, text) in cases {
+        assert_resnet_tiny_dual(&checked(&path, &text));
+    }
+}
+
+fn assert_resnet_tiny_dual(g: &Graph) {
+    let d = dual::build(g);
     // r0 feeds c1 (main path) and s2 (identity skip): ν_r0 = conv_transpose2d(ν_c1) + ν_s2.
-    assert_eq!(names(&g, &d, "r0"), set(&["c1", "s2"]));
+    assert_eq!(names(g, &d, "r0"), set(&["c1", "s2"]));
     // r2 feeds c3 (main path) and k4 (projected skip).
-    assert_eq!(names(&g, &d, "r2"), set(&["c3", "k4"]));
+    assert_eq!(names(g, &d, "r2"), set(&["c3", "k4"]));
     // The sums fan out: ν_c2 and ν_c4, ν_k4 each get one term from their sum.
-    assert_eq!(names(&g, &d, "c2"), set(&["s2"]));
-    assert_eq!(names(&g, &d, "k4"), set(&["s4"]));
-    assert_edges_reversed(&g, &d);
-    let text = dualnet::emit::dual(&g, &d);
+    assert_eq!(names(g, &d, "c2"), set(&["s2"]));
+    assert_eq!(names(g, &d, "k4"), set(&["s4"]));
+    assert_edges_reversed(g, &d);
+    let text = dualnet::emit::dual(g, &d);
     let line = text.lines().find(|l| l.trim_start().starts_with("ν_r0 ")).unwrap_or("");
     assert!(line.contains("ν_c1") && line.contains("ν_s2") && line.contains(" + "), "ν_r0 line: {line}");
 }

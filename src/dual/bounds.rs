@@ -33,9 +33,64 @@ enum Weight {
     L2(Tensor),
 }
 
+/// A source's value at one node.
+#[derive(Clone)]
+enum Val {
+    Dense(Tensor),
+    /// Rows that are unit vectors `e_{idx[b*m + r]}` of the node's flattened shape (an activation's offsets at
+    /// their injection point). Kept implicit: the next affine op reads the rows of its own matrix instead of
+    /// being applied to `B*m` one-hot tensors.
+    OneHot { idx: Tensor, b: usize, m: usize },
+}
+
 struct Source {
-    vals: HashMap<NodeIndex, Tensor>,
+    vals: HashMap<NodeIndex, Val>,
     weight: Weight,
+}
+
+/// Dense `[B, m, *shape]` form of a value at a node of `shape`.
+fn dense(v: &Val, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor> {
+    match v {
+        Val::Dense(t) => Ok(t.clone()),
+        Val::OneHot { idx, b, m } => {
+            let n: usize = shape.iter().product();
+            let eye = Tensor::eye(n, like.dtype(), like.device())?;
+            let mut s = vec![*b, *m];
+            s.extend_from_slice(shape);
+            eye.index_select(idx, 0)?.reshape(s)
+        }
+    }
+}
+
+/// Largest op matrix (`n_in * n_out` entries) built for the one-hot shortcut.
+const MAX_MATRIX: usize = 1 << 25;
+
+/// The matrix `[n_in, n_out]` of a single-input affine op's linear part (row `i` = the op applied to `e_i`).
+fn op_matrix(model: &Model, i: NodeIndex) -> Result<Option<Tensor>> {
+    let g = &model.graph;
+    let node = g.node(i);
+    let Some(op) = node.kind.op() else { return Ok(None) };
+    let in_shape = &g.node(node.inputs[0]).shape;
+    let (n_in, n_out) = (in_shape.iter().product::<usize>(), node.shape.iter().product::<usize>());
+    if n_in * n_out > MAX_MATRIX {
+        return Ok(None);
+    }
+    if let Some(cache) = &model.matrix_cache {
+        if let Some(t) = cache.lock().ok().and_then(|c| c.get(&i.index()).cloned()) {
+            return Ok(Some(t));
+        }
+    }
+    let ctx_err = || format!("matrix of `{}`", node.name);
+    let mut s = vec![n_in];
+    s.extend_from_slice(in_shape);
+    let eye = Tensor::eye(n_in, model.dtype, &model.device).and_then(|e| e.reshape(s)).context(ctx_err)?;
+    let mat = op.linear(&model.ctx(i), &[eye])?.reshape((n_in, n_out)).context(ctx_err)?;
+    if let Some(cache) = &model.matrix_cache {
+        if let Ok(mut c) = cache.lock() {
+            c.insert(i.index(), mat.clone());
+        }
+    }
+    Ok(Some(mat))
 }
 
 /// Bounds of every activation input and the relaxation of every activation.
@@ -98,7 +153,7 @@ pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
                     InputSet::L2 { eps, .. } => Weight::L2(eps.clone()),
                 };
                 let mut vals = HashMap::new();
-                vals.insert(i, eye);
+                vals.insert(i, Val::Dense(eye));
                 sources.push(Source { vals, weight });
             }
             NodeKind::Op(op) => {
@@ -112,20 +167,37 @@ pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
                         }
                         centers[i.index()] = Some(c);
                         for s in sources.iter_mut() {
-                            let present: Vec<Tensor> = node.inputs.iter().filter_map(|j| s.vals.get(j).cloned()).collect();
+                            let present: Vec<(NodeIndex, Val)> =
+                                node.inputs.iter().filter_map(|j| s.vals.get(j).map(|v| (*j, v.clone()))).collect();
                             if present.is_empty() {
                                 continue;
                             }
                             let v = if node.inputs.len() > 1 {
                                 // A sum: absent operands contribute zero; leading dims broadcast.
-                                op.linear(&ctx, &present)?
+                                let ts: Vec<Tensor> = present
+                                    .iter()
+                                    .map(|(j, v)| dense(v, &g.node(*j).shape, x))
+                                    .collect::<candle_core::Result<_>>()
+                                    .context(ctx_err)?;
+                                op.linear(&ctx, &ts)?
                             } else {
-                                let t = &present[0];
-                                let (bs, m) = (t.dims()[0], t.dims()[1]);
-                                let y = op.linear(&ctx, &[merge_lead(t).context(ctx_err)?])?;
-                                split_lead(&y, bs, m).context(ctx_err)?
+                                let (j, v) = &present[0];
+                                match v {
+                                    Val::OneHot { idx, b, m } if op_matrix(model, i)?.is_some() => {
+                                        let mat = op_matrix(model, i)?.ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
+                                        let mut shape = vec![*b, *m];
+                                        shape.extend_from_slice(&node.shape);
+                                        mat.index_select(idx, 0).and_then(|t| t.reshape(shape)).context(ctx_err)?
+                                    }
+                                    _ => {
+                                        let t = dense(v, &g.node(*j).shape, x).context(ctx_err)?;
+                                        let (bs, m) = (t.dims()[0], t.dims()[1]);
+                                        let y = op.linear(&ctx, &[merge_lead(&t).context(ctx_err)?])?;
+                                        split_lead(&y, bs, m).context(ctx_err)?
+                                    }
+                                }
                             };
-                            s.vals.insert(i, v);
+                            s.vals.insert(i, Val::Dense(v));
                         }
                     }
                     Role::Activation => {
@@ -144,8 +216,8 @@ pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
                         let slope1 = r.slope.unsqueeze(1).context(ctx_err)?;
                         for s in sources.iter_mut() {
                             if let Some(v) = s.vals.get(&z) {
-                                let nv = v.broadcast_mul(&slope1).context(ctx_err)?;
-                                s.vals.insert(i, nv);
+                                let nv = dense(v, &g.node(z).shape, x).and_then(|v| v.broadcast_mul(&slope1)).context(ctx_err)?;
+                                s.vals.insert(i, Val::Dense(nv));
                             }
                         }
                         if let Some(src) = offset_source(i, &r, b, &node.shape).context(ctx_err)? {
@@ -176,6 +248,7 @@ fn layer_bounds(model: &Model, centers: &[Option<Tensor>], sources: &[Source], z
     let mut radius = Tensor::zeros((b, n), center.dtype(), center.device()).context(ctx_err)?;
     for s in sources {
         let Some(a) = s.vals.get(&z) else { continue };
+        let a = dense(a, &node.shape, &center).context(ctx_err)?;
         let (bs, m) = (a.dims()[0], a.dims()[1]);
         let a = a.reshape((bs, m, n)).context(ctx_err)?;
         let term = match &s.weight {
@@ -208,24 +281,20 @@ fn offset_source(node: NodeIndex, r: &Relaxation, b: usize, shape: &[usize]) -> 
     if m == 0 {
         return Ok(None);
     }
-    let mut onehot = vec![0f64; b * m * n];
+    // Padding rows (examples with fewer than m offsets) point at unit 0 with weight 0.
     let mut idx = vec![0u32; b * m];
     let mut mask = vec![0f64; b * m];
     for (e, row) in rows.iter().enumerate() {
         for (k, &j) in row.iter().enumerate() {
-            onehot[(e * m + k) * n + j] = 1.0;
             idx[e * m + k] = j as u32;
             mask[e * m + k] = 1.0;
         }
     }
     let dev = rad.device();
-    let mut inj_shape = vec![b, m];
-    inj_shape.extend_from_slice(shape);
-    let inj = Tensor::from_vec(onehot, inj_shape, dev)?.to_dtype(rad.dtype())?;
     let idx = Tensor::from_vec(idx, (b, m), dev)?;
     let mask = Tensor::from_vec(mask, (b, m), dev)?.to_dtype(rad.dtype())?;
     let w = (rad.gather(&idx, 1)? * mask)?;
     let mut vals = HashMap::new();
-    vals.insert(node, inj);
+    vals.insert(node, Val::OneHot { idx: idx.flatten_all()?, b, m });
     Ok(Some(Source { vals, weight: Weight::L1(w) }))
 }

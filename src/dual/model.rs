@@ -13,11 +13,20 @@ pub struct Model {
     pub weights: Weights,
     pub dtype: DType,
     pub device: Device,
+    /// Dense matrices of affine ops, cached across batches while the weights are fixed (certification).
+    /// `None` (the default) recomputes them per call, as training needs.
+    pub matrix_cache: Option<std::sync::Mutex<std::collections::HashMap<usize, Tensor>>>,
 }
 
 impl Model {
     pub fn new(graph: Graph, weights: Weights, dtype: DType, device: Device) -> Self {
-        Model { graph, weights, dtype, device }
+        Model { graph, weights, dtype, device, matrix_cache: None }
+    }
+
+    /// Cache per-op matrices across calls; only valid while the weights do not change.
+    pub fn with_fixed_weights(mut self) -> Self {
+        self.matrix_cache = Some(Default::default());
+        self
     }
 
     pub fn ctx(&self, i: NodeIndex) -> NodeCtx<'_> {
