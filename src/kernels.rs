@@ -1,15 +1,250 @@
 //! The hot tensor kernels of the dual network, in one place so a faster implementation can replace candle's
 //! built-in one without touching the ops (design.md §6).
 //!
-//! Shapes: `conv2d(x: [N, C_in, H, W], w: [C_out, C_in, K, K]) -> [N, C_out, H', W']`;
-//! `conv_transpose2d(nu: [N, C_out, H', W'], w) -> [N, C_in, H, W]` with `output_padding` restoring `H`.
+//! Shapes: `conv2d(x: [N, C_in, H, W], w: [C_out, C_in, K, K]) -> [N, C_out, H', W']`, `H' = (H + 2P − K)/S + 1`;
+//! `conv_transpose2d(nu: [N, C_out, H', W'], w) -> [N, C_in, H, W]`, `H = (H' − 1)S − 2P + K + output_padding`.
+//! (Non-square kernels `[C_out, C_in, KH, KW]` work too.)
+//!
+//! Algorithm (CPU, f32 and f64): candle custom ops over the slice kernels of [`cpu`]. The batch is cut into chunks
+//! of images whose im2col buffer stays near a few MB; per chunk, conv2d is im2col + one `gemm` (`w · col`),
+//! conv_transpose2d is one `gemm` (`wᵀ · nu`) + col2im, and chunks run in parallel on rayon. Memory stays
+//! `O(output + threads × chunk)` instead of candle's whole-batch im2col.
+//!
+//! Autograd: the three ops (conv2d, conv_transpose2d, and the kernel gradient `Σ g ⊗ im2col(x)`) take explicit
+//! output sizes, which makes them exact mutual adjoints for any sizes; each op's `bwd` is built from the other two
+//! ops, so gradients of gradients work as well. Other devices and dtypes fall back to candle's built-ins.
 
-use candle_core::{Result, Tensor};
+mod cpu;
 
+use std::borrow::Cow;
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use cpu::{Elem, Geom};
+
+/// `conv2d` with stride `stride` and zero padding `padding` on each side, dilation 1, one group.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.conv2d(w, padding, stride, 1, 1)
+    if !fast_path(x, w) {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    let (_, c_in, h, wd) = x.dims4()?;
+    let (_, c_in_w, kh, kw) = w.dims4()?;
+    check(c_in, c_in_w, stride, "conv2d")?;
+    let out = |n: usize, k: usize, side: &str| -> Result<usize> {
+        if n + 2 * padding < k {
+            bail!("conv2d: kernel {side} {k} exceeds padded input {side} {n} + 2×{padding}")
+        }
+        Ok((n + 2 * padding - k) / stride + 1)
+    };
+    let (ho, wo) = (out(h, kh, "height")?, out(wd, kw, "width")?);
+    conv2d_to(x, w, stride, padding, ho, wo)
 }
 
+/// The transpose (adjoint) of [`conv2d`]; `output_padding` adds rows/columns at the bottom/right of the output.
 pub fn conv_transpose2d(nu: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
-    nu.conv_transpose2d(w, padding, output_padding, stride, 1)
+    if !fast_path(nu, w) {
+        return nu.conv_transpose2d(w, padding, output_padding, stride, 1);
+    }
+    let (_, c_out, ho, wo) = nu.dims4()?;
+    let (c_out_w, _, kh, kw) = w.dims4()?;
+    check(c_out, c_out_w, stride, "conv_transpose2d")?;
+    let out = |n: usize, k: usize, side: &str| -> Result<usize> {
+        let full = n.saturating_sub(1) * stride + k + output_padding;
+        if n == 0 || full <= 2 * padding {
+            bail!("conv_transpose2d: input {side} {n} with kernel {k}, stride {stride}, padding {padding} gives no output")
+        }
+        Ok(full - 2 * padding)
+    };
+    let (h, wd) = (out(ho, kh, "height")?, out(wo, kw, "width")?);
+    conv_transpose2d_to(nu, w, stride, padding, h, wd)
+}
+
+/// Whether the custom CPU kernels handle these operands (else candle's built-in does).
+fn fast_path(a: &Tensor, w: &Tensor) -> bool {
+    a.device().is_cpu() && w.device().is_cpu() && a.dtype() == w.dtype() && matches!(a.dtype(), DType::F32 | DType::F64)
+}
+
+fn check(c: usize, c_w: usize, stride: usize, op: &str) -> Result<()> {
+    if c != c_w {
+        bail!("{op}: input has {c} channels but the kernel expects {c_w}")
+    }
+    if stride == 0 {
+        bail!("{op}: stride must be at least 1")
+    }
+    Ok(())
+}
+
+/// `conv2d` producing exactly `ho × wo` outputs (positions past the padded input read zeros).
+fn conv2d_to(x: &Tensor, w: &Tensor, s: usize, p: usize, ho: usize, wo: usize) -> Result<Tensor> {
+    x.apply_op2(w, Conv2d { s, p, ho, wo })
+}
+
+/// `conv_transpose2d` producing exactly `h × w` outputs (contributions past them are dropped).
+fn conv_transpose2d_to(nu: &Tensor, w: &Tensor, s: usize, p: usize, h: usize, wd: usize) -> Result<Tensor> {
+    nu.apply_op2(w, ConvTranspose2d { s, p, h, w: wd })
+}
+
+/// The kernel gradient `[C_out, C_in, kh, kw]` of `conv2d(x, ·)` against the output gradient `g`.
+fn weight_grad(x: &Tensor, g: &Tensor, s: usize, p: usize, kh: usize, kw: usize) -> Result<Tensor> {
+    x.apply_op2(g, WeightGrad { s, p, kh, kw })
+}
+
+/// The elements of a (possibly strided) CPU operand, in row-major order.
+fn elems<'a, T: Copy>(data: &'a [T], l: &Layout) -> Cow<'a, [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Cow::Borrowed(&data[a..b]),
+        None => Cow::Owned(strided(data, l)),
+    }
+}
+
+/// Copies a strided view (any strides, broadcasts included) into a row-major vector.
+fn strided<T: Copy>(data: &[T], l: &Layout) -> Vec<T> {
+    let (dims, stride) = (l.dims(), l.stride());
+    let n = l.shape().elem_count();
+    let mut out = Vec::with_capacity(n);
+    let Some((&last, outer)) = dims.split_last() else {
+        out.push(data[l.start_offset()]);
+        return out;
+    };
+    let step = stride[dims.len() - 1];
+    let mut idx = vec![0usize; outer.len()];
+    for _ in 0..n.checked_div(last).unwrap_or(0) {
+        let base = l.start_offset() + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
+        out.extend((0..last).map(|j| data[base + j * step]));
+        for d in (0..outer.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < outer[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+fn dims4(l: &Layout, op: &str, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match *l.dims() {
+        [a, b, c, d] => Ok((a, b, c, d)),
+        ref d => bail!("{op}: {what} must have rank 4, got shape {d:?}"),
+    }
+}
+
+/// Runs `f` on the two operands as f32 or f64 slices.
+fn dispatch(
+    op: &str,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    f32: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32(&elems(a, l1), &elems(b, l2)))),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64(&elems(a, l1), &elems(b, l2)))),
+        _ => bail!("{op}: operands must both be f32 or both f64"),
+    }
+}
+
+fn run<T: Elem>(kernel: fn(&[T], &[T], usize, &Geom) -> Vec<T>, n: usize, g: Geom) -> impl FnOnce(&[T], &[T]) -> Vec<T> {
+    move |a, b| kernel(a, b, n, &g)
+}
+
+/// `x [N, C_in, H, W] ⋆ w [C_out, C_in, KH, KW] → [N, C_out, ho, wo]`.
+struct Conv2d {
+    s: usize,
+    p: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "dualnet-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c_in, h, w) = dims4(l1, self.name(), "input")?;
+        let (c_out, c_in_w, kh, kw) = dims4(l2, self.name(), "kernel")?;
+        check(c_in, c_in_w, self.s, self.name())?;
+        let g = Geom { c_in, h, w, c_out, ho: self.ho, wo: self.wo, kh, kw, s: self.s, p: self.p };
+        let out = dispatch(self.name(), s1, l1, s2, l2, run(cpu::conv2d, n, g), run(cpu::conv2d, n, g))?;
+        Ok((out, Shape::from((n, c_out, self.ho, self.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let gx = conv_transpose2d_to(g, w, self.s, self.p, h, wd)?;
+        let gw = weight_grad(x, g, self.s, self.p, kh, kw)?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// `nu [N, C_out, H', W'] ⋆ᵀ w [C_out, C_in, KH, KW] → [N, C_in, h, w]`.
+struct ConvTranspose2d {
+    s: usize,
+    p: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for ConvTranspose2d {
+    fn name(&self) -> &'static str {
+        "dualnet-conv-transpose2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c_out, ho, wo) = dims4(l1, self.name(), "input")?;
+        let (c_out_w, c_in, kh, kw) = dims4(l2, self.name(), "kernel")?;
+        check(c_out, c_out_w, self.s, self.name())?;
+        let g = Geom { c_in, h: self.h, w: self.w, c_out, ho, wo, kh, kw, s: self.s, p: self.p };
+        let out =
+            dispatch(self.name(), s1, l1, s2, l2, run(cpu::conv_transpose2d, n, g), run(cpu::conv_transpose2d, n, g))?;
+        Ok((out, Shape::from((n, c_in, self.h, self.w))))
+    }
+
+    fn bwd(&self, nu: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, ho, wo) = nu.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let gnu = conv2d_to(g, w, self.s, self.p, ho, wo)?;
+        let gw = weight_grad(g, nu, self.s, self.p, kh, kw)?;
+        Ok((Some(gnu), Some(gw)))
+    }
+}
+
+/// `x [N, C_in, H, W]`, `g [N, C_out, H', W'] → [C_out, C_in, kh, kw]`, the kernel gradient of [`Conv2d`].
+struct WeightGrad {
+    s: usize,
+    p: usize,
+    kh: usize,
+    kw: usize,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "dualnet-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c_in, h, w) = dims4(l1, self.name(), "input")?;
+        let (n_g, c_out, ho, wo) = dims4(l2, self.name(), "output gradient")?;
+        if n != n_g {
+            bail!("{}: input batch {n} differs from gradient batch {n_g}", self.name())
+        }
+        if self.s == 0 {
+            bail!("{}: stride must be at least 1", self.name())
+        }
+        let g = Geom { c_in, h, w, c_out, ho, wo, kh: self.kh, kw: self.kw, s: self.s, p: self.p };
+        let out = dispatch(self.name(), s1, l1, s2, l2, run(cpu::weight_grad, n, g), run(cpu::weight_grad, n, g))?;
+        Ok((out, Shape::from((c_out, c_in, self.kh, self.kw))))
+    }
+
+    fn bwd(&self, x: &Tensor, g: &Tensor, _res: &Tensor, gw: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, ho, wo) = g.dims4()?;
+        let gx = conv_transpose2d_to(g, gw, self.s, self.p, h, wd)?;
+        let gg = conv2d_to(x, gw, self.s, self.p, ho, wo)?;
+        Ok((Some(gx), Some(gg)))
+    }
 }

@@ -31,6 +31,12 @@ enum Command {
 }
 
 fn main() {
+    // candle sizes its thread pools from RAYON_NUM_THREADS, else from a /proc/cpuinfo scan on every call; set it
+    // once (to the cores this process may use) unless the user chose.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::Check(a) => cli::check::run(a),

@@ -31,6 +31,44 @@ enum Weight {
     L1(Tensor),
     /// `eps_b · sqrt(Σ_r A_{b,r,j}^2)`, `eps: [B]`.
     L2(Tensor),
+    /// Random projection (paper Theorem 2): the rows are `k` random combinations already scaled by the
+    /// weights, and the term is `scale · median_q |A_{b,q,j}|` — Cauchy rows estimate an ℓ1 norm (scale 1),
+    /// Gaussian rows an ℓ2 norm (scale `1/Φ⁻¹(3/4)`).
+    Median { scale: f64 },
+}
+
+/// How the layer bounds are computed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `Some(k)`: estimate the dual-norm terms with `k` random projections (linear cost, for training), for the
+    /// input when it has more than `k` entries and for an activation layer when it has more than `k` crossing
+    /// units over the batch (the reference's rule). `None`: exact bounds.
+    pub proj: Option<usize>,
+    pub seed: u64,
+}
+
+/// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
+const GAUSS_MEDIAN_SCALE: f64 = 1.482_602_218_505_602;
+
+fn random_tensor(shape: &[usize], cauchy: bool, rng: &mut rand::rngs::StdRng, like: &Tensor) -> candle_core::Result<Tensor> {
+    use rand::Rng;
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = if cauchy {
+        (0..n).map(|_| (std::f64::consts::PI * (rng.random::<f64>() - 0.5)).tan()).collect()
+    } else {
+        (0..n).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)).collect()
+    };
+    Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
+}
+
+/// Median over dim 1 of `|a|`, `a: [B, k, n] -> [B, n]` (the lower middle for even `k`, like `torch.median`);
+/// differentiable through the selected entries.
+pub fn median_abs(a: &Tensor) -> candle_core::Result<Tensor> {
+    let k = a.dims()[1];
+    let t = a.abs()?.transpose(1, 2)?.contiguous()?; // [B, n, k]
+    let order = t.arg_sort_last_dim(true)?;
+    let mid = order.narrow(2, (k - 1) / 2, 1)?.contiguous()?;
+    t.gather(&mid, 2)?.squeeze(2)
 }
 
 /// A source's value at one node.
@@ -123,6 +161,13 @@ fn split_lead(t: &Tensor, bs: usize, m: usize) -> candle_core::Result<Tensor> {
 
 /// Compute all layer bounds for `set` (exact: every source is pushed forward in full).
 pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
+    compute_with(model, set, &Options::default())
+}
+
+/// Layer bounds, exact or with random projections (`opts.proj`).
+pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bounds> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let g = &model.graph;
     let x = set.center();
     let b = x.dims()[0];
@@ -145,15 +190,41 @@ pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
             NodeKind::Input => {
                 centers[i.index()] = Some(x.clone());
                 let n_in: usize = node.shape.iter().product();
-                let mut eye_shape = vec![1, n_in];
-                eye_shape.extend_from_slice(&node.shape);
-                let eye = Tensor::eye(n_in, x.dtype(), x.device()).and_then(|e| e.reshape(eye_shape)).context(ctx_err)?;
-                let weight = match set {
-                    InputSet::Box { radius, .. } => Weight::L1(radius.reshape((b, n_in)).context(ctx_err)?),
-                    InputSet::L2 { eps, .. } => Weight::L2(eps.clone()),
-                };
                 let mut vals = HashMap::new();
-                vals.insert(i, Val::Dense(eye));
+                let weight = match opts.proj {
+                    Some(k) if n_in > k => {
+                        // k random combinations of the input directions, scaled by the per-pixel radius (ℓ∞/box,
+                        // Cauchy) or by ε (ℓ2, Gaussian).
+                        let mut shape = vec![b, k];
+                        shape.extend_from_slice(&node.shape);
+                        let (cauchy, scale) = match set {
+                            InputSet::Box { .. } => (true, 1.0),
+                            InputSet::L2 { .. } => (false, GAUSS_MEDIAN_SCALE),
+                        };
+                        let r = random_tensor(&shape, cauchy, &mut rng, x).context(ctx_err)?;
+                        let r = match set {
+                            InputSet::Box { radius, .. } => r.broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?),
+                            InputSet::L2 { eps, .. } => {
+                                let mut es = vec![b, 1];
+                                es.extend(std::iter::repeat_n(1, node.shape.len()));
+                                r.broadcast_mul(&eps.reshape(es).context(ctx_err)?)
+                            }
+                        }
+                        .context(ctx_err)?;
+                        vals.insert(i, Val::Dense(r));
+                        Weight::Median { scale }
+                    }
+                    _ => {
+                        let mut eye_shape = vec![1, n_in];
+                        eye_shape.extend_from_slice(&node.shape);
+                        let eye = Tensor::eye(n_in, x.dtype(), x.device()).and_then(|e| e.reshape(eye_shape)).context(ctx_err)?;
+                        vals.insert(i, Val::Dense(eye));
+                        match set {
+                            InputSet::Box { radius, .. } => Weight::L1(radius.reshape((b, n_in)).context(ctx_err)?),
+                            InputSet::L2 { eps, .. } => Weight::L2(eps.clone()),
+                        }
+                    }
+                };
                 sources.push(Source { vals, weight });
             }
             NodeKind::Op(op) => {
@@ -220,7 +291,15 @@ pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
                                 s.vals.insert(i, Val::Dense(nv));
                             }
                         }
-                        if let Some(src) = offset_source(i, &r, b, &node.shape).context(ctx_err)? {
+                        let src = match opts.proj {
+                            Some(k) => projected_offset_source(i, &r, b, &node.shape, k, &mut rng).context(ctx_err)?,
+                            None => None,
+                        };
+                        let src = match src {
+                            Some(s) => Some(s),
+                            None => offset_source(i, &r, b, &node.shape).context(ctx_err)?,
+                        };
+                        if let Some(src) = src {
                             sources.push(src);
                         }
                         out.relax.insert(i, r);
@@ -257,6 +336,7 @@ fn layer_bounds(model: &Model, centers: &[Option<Tensor>], sources: &[Source], z
                 let w3 = w.unsqueeze(1).context(ctx_err)?;
                 w3.broadcast_matmul(&a.abs().context(ctx_err)?).context(ctx_err)?.squeeze(1).context(ctx_err)?
             }
+            Weight::Median { scale } => (median_abs(&a).context(ctx_err)? * *scale).context(ctx_err)?,
             Weight::L2(eps) => {
                 let norm = a.sqr().and_then(|q| q.sum(1)).and_then(|q| q.sqrt()).context(ctx_err)?; // [Bs, n]
                 norm.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?
@@ -297,4 +377,27 @@ fn offset_source(node: NodeIndex, r: &Relaxation, b: usize, shape: &[usize]) -> 
     let mut vals = HashMap::new();
     vals.insert(node, Val::OneHot { idx: idx.flatten_all()?, b, m });
     Ok(Some(Source { vals, weight: Weight::L1(w) }))
+}
+
+/// Projected offsets: when more than `k` units have a non-zero offset radius over the whole batch, inject `k`
+/// Cauchy combinations `C ⊙ rad` (`[B, k, *shape]`) instead of one direction per unit.
+fn projected_offset_source(
+    node: NodeIndex,
+    r: &Relaxation,
+    b: usize,
+    shape: &[usize],
+    k: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> candle_core::Result<Option<Source>> {
+    let count: f64 = r.rad.gt(0.0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar()?;
+    if count <= k as f64 {
+        return Ok(None);
+    }
+    let mut s = vec![b, k];
+    s.extend_from_slice(shape);
+    let c = random_tensor(&s, true, rng, &r.rad)?;
+    let inj = c.broadcast_mul(&r.rad.unsqueeze(1)?)?;
+    let mut vals = HashMap::new();
+    vals.insert(node, Val::Dense(inj));
+    Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0 } }))
 }

@@ -20,7 +20,12 @@ pub struct Certificate {
 
 /// Exact bounds and margins for inputs with labels `y`.
 pub fn certify_batch(model: &Model, set: &InputSet, labels: &[u32]) -> Result<Certificate> {
-    let bounds = bounds::compute(model, set)?;
+    certify_batch_with(model, set, labels, &bounds::Options::default())
+}
+
+/// Bounds (exact or projected, see [`bounds::Options`]) and the exact dual objective for the margins.
+pub fn certify_batch_with(model: &Model, set: &InputSet, labels: &[u32], opts: &bounds::Options) -> Result<Certificate> {
+    let bounds = bounds::compute_with(model, set, opts)?;
     let k = model.graph.num_classes();
     let c = margin_objectives(labels, k, set.center())?;
     let margin_lb = objective(model, set, &bounds, &c)?;

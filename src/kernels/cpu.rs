@@ -262,10 +262,15 @@ impl Plan {
 }
 
 /// Scratch buffers of one worker, grown on demand.
-#[derive(Default)]
 struct Scratch<T> {
     a: Vec<T>,
     b: Vec<T>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch { a: Vec::new(), b: Vec::new() }
+    }
 }
 
 fn sized<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
