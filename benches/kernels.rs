@@ -1,7 +1,8 @@
 //! Times `dualnet::kernels` against candle's built-in conv2d / conv_transpose2d on the dual network's hot shapes.
 //!
 //! `cargo bench --bench kernels` (release). `KERNELS_BENCH_N` scales case (a)'s batch (default 9800 images;
-//! the full dual-network batch is 39200). `KERNELS_BENCH_SKIP_CANDLE=1` times only the new kernels.
+//! the full dual-network batch is 39200). `KERNELS_BENCH_SKIP_CANDLE=1` times only the new kernels;
+//! `KERNELS_BENCH_ONLY=text` runs only the cases whose name contains `text`.
 
 use std::time::Instant;
 
@@ -23,6 +24,9 @@ fn time(reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
 }
 
 fn report(name: &str, reps: usize, skip_candle: bool, ours: impl FnMut() -> Result<Tensor>, theirs: impl FnMut() -> Result<Tensor>) -> Result<()> {
+    if std::env::var("KERNELS_BENCH_ONLY").is_ok_and(|f| !name.contains(&f)) {
+        return Ok(());
+    }
     let new = time(reps, ours)?;
     if skip_candle {
         println!("{name:<60} candle      -    ms   dualnet {new:9.1} ms");

@@ -248,3 +248,43 @@ impl CustomOp2 for WeightGrad {
         Ok((Some(gx), Some(gg)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], dt: DType) -> Result<Tensor> {
+        Tensor::randn(0f64, 1., shape, &Device::Cpu)?.to_dtype(dt)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    }
+
+    /// The kernel-gradient op against candle's gradient, and its own backward (the second derivative of a conv)
+    /// against candle's conv2d / conv_transpose2d.
+    #[test]
+    fn weight_grad_and_its_backward() -> Result<()> {
+        for (dt, tol) in [(DType::F32, 1e-3), (DType::F64, 1e-9)] {
+            // x [3, 4, 9, 9], w [5, 4, 3, 3], stride 2, padding 1 → g [3, 5, 5, 5]; 9 = 4·2 − 2 + 3 (op 0).
+            let (s, p) = (2, 1);
+            let x = rand(&[3, 4, 9, 9], dt)?;
+            let w = rand(&[5, 4, 3, 3], dt)?;
+            let g = rand(&[3, 5, 5, 5], dt)?;
+            let wv = Var::from_tensor(&w)?;
+            let theirs = (x.conv2d(wv.as_tensor(), p, s, 1, 1)? * &g)?.sum_all()?.backward()?;
+            let theirs = theirs.get(wv.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
+            let (xv, gv) = (Var::from_tensor(&x)?, Var::from_tensor(&g)?);
+            let ours = weight_grad(xv.as_tensor(), gv.as_tensor(), s, p, 3, 3)?;
+            assert!(max_diff(&ours, &theirs)? < tol);
+            let r = rand(&[5, 4, 3, 3], dt)?;
+            let gs = (ours * &r)?.sum_all()?.backward()?;
+            let get = |v: &Var| gs.get(v.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no grad".into()));
+            assert!(max_diff(&get(&xv)?, &g.conv_transpose2d(&r, p, 0, s, 1)?)? < tol);
+            assert!(max_diff(&get(&gv)?, &x.conv2d(&r, p, s, 1, 1)?)? < tol);
+        }
+        Ok(())
+    }
+}

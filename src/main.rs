@@ -26,6 +26,8 @@ enum Command {
     Attack(cli::attack::Args),
     /// Speed and memory benchmarks (each configuration in its own process).
     Bench(cli::bench::Args),
+    /// Train a network (robust by default) from a YAML config and/or flags; resumable.
+    Train(cli::train::Args),
     /// List the ops the compiler knows and which have dual rules.
     Ops,
 }
@@ -46,6 +48,7 @@ fn main() {
         Command::Certify(a) => cli::certify::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Attack(a) => cli::attack::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Bench(a) => cli::bench::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Train(a) => cli::train::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Ops => {
             cli::ops::run();
             0

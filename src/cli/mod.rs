@@ -16,6 +16,7 @@ pub mod check;
 pub mod compile;
 pub mod init;
 pub mod ops;
+pub mod train;
 
 /// Read a spec file as UTF-8 text.
 pub fn read_spec(path: &Path) -> Result<String> {

@@ -246,7 +246,8 @@ struct Plan {
 impl Plan {
     fn new(n: usize, bytes_per_img: usize) -> Plan {
         let threads = rayon::current_num_threads().max(1);
-        let mut b = (CHUNK_BYTES / bytes_per_img.max(1)).clamp(1, n.max(1));
+        let cb = std::env::var("DUALNET_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(CHUNK_BYTES); // TUNING
+        let mut b = (cb / bytes_per_img.max(1)).clamp(1, n.max(1));
         if n.div_ceil(b) < threads {
             b = n.div_ceil(threads).max(1);
         }
@@ -293,6 +294,13 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
         let b = xc.len() / g.in_img();
         let col = sized(&mut sc.a, rows * b * hw);
         im2col(xc, b, g, &rg, col);
+        if std::env::var("DUALNET_PERIMG").is_ok() { // TUNING
+            for i in 0..b {
+                let o = &mut oc[i * g.out_img()..][..g.out_img()];
+                matmul(o, g.c_out, hw, rows, Mat::rows(w, rows), Mat::rows(&col[i * hw..], b * hw), false, par);
+            }
+            return;
+        }
         let tmp = sized(&mut sc.b, g.c_out * b * hw);
         matmul(tmp, g.c_out, b * hw, rows, Mat::rows(w, rows), Mat::rows(col, b * hw), false, par);
         scatter(tmp, b, g.c_out, hw, oc);

@@ -2,3 +2,4 @@
 pub mod attack;
 pub mod certify;
 pub mod memory;
+pub mod train;

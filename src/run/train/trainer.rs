@@ -1,0 +1,285 @@
+//! The training loop (paper Section 4 and the reference's `train_robust`): per batch, the robust cross-entropy of
+//! the margin lower bounds (random projections by default, `proj: 50`), or plain / PGD-adversarial training for
+//! comparison; ε and the learning rate follow the config's schedules; each epoch ends with an exact certified
+//! error on a test subset, `metrics.jsonl`, a plot, and atomic checkpoints (`last`, `best`). Ctrl-C saves a
+//! resumable checkpoint mid-epoch; a non-finite loss stops the run keeping the last good checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::config::{Mode, TrainConfig};
+use super::optim::{clip_grad_norm, Optim};
+use super::runfolder::{epoch_seed, EpochMetrics, RunFolder, TrainState};
+use super::{interrupt, plot};
+use crate::data::{self, Dataset, Split};
+use crate::diagnostics::{Code, Diagnostic};
+use crate::dual::bounds::Options;
+use crate::dual::robust::{certified, certify_batch_with, robust_ce_per_example};
+use crate::dual::{InputSet, Model};
+use crate::error::{Context, Error, Result};
+use crate::ir::Graph;
+use crate::run::attack::{pgd, Goal, PgdConfig};
+use crate::run::certify::{certify_dataset, CertifyConfig};
+use crate::weights::Weights;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub out: PathBuf,
+    pub epochs: usize,
+    pub last: Option<EpochMetrics>,
+    pub best_metric: Option<f64>,
+}
+
+fn need<T: Clone>(v: &Option<T>, what: &str, flag: &str) -> Result<T> {
+    v.clone().ok_or_else(|| {
+        Error::input(
+            Diagnostic::new(Code::BadOption, format!("no {what} given"))
+                .help(format!("pass `{flag}` or set it in the YAML config")),
+        )
+    })
+}
+
+/// Named trainable parameters as variables, in node order; the model's tensors are replaced by the variables'.
+fn make_vars(model: &mut Model) -> Result<Vec<(String, Var)>> {
+    let mut vars = Vec::new();
+    let names: Vec<(usize, String, Vec<(&'static str, bool)>)> = model
+        .graph
+        .order()
+        .map(|i| {
+            let n = model.graph.node(i);
+            (i.index(), n.name.clone(), n.weights.iter().map(|w| (w.suffix, w.trainable)).collect())
+        })
+        .collect();
+    for (idx, name, specs) in names {
+        for (suffix, trainable) in specs {
+            if !trainable {
+                continue;
+            }
+            if let Some(t) = model.weights.per_node[idx].get_mut(suffix) {
+                let v = Var::from_tensor(t).context(|| format!("parameter `{name}.{suffix}`"))?;
+                *t = v.as_tensor().clone();
+                vars.push((format!("{name}.{suffix}"), v));
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// A copy of the model whose weights are detached (no autograd graph is built when evaluating it).
+fn detached(model: &Model) -> Model {
+    let per_node = model
+        .weights
+        .per_node
+        .iter()
+        .map(|m| m.iter().map(|(k, t)| (k.clone(), t.detach())).collect())
+        .collect();
+    Model::new(model.graph.clone(), Weights { per_node }, model.dtype, model.device.clone()).with_fixed_weights()
+}
+
+fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    candle_nn::loss::cross_entropy(logits, y).context(|| "cross-entropy".to_string())
+}
+
+fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+    let dir = need(&cfg.data_dir, "data folder", "--data-dir")?;
+    let train = data::load(&cfg.data, &dir, Split::Train)?;
+    let train = match cfg.limit {
+        Some(n) => train.limit(n),
+        None => train,
+    };
+    let test = data::load(&cfg.data, &dir, Split::Test)?.limit(cfg.test_limit);
+    Ok((train, test))
+}
+
+/// Train according to `cfg` into the run folder `out` (resuming from its `last` checkpoint if `resume`).
+pub fn train(cfg: &TrainConfig, graph: Graph, out: &Path, resume: bool, progress: bool) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let folder = RunFolder::create(out, resume)?;
+    let (train_set, test_set) = load_data(cfg)?;
+    if train_set.shape.as_slice() != graph.input_shape().as_slice() {
+        return Err(Error::input(
+            Diagnostic::new(Code::DataInvalid, format!("`{}` images are {:?} but the spec's input is {:?}", train_set.name, train_set.shape, graph.input_shape()))
+                .help("use a spec whose `input` matches the data set"),
+        ));
+    }
+    let device = Device::Cpu;
+    let dtype = DType::F32;
+    let mut cfg = cfg.clone();
+    let steps_per_epoch = train_set.len().div_ceil(cfg.batch);
+    cfg.fill_ramp_steps(steps_per_epoch);
+
+    let (weights, optim_state, mut state) = if resume && folder.has_checkpoint("last") {
+        let (w, o, s) = folder.load_checkpoint("last")?;
+        let w = Weights::from_map(&graph, w, &folder.file("last.safetensors").display().to_string(), dtype)?;
+        (w, Some(o), s)
+    } else {
+        (Weights::init(&graph, cfg.seed, dtype, &device)?, None, TrainState { seed: cfg.seed, ..TrainState::default() })
+    };
+    folder.write_config(&cfg)?;
+    let mut metrics = if resume { folder.truncate_metrics(state.epoch)? } else { Vec::new() };
+
+    let mut model = Model::new(graph, weights, dtype, device.clone());
+    let vars = make_vars(&mut model)?;
+    let mut opt = Optim::from_config(&cfg, vars.clone());
+    if let Some(o) = &optim_state {
+        opt.load_state(o)?;
+    }
+    interrupt::install()?;
+
+    let save = |name: &str, model: &Model, opt: &Optim, state: &TrainState| -> Result<()> {
+        folder.save_checkpoint(name, &model.weights.to_map(&model.graph), &opt.state_tensors()?, state)
+    };
+
+    for epoch in state.epoch..cfg.epochs {
+        let t0 = Instant::now();
+        let lr = cfg.lr_at(epoch);
+        let order = train_set.shuffled_indices(epoch_seed(cfg.seed, epoch), 0);
+        let batches: Vec<&[usize]> = order.chunks(cfg.batch).collect();
+        let bar = if progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        let skip = state.batch_in_epoch;
+        bar.inc(skip as u64);
+        let (mut loss_sum, mut robust_wrong, mut clean_wrong, mut seen) = (0f64, 0usize, 0usize, 0usize);
+        for (bi, idx) in batches.iter().enumerate().skip(skip) {
+            let eps = cfg.eps_at(epoch, state.step as usize);
+            let (x, y) = train_set.batch(idx, &device, dtype)?;
+            let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
+            let logits = model.forward(&x)?;
+            let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
+            clean_wrong += preds.iter().zip(&labels).filter(|(p, l)| p != l).count();
+            let set = InputSet::new(&x, &vec![eps; labels.len()], cfg.norm, cfg.input_box())?;
+            let loss = match cfg.mode {
+                Mode::Robust => {
+                    let opts = Options { proj: cfg.projections(), seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize) };
+                    let cert = certify_batch_with(&model, &set, &labels, &opts)?;
+                    let lb = crate::cli::bounds::rows(&cert.margin_lb)?;
+                    robust_wrong += certified(&lb, &labels).iter().filter(|c| !**c).count();
+                    robust_ce_per_example(&cert.margin_lb)?.mean_all().context(|| "robust loss".to_string())?
+                }
+                Mode::Plain => cross_entropy(&logits, &y)?,
+                Mode::Pgd => {
+                    let pc = PgdConfig { steps: cfg.pgd_steps, step_size: None, restarts: 1, seed: state.step };
+                    let (xa, fooled) = pgd(&detached(&model), &set, &labels, eps, Goal::Untargeted, &pc)?;
+                    robust_wrong += fooled.iter().filter(|f| **f).count();
+                    cross_entropy(&model.forward(&xa.detach())?, &y)?
+                }
+            };
+            let lv: f64 = loss.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
+            if !lv.is_finite() {
+                bar.abandon();
+                return Err(Error::Stopped(format!(
+                    "the loss became {lv} at epoch {} step {}; stopped without saving these weights — the last good checkpoint is `{}` (lower `--lr` or resume from it)",
+                    epoch + 1,
+                    state.step,
+                    folder.file("last.safetensors").display()
+                )));
+            }
+            let mut grads = loss.backward().context(|| "backward pass".to_string())?;
+            if let Some(c) = cfg.grad_clip {
+                clip_grad_norm(&mut grads, &vars, c)?;
+            }
+            opt.step(&grads, lr)?;
+            state.step += 1;
+            state.eps = eps;
+            state.lr = lr;
+            loss_sum += lv * labels.len() as f64;
+            seen += labels.len();
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} robust err {:.1}% clean err {:.1}% eps {eps:.3}",
+                loss_sum / seen as f64,
+                100.0 * robust_wrong as f64 / seen as f64,
+                100.0 * clean_wrong as f64 / seen as f64
+            ));
+            if interrupt::requested() {
+                state.epoch = epoch;
+                state.batch_in_epoch = bi + 1;
+                save("last", &model, &opt, &state)?;
+                bar.abandon();
+                return Err(Error::Stopped(format!(
+                    "interrupted at epoch {} batch {}; saved `{}` — continue with `dualnet train --resume {}`",
+                    epoch + 1,
+                    bi + 1,
+                    folder.file("last.safetensors").display(),
+                    out.display()
+                )));
+            }
+        }
+        bar.finish_and_clear();
+        // Evaluation: exact certified error at the final ε on the test subset.
+        let eval = detached(&model);
+        let ccfg = CertifyConfig {
+            eps: cfg.eps,
+            norm: cfg.norm,
+            bounds: cfg.input_box(),
+            batch: cfg.batch,
+            safety_margin: 0.0,
+            attack: None,
+            progress,
+        };
+        let (test_clean, test_cert) = if test_set.is_empty() {
+            (f64::NAN, None)
+        } else {
+            let (_, s) = certify_dataset(&eval, &test_set, &ccfg)?;
+            (s.clean_err, Some(s.certified_robust_err))
+        };
+        let seen_f = seen.max(1) as f64;
+        let m = EpochMetrics {
+            epoch,
+            eps: state.eps,
+            lr,
+            train_robust_loss: loss_sum / seen_f,
+            train_robust_err: if cfg.mode == Mode::Plain { f64::NAN } else { robust_wrong as f64 / seen_f },
+            train_clean_err: clean_wrong as f64 / seen_f,
+            test_clean_err: test_clean,
+            test_certified_err: test_cert,
+            seconds: t0.elapsed().as_secs_f64(),
+            examples: seen,
+        };
+        state.epoch = epoch + 1;
+        state.batch_in_epoch = 0;
+        let metric = test_cert.unwrap_or(test_clean);
+        folder.append_metrics(&m)?;
+        metrics.push(m.clone());
+        save("last", &model, &opt, &state)?;
+        if state.best_metric.map(|b| metric < b).unwrap_or(true) && metric.is_finite() {
+            state.best_metric = Some(metric);
+            state.best_epoch = Some(epoch);
+            save("best", &model, &opt, &state)?;
+            save("last", &model, &opt, &state)?;
+        }
+        plot::plot_metrics(&metrics, &folder.file("metrics.png"))?;
+        if progress {
+            eprintln!(
+                "epoch {}/{}: eps {:.3} lr {:.2e} loss {:.4} train robust err {:.2}% clean err {:.2}% | test certified err {} clean err {:.2}% ({:.1} s)",
+                epoch + 1,
+                cfg.epochs,
+                m.eps,
+                lr,
+                m.train_robust_loss,
+                100.0 * m.train_robust_err,
+                100.0 * m.train_clean_err,
+                m.test_certified_err.map(|c| format!("{:.2}%", 100.0 * c)).unwrap_or_else(|| "n/a".into()),
+                100.0 * m.test_clean_err,
+                m.seconds
+            );
+        }
+    }
+    model.weights.save(&model.graph, &folder.file("weights.safetensors"))?;
+    Ok(TrainSummary { out: out.to_path_buf(), epochs: cfg.epochs, last: metrics.last().cloned(), best_metric: state.best_metric })
+}
+
+/// Map of final weights (for callers that keep training in memory, e.g. cascades).
+pub fn weights_map(model: &Model) -> HashMap<String, Tensor> {
+    model.weights.to_map(&model.graph)
+}
