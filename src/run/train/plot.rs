@@ -22,7 +22,8 @@ use super::runfolder::EpochMetrics;
 use crate::error::{Error, Result};
 use crate::weights::write_atomic;
 
-/// One named curve (or bar group member). `values[i]` belongs to the i-th x position; NaN is a gap.
+/// One named curve (or bar group member). `values[i]` belongs to the i-th x position; a NaN value is not drawn
+/// (a line joins the points on either side of it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub name: String,
@@ -106,6 +107,7 @@ pub fn render_series(chart: &SeriesChart) -> Result<Vec<u8>> {
         kind: chart.kind,
         percent: chart.percent,
         y_from_zero: true,
+        legend_w: 0,
     };
     panel.draw(&mut c, Rect { x: 0, y: 0, w: w as i32, h: h as i32 });
     c.to_png()
@@ -150,10 +152,23 @@ pub fn render_metrics(metrics: &[EpochMetrics]) -> Result<Vec<u8>> {
     let eps = [Series::new("training ε", col(|m| m.eps)).color(GREEN)];
     let (w, h) = (1000u32, 960u32);
     let mut c = Canvas::new(w, h);
+    // One legend width for all panels, so that their x axes line up.
+    let legend_w = errors.iter().chain(&loss).chain(&eps).map(|s| legend_width(&s.name)).max().unwrap_or(0);
+    let panel = |title, y_label, series, percent| Panel {
+        title,
+        x_label: "epoch",
+        y_label,
+        x: XAxis::Numeric(&xs),
+        series,
+        kind: ChartKind::Line,
+        percent,
+        y_from_zero: true,
+        legend_w,
+    };
     let panels = [
-        (Panel { title: "error rates", x_label: "epoch", y_label: "error (%)", x: XAxis::Numeric(&xs), series: &errors, kind: ChartKind::Line, percent: true, y_from_zero: true }, 440),
-        (Panel { title: "training loss", x_label: "epoch", y_label: "loss", x: XAxis::Numeric(&xs), series: &loss, kind: ChartKind::Line, percent: false, y_from_zero: true }, 280),
-        (Panel { title: "training ε", x_label: "epoch", y_label: "ε", x: XAxis::Numeric(&xs), series: &eps, kind: ChartKind::Line, percent: false, y_from_zero: true }, 240),
+        (panel("error rates", "error (%)", &errors[..], true), 440),
+        (panel("training loss", "loss", &loss[..], false), 280),
+        (panel("training ε", "ε", &eps[..], false), 240),
     ];
     let mut y = 0;
     for (p, ph) in &panels {
@@ -391,6 +406,12 @@ struct Panel<'a> {
     kind: ChartKind,
     percent: bool,
     y_from_zero: bool,
+    /// At least this much room for the legend (to align several panels).
+    legend_w: i32,
+}
+
+fn legend_width(name: &str) -> i32 {
+    text_width(&FONT_9X15, name) + 56
 }
 
 impl Panel<'_> {
@@ -434,7 +455,7 @@ impl Panel<'_> {
         let ytick_w = ytick_labels.iter().map(|s| text_width(tick_font, s)).max().unwrap_or(0);
 
         // Layout: title on top, legend on the right, y label and tick labels on the left, x labels below.
-        let legend_w = self.series.iter().map(|s| text_width(label_font, &s.name)).max().unwrap_or(0) + 56;
+        let legend_w = self.series.iter().map(|s| legend_width(&s.name)).max().unwrap_or(0).max(self.legend_w);
         let left = r.x + 12 + label_font.character_size.height as i32 + 10 + ytick_w + 8;
         let right = r.x + r.w - legend_w - 16;
         let top = r.y + 40;
@@ -505,8 +526,10 @@ impl Panel<'_> {
                         .zip(&xpos)
                         .map(|(v, x)| v.is_finite().then(|| Point::new(*x, ymap(v * scale))))
                         .collect();
-                    for w in pts.windows(2) {
-                        if let (Some(a), Some(b)) = (w[0], w[1]) {
+                    let joined: Vec<Point> = pts.iter().flatten().copied().collect();
+                    for w in joined.windows(2) {
+                        let (a, b) = (w[0], w[1]);
+                        {
                             if s.dashed {
                                 dashed_line(c, a, b, color, 2);
                             } else {
