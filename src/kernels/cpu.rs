@@ -3,11 +3,19 @@
 //! All three kernels share one geometry ([`Geom`]): input position `iy = oy·s + ky − p` (likewise for `x`), with
 //! zeros outside `[0, h)`. Output sizes are explicit, so the three are exact mutual adjoints for any sizes:
 //! - [`conv2d`]: `x [n, c_in, h, w]`, `w [c_out, c_in, kh, kw]` → `[n, c_out, ho, wo]`
-//!   (per chunk: im2col `[c_in·kh·kw, b·ho·wo]`, gemm `w · col`, scatter rows into the images);
+//!   (per chunk: im2col `[c_in·kh·kw, b·ho·cw]`, gemm `w · col`, copy the rows into the images);
 //! - [`conv_transpose2d`]: `nu [n, c_out, ho, wo]`, `w` → `[n, c_in, h, w]`
-//!   (per chunk: gather `nu` to `[c_out, b·ho·wo]`, gemm `wᵀ · nu`, col2im scatter-add);
+//!   (per chunk: gather `nu` to `[c_out, b·ho·cw]`, gemm `wᵀ · nu`, col2im);
 //! - [`weight_grad`]: `x [n, c_in, h, w]`, `g [n, c_out, ho, wo]` → `[c_out, c_in, kh, kw]`
 //!   (per chunk: im2col of `x`, gather `g`, gemm-accumulate `g · colᵀ`; per-thread sums reduced at the end).
+//!
+//! **Phase planes.** Each image channel is first split into the `s × s` stride phases of its zero-padded self,
+//! `P[ry][rx][jy][jx] = x[jy·s + ry − p, jx·s + rx − p]`, planes of `hp × wp = (ho + (kh−1)/s) × (wo + (kw−1)/s)`.
+//! Kernel tap `(ky, kx)` then reads plane `[ky % s][kx % s]` from row `ky/s`, column `kx/s` on: no bounds checks, no
+//! strided gathers. When `wp` is close to `wo` the im2col rows are *extended* to `cw = wp` columns per output row,
+//! so each tap of each image is one contiguous copy (col2im: one contiguous add) of `ho·wp` elements; the extra
+//! `wp − wo` columns cost a little more gemm and are dropped afterwards (their inputs are zero in the transpose).
+//! Otherwise (`cw = wo`) each output row is copied on its own.
 //!
 //! Chunks hold as many images as keep one chunk's buffers near [`CHUNK_BYTES`]; chunks run in parallel on rayon
 //! with single-threaded gemms, except when there are fewer chunks than threads (tiny batches), where the chunks
@@ -61,104 +69,88 @@ impl Geom {
     fn rows(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
-    fn hw_out(&self) -> usize {
-        self.ho * self.wo
-    }
     /// Nothing to compute: every output is zero (or there is no output at all).
     fn degenerate(&self) -> bool {
-        self.in_img() == 0 || self.out_img() == 0 || self.rows() == 0
+        self.in_img() == 0 || self.out_img() == 0 || self.rows() == 0 || self.s == 0
     }
 }
 
-/// For each kernel offset `kk`, the output positions `lo..hi` whose input `o·s + kk − p` lies in `[0, n_in)`.
+/// For each phase or tap offset `r < k`, the plane / output positions `lo..hi` whose input `j·s + r − p` lies in
+/// `[0, n_in)`.
 fn valid_ranges(k: usize, s: usize, p: usize, n_in: usize, n_out: usize) -> Vec<(usize, usize)> {
     (0..k)
-        .map(|kk| {
-            let lo = if p > kk { (p - kk).div_ceil(s) } else { 0 };
-            let hi = if n_in + p > kk { (n_in + p - kk).div_ceil(s) } else { 0 }.min(n_out);
+        .map(|r| {
+            let lo = if p > r { (p - r).div_ceil(s) } else { 0 };
+            let hi = if n_in + p > r { (n_in + p - r).div_ceil(s) } else { 0 }.min(n_out);
             (lo.min(hi), hi)
         })
         .collect()
 }
 
-/// Precomputed per-kernel-offset ranges of one geometry.
-struct Ranges {
-    y: Vec<(usize, usize)>,
-    x: Vec<(usize, usize)>,
+/// The phase-plane layout of one geometry (see the module docs).
+struct Planes {
+    g: Geom,
+    /// Phases used along y and x: `min(s, kh)`, `min(s, kw)`.
+    py: usize,
+    px: usize,
+    wp: usize,
+    /// Elements of one plane: `hp · wp` plus `(kw − 1)/s` of slack for the extended copies.
+    len: usize,
+    /// Columns per output row in the im2col matrix: `wp` (extended) or `wo`.
+    cw: usize,
+    /// Valid plane rows / columns of each phase.
+    ry: Vec<(usize, usize)>,
+    rx: Vec<(usize, usize)>,
 }
 
-impl Ranges {
-    fn new(g: &Geom) -> Self {
-        Ranges { y: valid_ranges(g.kh, g.s, g.p, g.h, g.ho), x: valid_ranges(g.kw, g.s, g.p, g.w, g.wo) }
-    }
-}
-
-/// `col[r, i·ho·wo + oy·wo + ox] = x[i, ci, oy·s + ky − p, ox·s + kx − p]` (zero outside), `r = (ci·kh + ky)·kw + kx`,
-/// for the `b` images of `x`; `col` has `rows × b·ho·wo` elements.
-fn im2col<T: Elem>(x: &[T], b: usize, g: &Geom, rg: &Ranges, col: &mut [T]) {
-    let (hw_in, hw, ld) = (g.h * g.w, g.hw_out(), b * g.hw_out());
-    for i in 0..b {
-        for ci in 0..g.c_in {
-            let xc = &x[(i * g.c_in + ci) * hw_in..][..hw_in];
-            for ky in 0..g.kh {
-                let (ylo, yhi) = rg.y[ky];
-                for kx in 0..g.kw {
-                    let (xlo, xhi) = rg.x[kx];
-                    let r = (ci * g.kh + ky) * g.kw + kx;
-                    let dst = &mut col[r * ld + i * hw..][..hw];
-                    dst[..ylo * g.wo].fill(T::ZERO);
-                    dst[yhi * g.wo..].fill(T::ZERO);
-                    for oy in ylo..yhi {
-                        let iy = oy * g.s + ky - g.p;
-                        let src = &xc[iy * g.w..][..g.w];
-                        let d = &mut dst[oy * g.wo..][..g.wo];
-                        d[..xlo].fill(T::ZERO);
-                        d[xhi..].fill(T::ZERO);
-                        if xhi > xlo {
-                            let ix0 = xlo * g.s + kx - g.p;
-                            let d = &mut d[xlo..xhi];
-                            if g.s == 1 {
-                                d.copy_from_slice(&src[ix0..ix0 + d.len()]);
-                            } else {
-                                for (j, v) in d.iter_mut().enumerate() {
-                                    *v = src[ix0 + j * g.s];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+impl Planes {
+    fn new(g: &Geom) -> Planes {
+        let (py, px) = (g.s.min(g.kh), g.s.min(g.kw));
+        let (hp, wp) = (g.ho + (g.kh - 1) / g.s, g.wo + (g.kw - 1) / g.s);
+        let cw = if extend(g.wo, wp) { wp } else { g.wo };
+        Planes {
+            g: *g,
+            py,
+            px,
+            wp,
+            len: hp * wp + (g.kw - 1) / g.s,
+            cw,
+            ry: valid_ranges(py, g.s, g.p, g.h, hp),
+            rx: valid_ranges(px, g.s, g.p, g.w, wp),
         }
     }
-}
+    /// Elements of the planes of one image.
+    fn img_len(&self) -> usize {
+        self.g.c_in * self.py * self.px * self.len
+    }
+    /// im2col columns of one image.
+    fn cols(&self) -> usize {
+        self.g.ho * self.cw
+    }
+    fn plane(&self, ci: usize, ry: usize, rx: usize) -> usize {
+        ((ci * self.py + ry) * self.px + rx) * self.len
+    }
 
-/// The adjoint of [`im2col`]: `out[i, ci, oy·s + ky − p, ox·s + kx − p] += col[r, i·ho·wo + oy·wo + ox]`.
-fn col2im<T: Elem>(col: &[T], b: usize, g: &Geom, rg: &Ranges, out: &mut [T]) {
-    let (hw_in, hw, ld) = (g.h * g.w, g.hw_out(), b * g.hw_out());
-    for i in 0..b {
+    /// Writes the valid positions of image `x [c_in, h, w]`'s planes; the others must already be zero.
+    fn fill<T: Elem>(&self, x: &[T], planes: &mut [T]) {
+        let g = &self.g;
         for ci in 0..g.c_in {
-            let oc = &mut out[(i * g.c_in + ci) * hw_in..][..hw_in];
-            for ky in 0..g.kh {
-                let (ylo, yhi) = rg.y[ky];
-                for kx in 0..g.kw {
-                    let (xlo, xhi) = rg.x[kx];
+            let xc = &x[ci * g.h * g.w..][..g.h * g.w];
+            for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
+                for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
                     if xhi <= xlo {
                         continue;
                     }
-                    let r = (ci * g.kh + ky) * g.kw + kx;
-                    let src = &col[r * ld + i * hw..][..hw];
-                    let ix0 = xlo * g.s + kx - g.p;
-                    for oy in ylo..yhi {
-                        let iy = oy * g.s + ky - g.p;
-                        let d = &mut oc[iy * g.w..][..g.w];
-                        let sv = &src[oy * g.wo + xlo..oy * g.wo + xhi];
+                    let pl = &mut planes[self.plane(ci, ry, rx)..][..self.len];
+                    let ix0 = xlo * g.s + rx - g.p;
+                    for jy in ylo..yhi {
+                        let src = &xc[(jy * g.s + ry - g.p) * g.w..][..g.w];
+                        let d = &mut pl[jy * self.wp + xlo..jy * self.wp + xhi];
                         if g.s == 1 {
-                            for (o, &v) in d[ix0..ix0 + sv.len()].iter_mut().zip(sv) {
-                                *o += v;
-                            }
+                            d.copy_from_slice(&src[ix0..ix0 + d.len()]);
                         } else {
-                            for (j, &v) in sv.iter().enumerate() {
-                                d[ix0 + j * g.s] += v;
+                            for (d, v) in d.iter_mut().zip(src[ix0..].iter().step_by(g.s)) {
+                                *d = *v;
                             }
                         }
                     }
@@ -166,24 +158,132 @@ fn col2im<T: Elem>(col: &[T], b: usize, g: &Geom, rg: &Ranges, out: &mut [T]) {
             }
         }
     }
-}
 
-/// `dst[c, i·hw + q] = src[i, c, q]` for the `b` images of `src` (`[b, c, hw]` → `[c, b·hw]`).
-fn gather<T: Elem>(src: &[T], b: usize, c: usize, hw: usize, dst: &mut [T]) {
-    for i in 0..b {
-        for ch in 0..c {
-            dst[ch * b * hw + i * hw..][..hw].copy_from_slice(&src[(i * c + ch) * hw..][..hw]);
+    /// Reads image `out [c_in, h, w]` back from its planes (positions of no plane are left as they are).
+    fn unfill<T: Elem>(&self, planes: &[T], out: &mut [T]) {
+        let g = &self.g;
+        for ci in 0..g.c_in {
+            let oc = &mut out[ci * g.h * g.w..][..g.h * g.w];
+            for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
+                for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
+                    if xhi <= xlo {
+                        continue;
+                    }
+                    let pl = &planes[self.plane(ci, ry, rx)..][..self.len];
+                    let ix0 = xlo * g.s + rx - g.p;
+                    for jy in ylo..yhi {
+                        let d = &mut oc[(jy * g.s + ry - g.p) * g.w..][..g.w];
+                        let src = &pl[jy * self.wp + xlo..jy * self.wp + xhi];
+                        if g.s == 1 {
+                            d[ix0..ix0 + src.len()].copy_from_slice(src);
+                        } else {
+                            for (d, v) in d[ix0..].iter_mut().step_by(g.s).zip(src) {
+                                *d = *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// im2col of one image from its planes: `col[r, off + oy·cw + ox] = P[ky%s][kx%s][oy + ky/s][ox + kx/s]`,
+    /// `r = (ci·kh + ky)·kw + kx`, rows `ld` apart.
+    fn im2col<T: Elem>(&self, planes: &[T], col: &mut [T], ld: usize, off: usize) {
+        let g = &self.g;
+        let n = self.cols();
+        for ci in 0..g.c_in {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let r = (ci * g.kh + ky) * g.kw + kx;
+                    let src = &planes[self.plane(ci, ky % g.s, kx % g.s) + (ky / g.s) * self.wp + kx / g.s..];
+                    let dst = &mut col[r * ld + off..][..n];
+                    if self.cw == self.wp {
+                        dst.copy_from_slice(&src[..n]);
+                    } else {
+                        for (d, s) in dst.chunks_exact_mut(g.wo).zip(src.chunks(self.wp)) {
+                            d.copy_from_slice(&s[..g.wo]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Planes::im2col`]: adds the columns of one image into its planes.
+    fn col2im<T: Elem>(&self, col: &[T], ld: usize, off: usize, planes: &mut [T]) {
+        let g = &self.g;
+        let n = self.cols();
+        for ci in 0..g.c_in {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let r = (ci * g.kh + ky) * g.kw + kx;
+                    let dst = &mut planes[self.plane(ci, ky % g.s, kx % g.s) + (ky / g.s) * self.wp + kx / g.s..];
+                    let src = &col[r * ld + off..][..n];
+                    if self.cw == self.wp {
+                        for (d, v) in dst[..n].iter_mut().zip(src) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, s) in dst.chunks_mut(self.wp).zip(src.chunks_exact(g.wo)) {
+                            for (d, v) in d.iter_mut().zip(s) {
+                                *d += *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dst[c, i·ho·cw + oy·cw + ox] = src[i, c, oy, ox]` (zero for `ox ≥ wo`) for the `b` maps of `src`.
+    fn gather<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
+        let (g, n) = (&self.g, self.cols());
+        let hw = g.ho * g.wo;
+        for i in 0..b {
+            for c in 0..g.c_out {
+                let s = &src[(i * g.c_out + c) * hw..][..hw];
+                let d = &mut dst[c * b * n + i * n..][..n];
+                if self.cw == g.wo {
+                    d.copy_from_slice(s);
+                } else {
+                    for (d, s) in d.chunks_exact_mut(self.cw).zip(s.chunks_exact(g.wo)) {
+                        d[..g.wo].copy_from_slice(s);
+                        d[g.wo..].fill(T::ZERO);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`Planes::gather`] on the valid columns: `dst[i, c, oy, ox] = src[c, i·ho·cw + oy·cw + ox]`.
+    fn scatter<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
+        let (g, n) = (&self.g, self.cols());
+        let hw = g.ho * g.wo;
+        for i in 0..b {
+            for c in 0..g.c_out {
+                let s = &src[c * b * n + i * n..][..n];
+                let d = &mut dst[(i * g.c_out + c) * hw..][..hw];
+                if self.cw == g.wo {
+                    d.copy_from_slice(s);
+                } else {
+                    for (d, s) in d.chunks_exact_mut(g.wo).zip(s.chunks_exact(self.cw)) {
+                        d.copy_from_slice(&s[..g.wo]);
+                    }
+                }
+            }
         }
     }
 }
 
-/// The inverse of [`gather`]: `dst[i, c, q] = src[c, i·hw + q]`.
-fn scatter<T: Elem>(src: &[T], b: usize, c: usize, hw: usize, dst: &mut [T]) {
-    for i in 0..b {
-        for ch in 0..c {
-            dst[(i * c + ch) * hw..][..hw].copy_from_slice(&src[ch * b * hw + i * hw..][..hw]);
-        }
+/// Whether to extend im2col rows from `wo` to `wp` columns (trading up to a third more gemm for contiguous copies).
+fn extend(wo: usize, wp: usize) -> bool {
+    match std::env::var("DUALNET_EXTEND").ok().as_deref() { // TUNING
+        Some("1") => return true,
+        Some("0") => return false,
+        _ => {}
     }
+    3 * (wp - wo) <= wo
 }
 
 /// Row-major view of a matrix for `gemm`: data, row stride, column stride.
@@ -195,6 +295,7 @@ struct Mat<T> {
 }
 
 impl<T> Mat<T> {
+    /// The row-major `[_, ld]` matrix in `s`.
     fn rows(s: &[T], ld: usize) -> Self {
         Mat { ptr: s.as_ptr(), rs: ld as isize, cs: 1 }
     }
@@ -204,7 +305,8 @@ impl<T> Mat<T> {
     }
 }
 
-/// `dst[m × n] (row-major, contiguous) = [dst +] lhs[m × k] · rhs[k × n]`.
+/// `dst[m × n] (row-major, contiguous) = [dst +] lhs[m × k] · rhs[k × n]`; `lhs` and `rhs` come from slices of at
+/// least `m · k` and `k · n` elements.
 fn matmul<T: Elem>(dst: &mut [T], m: usize, n: usize, k: usize, lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, par: Parallelism) {
     assert!(dst.len() >= m * n, "gemm destination too small");
     // SAFETY: `dst` holds `m × n` elements laid out row-major; callers build `lhs`/`rhs` from slices holding
@@ -262,15 +364,16 @@ impl Plan {
     }
 }
 
-/// Scratch buffers of one worker, grown on demand.
+/// Scratch buffers of one worker: `planes` (zeroed once, sized for one image), `col` and `other`.
 struct Scratch<T> {
-    a: Vec<T>,
-    b: Vec<T>,
+    planes: Vec<T>,
+    col: Vec<T>,
+    other: Vec<T>,
 }
 
-impl<T> Default for Scratch<T> {
-    fn default() -> Self {
-        Scratch { a: Vec::new(), b: Vec::new() }
+impl<T: Elem> Scratch<T> {
+    fn new(pl: &Planes) -> Self {
+        Scratch { planes: vec![T::ZERO; pl.img_len()], col: Vec::new(), other: Vec::new() }
     }
 }
 
@@ -281,36 +384,38 @@ fn sized<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
+/// Bytes of scratch per image of a chunk: im2col columns plus the other gemm operand.
+fn bytes_per_img<T>(g: &Geom, pl: &Planes) -> usize {
+    (g.rows() + g.c_out) * pl.cols() * std::mem::size_of::<T>()
+}
+
 /// `conv2d` of `n` images: `x [n, c_in, h, w]`, `w [c_out, c_in, kh, kw]` → `[n, c_out, ho, wo]`.
 pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
     let mut out = vec![T::ZERO; n * g.out_img()];
     if n == 0 || g.degenerate() {
         return out;
     }
-    let (rows, hw, rg) = (g.rows(), g.hw_out(), Ranges::new(g));
-    let plan = Plan::new(n, (rows + g.c_out) * hw * std::mem::size_of::<T>());
+    let (rows, pl) = (g.rows(), Planes::new(g));
+    let plan = Plan::new(n, bytes_per_img::<T>(g, &pl));
     let par = plan.gemm_par();
     let run = |xc: &[T], oc: &mut [T], sc: &mut Scratch<T>| {
         let b = xc.len() / g.in_img();
-        let col = sized(&mut sc.a, rows * b * hw);
-        im2col(xc, b, g, &rg, col);
-        if std::env::var("DUALNET_PERIMG").is_ok() { // TUNING
-            for i in 0..b {
-                let o = &mut oc[i * g.out_img()..][..g.out_img()];
-                matmul(o, g.c_out, hw, rows, Mat::rows(w, rows), Mat::rows(&col[i * hw..], b * hw), false, par);
-            }
-            return;
+        let ld = b * pl.cols();
+        let col = sized(&mut sc.col, rows * ld);
+        for (i, xi) in xc.chunks_exact(g.in_img()).enumerate() {
+            pl.fill(xi, &mut sc.planes);
+            pl.im2col(&sc.planes, col, ld, i * pl.cols());
         }
-        let tmp = sized(&mut sc.b, g.c_out * b * hw);
-        matmul(tmp, g.c_out, b * hw, rows, Mat::rows(w, rows), Mat::rows(col, b * hw), false, par);
-        scatter(tmp, b, g.c_out, hw, oc);
+        let tmp = sized(&mut sc.other, g.c_out * ld);
+        matmul(tmp, g.c_out, ld, rows, Mat::rows(w, rows), Mat::rows(col, ld), false, par);
+        pl.scatter(tmp, b, oc);
     };
     let (xs, os) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
-        let mut sc = Scratch::default();
+        let mut sc = Scratch::new(&pl);
         x.chunks(xs).zip(out.chunks_mut(os)).for_each(|(xc, oc)| run(xc, oc, &mut sc));
     } else {
-        x.par_chunks(xs).zip(out.par_chunks_mut(os)).for_each_init(Scratch::default, |sc, (xc, oc)| run(xc, oc, sc));
+        x.par_chunks(xs).zip(out.par_chunks_mut(os)).for_each_init(|| Scratch::new(&pl), |sc, (xc, oc)| run(xc, oc, sc));
     }
     out
 }
@@ -321,23 +426,28 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
     if n == 0 || g.degenerate() {
         return out;
     }
-    let (rows, hw, rg) = (g.rows(), g.hw_out(), Ranges::new(g));
-    let plan = Plan::new(n, (rows + g.c_out) * hw * std::mem::size_of::<T>());
+    let (rows, pl) = (g.rows(), Planes::new(g));
+    let plan = Plan::new(n, bytes_per_img::<T>(g, &pl));
     let par = plan.gemm_par();
     let run = |nc: &[T], oc: &mut [T], sc: &mut Scratch<T>| {
         let b = nc.len() / g.out_img();
-        let np = sized(&mut sc.b, g.c_out * b * hw);
-        gather(nc, b, g.c_out, hw, np);
-        let col = sized(&mut sc.a, rows * b * hw);
-        matmul(col, rows, b * hw, g.c_out, Mat::cols(w, rows), Mat::rows(np, b * hw), false, par);
-        col2im(col, b, g, &rg, oc);
+        let ld = b * pl.cols();
+        let np = sized(&mut sc.other, g.c_out * ld);
+        pl.gather(nc, b, np);
+        let col = sized(&mut sc.col, rows * ld);
+        matmul(col, rows, ld, g.c_out, Mat::cols(w, rows), Mat::rows(np, ld), false, par);
+        for (i, oi) in oc.chunks_exact_mut(g.in_img()).enumerate() {
+            sc.planes.fill(T::ZERO);
+            pl.col2im(col, ld, i * pl.cols(), &mut sc.planes);
+            pl.unfill(&sc.planes, oi);
+        }
     };
     let (ns, os) = (plan.b * g.out_img(), plan.b * g.in_img());
     if plan.serial {
-        let mut sc = Scratch::default();
+        let mut sc = Scratch::new(&pl);
         nu.chunks(ns).zip(out.chunks_mut(os)).for_each(|(nc, oc)| run(nc, oc, &mut sc));
     } else {
-        nu.par_chunks(ns).zip(out.par_chunks_mut(os)).for_each_init(Scratch::default, |sc, (nc, oc)| run(nc, oc, sc));
+        nu.par_chunks(ns).zip(out.par_chunks_mut(os)).for_each_init(|| Scratch::new(&pl), |sc, (nc, oc)| run(nc, oc, sc));
     }
     out
 }
@@ -345,32 +455,36 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
 /// The gradient of `conv2d` w.r.t. its kernel: `x [n, c_in, h, w]`, `g [n, c_out, ho, wo]` →
 /// `[c_out, c_in, kh, kw]`, `Σ_{i, oy, ox} g[i, co, oy, ox] · x[i, ci, oy·s + ky − p, ox·s + kx − p]`.
 pub(crate) fn weight_grad<T: Elem>(x: &[T], gy: &[T], n: usize, g: &Geom) -> Vec<T> {
-    let (rows, hw) = (g.rows(), g.hw_out());
+    let rows = g.rows();
     let len = g.c_out * rows;
     if n == 0 || g.degenerate() {
         return vec![T::ZERO; len];
     }
-    let rg = Ranges::new(g);
-    let plan = Plan::new(n, (rows + g.c_out) * hw * std::mem::size_of::<T>());
+    let pl = Planes::new(g);
+    let plan = Plan::new(n, bytes_per_img::<T>(g, &pl));
     let par = plan.gemm_par();
     let run = |xc: &[T], gc: &[T], acc: &mut [T], sc: &mut Scratch<T>| {
         let b = xc.len() / g.in_img();
-        let col = sized(&mut sc.a, rows * b * hw);
-        im2col(xc, b, g, &rg, col);
-        let gp = sized(&mut sc.b, g.c_out * b * hw);
-        gather(gc, b, g.c_out, hw, gp);
-        matmul(acc, g.c_out, rows, b * hw, Mat::rows(gp, b * hw), Mat::cols(col, b * hw), true, par);
+        let ld = b * pl.cols();
+        let col = sized(&mut sc.col, rows * ld);
+        for (i, xi) in xc.chunks_exact(g.in_img()).enumerate() {
+            pl.fill(xi, &mut sc.planes);
+            pl.im2col(&sc.planes, col, ld, i * pl.cols());
+        }
+        let gp = sized(&mut sc.other, g.c_out * ld);
+        pl.gather(gc, b, gp);
+        matmul(acc, g.c_out, rows, ld, Mat::rows(gp, ld), Mat::cols(col, ld), true, par);
     };
     let (xs, gs) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
-        let (mut acc, mut sc) = (vec![T::ZERO; len], Scratch::default());
+        let (mut acc, mut sc) = (vec![T::ZERO; len], Scratch::new(&pl));
         x.chunks(xs).zip(gy.chunks(gs)).for_each(|(xc, gc)| run(xc, gc, &mut acc, &mut sc));
         acc
     } else {
         x.par_chunks(xs)
             .zip(gy.par_chunks(gs))
             .fold(
-                || (vec![T::ZERO; len], Scratch::default()),
+                || (vec![T::ZERO; len], Scratch::new(&pl)),
                 |(mut acc, mut sc), (xc, gc)| {
                     run(xc, gc, &mut acc, &mut sc);
                     (acc, sc)

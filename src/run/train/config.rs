@@ -377,7 +377,7 @@ fn yaml_diagnostic(e: &serde_yaml::Error, text: &str, name: &str) -> Diagnostic 
     };
     let mut d = Diagnostic::new(Code::BadOption, message).help(help).with_source(source);
     if let Some(o) = offset {
-        let end = text[o.min(text.len())..].find(|c: char| c == ':' || c == '\n').map(|k| o + k.max(1)).unwrap_or(text.len());
+        let end = text[o.min(text.len())..].find([':', '\n']).map(|k| o + k.max(1)).unwrap_or(text.len());
         d = d.label(Span::new(o, end.max(o)), label);
     }
     d

@@ -440,7 +440,7 @@ impl Panel<'_> {
             .collect();
         let (mut lo, mut hi) = match (vals.iter().copied().reduce(f64::min), vals.iter().copied().reduce(f64::max)) {
             (Some(a), Some(b)) => (a, b),
-            _ => (0.0, 1.0),
+            _ => (0.0, scale),
         };
         if self.y_from_zero && lo >= 0.0 {
             lo = 0.0;
@@ -452,7 +452,8 @@ impl Panel<'_> {
         let ylo = yticks.first().copied().unwrap_or(lo);
         let yhi = yticks.last().copied().unwrap_or(hi);
         let ytick_labels: Vec<String> = yticks.iter().map(|t| fmt_tick(*t, ystep)).collect();
-        let ytick_w = ytick_labels.iter().map(|s| text_width(tick_font, s)).max().unwrap_or(0);
+        // At least six characters wide, so that stacked panels usually line up.
+        let ytick_w = ytick_labels.iter().map(|s| text_width(tick_font, s)).max().unwrap_or(0).max(text_width(tick_font, "0.0000"));
 
         // Layout: title on top, legend on the right, y label and tick labels on the left, x labels below.
         let legend_w = self.series.iter().map(|s| legend_width(&s.name)).max().unwrap_or(0).max(self.legend_w);

@@ -128,6 +128,9 @@ fn file_checksum(path: &Path) -> Result<String> {
     Ok(checksum(&bytes))
 }
 
+/// A loaded checkpoint: weights (`NODE.weight`, ...), optimizer state, and where the run stood.
+pub type Checkpoint = (HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState);
+
 /// A training run's output folder.
 #[derive(Debug, Clone)]
 pub struct RunFolder {
@@ -220,7 +223,7 @@ impl RunFolder {
 
     /// Load checkpoint `name` (tensors on the CPU): weights, optimizer state and [`TrainState`]. Files that do
     /// not match the checksums in `NAME.state.json` (a run killed while saving) are reported.
-    pub fn load_checkpoint(&self, name: &str) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState)> {
+    pub fn load_checkpoint(&self, name: &str) -> Result<Checkpoint> {
         let spath = self.file(&format!("{name}.state.json"));
         let text = std::fs::read_to_string(&spath).map_err(|e| Error::io("cannot read checkpoint", &spath, e))?;
         let state: TrainState = serde_json::from_str(&text).map_err(|e| {
