@@ -28,6 +28,9 @@ enum Command {
     Bench(cli::bench::Args),
     /// Train a network (robust by default) from a YAML config and/or flags; resumable.
     Train(cli::train::Args),
+    /// Cascades: train stages on what earlier stages could not certify; certify with the cascade.
+    #[command(subcommand)]
+    Cascade(cli::cascade::Command),
     /// List the ops the compiler knows and which have dual rules.
     Ops,
 }
@@ -49,6 +52,7 @@ fn main() {
         Command::Attack(a) => cli::attack::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Bench(a) => cli::bench::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Train(a) => cli::train::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Cascade(c) => cli::cascade::run(c).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Ops => {
             cli::ops::run();
             0

@@ -11,6 +11,7 @@ use crate::ir::Graph;
 pub mod attack;
 pub mod bench;
 pub mod bounds;
+pub mod cascade;
 pub mod certify;
 pub mod check;
 pub mod compile;

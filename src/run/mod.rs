@@ -1,5 +1,6 @@
 //! Running the models: attacks, certification over data sets (and, later, training and cascades).
 pub mod attack;
+pub mod cascade;
 pub mod certify;
 pub mod memory;
 pub mod train;

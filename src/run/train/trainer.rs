@@ -85,7 +85,7 @@ fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
     candle_nn::loss::cross_entropy(logits, y).context(|| "cross-entropy".to_string())
 }
 
-fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     let dir = need(&cfg.data_dir, "data folder", "--data-dir")?;
     let train = data::load(&cfg.data, &dir, Split::Train)?;
     let train = match cfg.limit {
@@ -99,8 +99,22 @@ fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
 /// Train according to `cfg` into the run folder `out` (resuming from its `last` checkpoint if `resume`).
 pub fn train(cfg: &TrainConfig, graph: Graph, out: &Path, resume: bool, progress: bool) -> Result<TrainSummary> {
     cfg.validate()?;
-    let folder = RunFolder::create(out, resume)?;
     let (train_set, test_set) = load_data(cfg)?;
+    train_on(cfg, graph, out, resume, progress, &train_set, &test_set)
+}
+
+/// Train on the given data (a cascade stage trains on the examples earlier stages left uncertified).
+pub fn train_on(
+    cfg: &TrainConfig,
+    graph: Graph,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+    train_set: &Dataset,
+    test_set: &Dataset,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let folder = RunFolder::create(out, resume)?;
     if train_set.shape.as_slice() != graph.input_shape().as_slice() {
         return Err(Error::input(
             Diagnostic::new(Code::DataInvalid, format!("`{}` images are {:?} but the spec's input is {:?}", train_set.name, train_set.shape, graph.input_shape()))
