@@ -61,6 +61,7 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                 safety_margin: 0.0,
                 attack: None,
                 progress: false,
+                normalize: None,
             };
             let (_, s) = certify_dataset(&model, &data, &cfg)?;
             Ok(json!({"seconds": s.seconds, "peak_rss_mb": peak_rss_mb(), "examples": s.examples,

@@ -64,6 +64,12 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Per-channel means if the network expects normalised inputs (e.g. `--mean 0.485,0.456,0.406`); ε stays
+    /// in pixel units and is divided by each channel's std.
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    pub mean: Option<Vec<f64>>,
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub std: Option<Vec<f64>>,
 }
 
 #[derive(Serialize)]
@@ -89,6 +95,7 @@ pub fn run(args: &Args) -> Result<()> {
         safety_margin: args.safety_margin.unwrap_or_else(|| default_safety_margin(dtype)),
         attack: args.attack.then_some(PgdConfig { steps: args.attack_steps, ..PgdConfig::default() }),
         progress: !args.quiet,
+        normalize: args.mean.clone().zip(args.std.clone()),
     };
     let (records, s) = certify_dataset(&model, &data, &cfg)?;
     println!(

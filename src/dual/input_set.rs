@@ -152,3 +152,50 @@ impl InputSet {
         }
     }
 }
+
+impl InputSet {
+    /// The same set seen by a network whose input is normalised per channel, `x_n = (x - mean_c) / std_c`: the
+    /// box's center and radius are mapped channel by channel, so ε stays in pixel units (design.md §5).
+    /// The ℓ2 ball becomes an ellipsoid under per-channel scaling and is refused unless every std is equal.
+    pub fn normalized(&self, mean: &[f64], std: &[f64]) -> Result<Self> {
+        let ctx = || "normalising the input set".to_string();
+        let c = self.center();
+        let ch = c.dims().get(1).copied().unwrap_or(0);
+        if mean.len() != ch || std.len() != ch || std.iter().any(|s| !(*s > 0.0)) {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, format!("normalisation needs {ch} means and {ch} positive stds, got {} and {}", mean.len(), std.len()))
+                    .help("give one mean and one std per input channel"),
+            ));
+        }
+        let shape = [1, ch, 1, 1];
+        let m = Tensor::from_vec(mean.to_vec(), &shape[..c.rank().min(4)], c.device()).and_then(|t| t.to_dtype(c.dtype())).context(ctx)?;
+        let s = Tensor::from_vec(std.to_vec(), &shape[..c.rank().min(4)], c.device()).and_then(|t| t.to_dtype(c.dtype())).context(ctx)?;
+        match self {
+            InputSet::Box { center, radius } => Ok(InputSet::Box {
+                center: center.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)?,
+                radius: radius.broadcast_div(&s).context(ctx)?,
+            }),
+            InputSet::L2 { center, eps } => {
+                if std.iter().any(|v| (v - std[0]).abs() > 1e-12) {
+                    return Err(Error::input(
+                        Diagnostic::new(Code::BadOption, "the ℓ2 ball with per-channel stds that differ is not a ball after normalisation")
+                            .help("use equal stds, or the ℓ∞ norm"),
+                    ));
+                }
+                Ok(InputSet::L2 {
+                    center: center.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)?,
+                    eps: (eps / std[0]).context(ctx)?,
+                })
+            }
+        }
+    }
+}
+
+/// `(x - mean_c) / std_c` per channel for `x: [B, C, H, W]`.
+pub fn normalize(x: &Tensor, mean: &[f64], std: &[f64]) -> Result<Tensor> {
+    let ctx = || "normalising inputs".to_string();
+    let ch = x.dims().get(1).copied().unwrap_or(0);
+    let m = Tensor::from_vec(mean.to_vec(), (1, ch, 1, 1), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
+    let s = Tensor::from_vec(std.to_vec(), (1, ch, 1, 1), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
+    x.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)
+}

@@ -87,15 +87,16 @@ fn valid_ranges(k: usize, s: usize, p: usize, n_in: usize, n_out: usize) -> Vec<
         .collect()
 }
 
-/// The phase-plane layout of one geometry (see the module docs).
+/// The phase-plane layout of one geometry (see the module docs). The planes of a chunk of `b` images interleave
+/// the images row by row, `[ry][rx][ci][jy][i][jx]`, so that one kernel tap of one channel of the whole chunk is a
+/// single run of memory; the im2col columns are ordered `(oy, i, ox)` to match, `cw` columns per output row.
 struct Planes {
     g: Geom,
     /// Phases used along y and x: `min(s, kh)`, `min(s, kw)`.
     py: usize,
     px: usize,
+    hp: usize,
     wp: usize,
-    /// Elements of one plane: `hp · wp` plus `(kw − 1)/s` of slack for the extended copies.
-    len: usize,
     /// Columns per output row in the im2col matrix: `wp` (extended) or `wo`.
     cw: usize,
     /// Valid plane rows / columns of each phase.
@@ -112,45 +113,59 @@ impl Planes {
             g: *g,
             py,
             px,
+            hp,
             wp,
-            len: hp * wp + (g.kw - 1) / g.s,
             cw,
             ry: valid_ranges(py, g.s, g.p, g.h, hp),
             rx: valid_ranges(px, g.s, g.p, g.w, wp),
         }
     }
-    /// Elements of the planes of one image.
-    fn img_len(&self) -> usize {
-        self.g.c_in * self.py * self.px * self.len
+    /// Elements of one plane of a `b`-image chunk: `hp · b · wp` plus `(kw − 1)/s` of slack for extended copies.
+    fn plen(&self, b: usize) -> usize {
+        self.hp * b * self.wp + (self.g.kw - 1) / self.g.s
     }
-    /// im2col columns of one image.
-    fn cols(&self) -> usize {
-        self.g.ho * self.cw
+    /// Elements of all planes of a `b`-image chunk.
+    fn len(&self, b: usize) -> usize {
+        self.py * self.px * self.g.c_in * self.plen(b)
     }
-    fn plane(&self, ci: usize, ry: usize, rx: usize) -> usize {
-        ((ci * self.py + ry) * self.px + rx) * self.len
+    fn plane(&self, b: usize, ci: usize, ry: usize, rx: usize) -> usize {
+        ((ry * self.px + rx) * self.g.c_in + ci) * self.plen(b)
+    }
+    /// im2col columns of a `b`-image chunk: `ho · b · cw`.
+    fn cols(&self, b: usize) -> usize {
+        self.g.ho * b * self.cw
+    }
+    /// Scratch bytes per image of a chunk: planes, im2col columns and the other gemm operand.
+    fn bytes_per_img<T>(&self) -> usize {
+        let g = &self.g;
+        (self.len(1) + (g.rows() + g.c_out) * self.cols(1)) * std::mem::size_of::<T>()
     }
 
-    /// Writes the valid positions of image `x [c_in, h, w]`'s planes; the others must already be zero.
-    fn fill<T: Elem>(&self, x: &[T], planes: &mut [T]) {
+    /// Writes the valid positions of the planes of the `b` images `x [b, c_in, h, w]`; the others must already
+    /// be zero.
+    fn fill<T: Elem>(&self, x: &[T], b: usize, planes: &mut [T]) {
         let g = &self.g;
-        for ci in 0..g.c_in {
-            let xc = &x[ci * g.h * g.w..][..g.h * g.w];
-            for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
-                for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
-                    if xhi <= xlo {
-                        continue;
-                    }
-                    let pl = &mut planes[self.plane(ci, ry, rx)..][..self.len];
-                    let ix0 = xlo * g.s + rx - g.p;
+        let hw = g.h * g.w;
+        let row = b * self.wp;
+        for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
+            for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
+                if xhi <= xlo {
+                    continue;
+                }
+                let ix0 = xlo * g.s + rx - g.p;
+                for ci in 0..g.c_in {
+                    let pl = &mut planes[self.plane(b, ci, ry, rx)..][..self.plen(b)];
                     for jy in ylo..yhi {
-                        let src = &xc[(jy * g.s + ry - g.p) * g.w..][..g.w];
-                        let d = &mut pl[jy * self.wp + xlo..jy * self.wp + xhi];
-                        if g.s == 1 {
-                            d.copy_from_slice(&src[ix0..ix0 + d.len()]);
-                        } else {
-                            for (d, v) in d.iter_mut().zip(src[ix0..].iter().step_by(g.s)) {
-                                *d = *v;
+                        let iy = jy * g.s + ry - g.p;
+                        for i in 0..b {
+                            let src = &x[(i * g.c_in + ci) * hw + iy * g.w..][..g.w];
+                            let d = &mut pl[jy * row + i * self.wp..][xlo..xhi];
+                            if g.s == 1 {
+                                d.copy_from_slice(&src[ix0..ix0 + d.len()]);
+                            } else {
+                                for (d, v) in d.iter_mut().zip(src[ix0..].iter().step_by(g.s)) {
+                                    *d = *v;
+                                }
                             }
                         }
                     }
@@ -159,26 +174,31 @@ impl Planes {
         }
     }
 
-    /// Reads image `out [c_in, h, w]` back from its planes (positions of no plane are left as they are).
-    fn unfill<T: Elem>(&self, planes: &[T], out: &mut [T]) {
+    /// Reads the `b` images `out [b, c_in, h, w]` back from their planes (positions of no plane are left as
+    /// they are).
+    fn unfill<T: Elem>(&self, planes: &[T], b: usize, out: &mut [T]) {
         let g = &self.g;
-        for ci in 0..g.c_in {
-            let oc = &mut out[ci * g.h * g.w..][..g.h * g.w];
-            for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
-                for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
-                    if xhi <= xlo {
-                        continue;
-                    }
-                    let pl = &planes[self.plane(ci, ry, rx)..][..self.len];
-                    let ix0 = xlo * g.s + rx - g.p;
+        let hw = g.h * g.w;
+        let row = b * self.wp;
+        for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
+            for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
+                if xhi <= xlo {
+                    continue;
+                }
+                let ix0 = xlo * g.s + rx - g.p;
+                for ci in 0..g.c_in {
+                    let pl = &planes[self.plane(b, ci, ry, rx)..][..self.plen(b)];
                     for jy in ylo..yhi {
-                        let d = &mut oc[(jy * g.s + ry - g.p) * g.w..][..g.w];
-                        let src = &pl[jy * self.wp + xlo..jy * self.wp + xhi];
-                        if g.s == 1 {
-                            d[ix0..ix0 + src.len()].copy_from_slice(src);
-                        } else {
-                            for (d, v) in d[ix0..].iter_mut().step_by(g.s).zip(src) {
-                                *d = *v;
+                        let iy = jy * g.s + ry - g.p;
+                        for i in 0..b {
+                            let d = &mut out[(i * g.c_in + ci) * hw + iy * g.w..][..g.w];
+                            let src = &pl[jy * row + i * self.wp..][xlo..xhi];
+                            if g.s == 1 {
+                                d[ix0..ix0 + src.len()].copy_from_slice(src);
+                            } else {
+                                for (d, v) in d[ix0..].iter_mut().step_by(g.s).zip(src) {
+                                    *d = *v;
+                                }
                             }
                         }
                     }
@@ -187,17 +207,17 @@ impl Planes {
         }
     }
 
-    /// im2col of one image from its planes: `col[r, off + oy·cw + ox] = P[ky%s][kx%s][oy + ky/s][ox + kx/s]`,
-    /// `r = (ci·kh + ky)·kw + kx`, rows `ld` apart.
-    fn im2col<T: Elem>(&self, planes: &[T], col: &mut [T], ld: usize, off: usize) {
+    /// im2col of a `b`-image chunk from its planes:
+    /// `col[r, (oy·b + i)·cw + ox] = P[ky%s][kx%s][ci][oy + ky/s][i][ox + kx/s]`, `r = (ci·kh + ky)·kw + kx`.
+    fn im2col<T: Elem>(&self, planes: &[T], b: usize, col: &mut [T]) {
         let g = &self.g;
-        let n = self.cols();
+        let n = self.cols(b);
         for ci in 0..g.c_in {
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
                     let r = (ci * g.kh + ky) * g.kw + kx;
-                    let src = &planes[self.plane(ci, ky % g.s, kx % g.s) + (ky / g.s) * self.wp + kx / g.s..];
-                    let dst = &mut col[r * ld + off..][..n];
+                    let src = &planes[self.plane(b, ci, ky % g.s, kx % g.s) + (ky / g.s) * b * self.wp + kx / g.s..];
+                    let dst = &mut col[r * n..][..n];
                     if self.cw == self.wp {
                         dst.copy_from_slice(&src[..n]);
                     } else {
@@ -210,16 +230,17 @@ impl Planes {
         }
     }
 
-    /// The adjoint of [`Planes::im2col`]: adds the columns of one image into its planes.
-    fn col2im<T: Elem>(&self, col: &[T], ld: usize, off: usize, planes: &mut [T]) {
+    /// The adjoint of [`Planes::im2col`]: adds the columns of a chunk into its planes.
+    fn col2im<T: Elem>(&self, col: &[T], b: usize, planes: &mut [T]) {
         let g = &self.g;
-        let n = self.cols();
+        let n = self.cols(b);
         for ci in 0..g.c_in {
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
                     let r = (ci * g.kh + ky) * g.kw + kx;
-                    let dst = &mut planes[self.plane(ci, ky % g.s, kx % g.s) + (ky / g.s) * self.wp + kx / g.s..];
-                    let src = &col[r * ld + off..][..n];
+                    let off = self.plane(b, ci, ky % g.s, kx % g.s) + (ky / g.s) * b * self.wp + kx / g.s;
+                    let dst = &mut planes[off..];
+                    let src = &col[r * n..][..n];
                     if self.cw == self.wp {
                         for (d, v) in dst[..n].iter_mut().zip(src) {
                             *d += *v;
@@ -236,40 +257,31 @@ impl Planes {
         }
     }
 
-    /// `dst[c, i·ho·cw + oy·cw + ox] = src[i, c, oy, ox]` (zero for `ox ≥ wo`) for the `b` maps of `src`.
+    /// `dst[c, (oy·b + i)·cw + ox] = src[i, c, oy, ox]` (zero for `ox ≥ wo`) for the `b` maps of `src`.
     fn gather<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
-        let (g, n) = (&self.g, self.cols());
-        let hw = g.ho * g.wo;
+        let (g, n, cw) = (&self.g, self.cols(b), self.cw);
         for i in 0..b {
             for c in 0..g.c_out {
-                let s = &src[(i * g.c_out + c) * hw..][..hw];
-                let d = &mut dst[c * b * n + i * n..][..n];
-                if self.cw == g.wo {
-                    d.copy_from_slice(s);
-                } else {
-                    for (d, s) in d.chunks_exact_mut(self.cw).zip(s.chunks_exact(g.wo)) {
-                        d[..g.wo].copy_from_slice(s);
-                        d[g.wo..].fill(T::ZERO);
-                    }
+                let s = &src[(i * g.c_out + c) * g.ho * g.wo..][..g.ho * g.wo];
+                let d = &mut dst[c * n..][..n];
+                for (oy, s) in s.chunks_exact(g.wo).enumerate() {
+                    let d = &mut d[(oy * b + i) * cw..][..cw];
+                    d[..g.wo].copy_from_slice(s);
+                    d[g.wo..].fill(T::ZERO);
                 }
             }
         }
     }
 
-    /// The inverse of [`Planes::gather`] on the valid columns: `dst[i, c, oy, ox] = src[c, i·ho·cw + oy·cw + ox]`.
+    /// The inverse of [`Planes::gather`] on the valid columns: `dst[i, c, oy, ox] = src[c, (oy·b + i)·cw + ox]`.
     fn scatter<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
-        let (g, n) = (&self.g, self.cols());
-        let hw = g.ho * g.wo;
+        let (g, n, cw) = (&self.g, self.cols(b), self.cw);
         for i in 0..b {
             for c in 0..g.c_out {
-                let s = &src[c * b * n + i * n..][..n];
-                let d = &mut dst[(i * g.c_out + c) * hw..][..hw];
-                if self.cw == g.wo {
-                    d.copy_from_slice(s);
-                } else {
-                    for (d, s) in d.chunks_exact_mut(g.wo).zip(s.chunks_exact(self.cw)) {
-                        d.copy_from_slice(&s[..g.wo]);
-                    }
+                let s = &src[c * n..][..n];
+                let d = &mut dst[(i * g.c_out + c) * g.ho * g.wo..][..g.ho * g.wo];
+                for (oy, d) in d.chunks_exact_mut(g.wo).enumerate() {
+                    d.copy_from_slice(&s[(oy * b + i) * cw..][..g.wo]);
                 }
             }
         }
@@ -364,16 +376,34 @@ impl Plan {
     }
 }
 
-/// Scratch buffers of one worker: `planes` (zeroed once, sized for one image), `col` and `other`.
+/// Scratch buffers of one worker. `planes` keeps zeros at the positions `fill` does not write as long as the
+/// chunk size `planes_b` stays the same.
 struct Scratch<T> {
     planes: Vec<T>,
+    planes_b: usize,
     col: Vec<T>,
     other: Vec<T>,
 }
 
 impl<T: Elem> Scratch<T> {
-    fn new(pl: &Planes) -> Self {
-        Scratch { planes: vec![T::ZERO; pl.img_len()], col: Vec::new(), other: Vec::new() }
+    fn new() -> Self {
+        Scratch { planes: Vec::new(), planes_b: 0, col: Vec::new(), other: Vec::new() }
+    }
+    /// The planes of a `b`-image chunk with zeros wherever `fill` does not write.
+    fn planes_for_fill(&mut self, pl: &Planes, b: usize) -> &mut [T] {
+        if self.planes_b != b {
+            self.planes.clear();
+            self.planes.resize(pl.len(b), T::ZERO);
+            self.planes_b = b;
+        }
+        &mut self.planes[..pl.len(b)]
+    }
+    /// The planes of a `b`-image chunk, all zero, and the im2col buffer.
+    fn zero_planes(&mut self, pl: &Planes, b: usize) -> (&mut [T], &[T]) {
+        self.planes_b = 0;
+        let p = sized(&mut self.planes, pl.len(b));
+        p.fill(T::ZERO);
+        (p, &self.col)
     }
 }
 
@@ -384,11 +414,6 @@ fn sized<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
-/// Bytes of scratch per image of a chunk: im2col columns plus the other gemm operand.
-fn bytes_per_img<T>(g: &Geom, pl: &Planes) -> usize {
-    (g.rows() + g.c_out) * pl.cols() * std::mem::size_of::<T>()
-}
-
 /// `conv2d` of `n` images: `x [n, c_in, h, w]`, `w [c_out, c_in, kh, kw]` → `[n, c_out, ho, wo]`.
 pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
     let mut out = vec![T::ZERO; n * g.out_img()];
@@ -396,26 +421,25 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
         return out;
     }
     let (rows, pl) = (g.rows(), Planes::new(g));
-    let plan = Plan::new(n, bytes_per_img::<T>(g, &pl));
+    let plan = Plan::new(n, pl.bytes_per_img::<T>());
     let par = plan.gemm_par();
     let run = |xc: &[T], oc: &mut [T], sc: &mut Scratch<T>| {
         let b = xc.len() / g.in_img();
-        let ld = b * pl.cols();
+        let ld = pl.cols(b);
+        let planes = sc.planes_for_fill(&pl, b);
+        pl.fill(xc, b, planes);
         let col = sized(&mut sc.col, rows * ld);
-        for (i, xi) in xc.chunks_exact(g.in_img()).enumerate() {
-            pl.fill(xi, &mut sc.planes);
-            pl.im2col(&sc.planes, col, ld, i * pl.cols());
-        }
+        pl.im2col(&sc.planes, b, col);
         let tmp = sized(&mut sc.other, g.c_out * ld);
         matmul(tmp, g.c_out, ld, rows, Mat::rows(w, rows), Mat::rows(col, ld), false, par);
         pl.scatter(tmp, b, oc);
     };
     let (xs, os) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
-        let mut sc = Scratch::new(&pl);
+        let mut sc = Scratch::new();
         x.chunks(xs).zip(out.chunks_mut(os)).for_each(|(xc, oc)| run(xc, oc, &mut sc));
     } else {
-        x.par_chunks(xs).zip(out.par_chunks_mut(os)).for_each_init(|| Scratch::new(&pl), |sc, (xc, oc)| run(xc, oc, sc));
+        x.par_chunks(xs).zip(out.par_chunks_mut(os)).for_each_init(Scratch::new, |sc, (xc, oc)| run(xc, oc, sc));
     }
     out
 }
@@ -427,27 +451,25 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
         return out;
     }
     let (rows, pl) = (g.rows(), Planes::new(g));
-    let plan = Plan::new(n, bytes_per_img::<T>(g, &pl));
+    let plan = Plan::new(n, pl.bytes_per_img::<T>());
     let par = plan.gemm_par();
     let run = |nc: &[T], oc: &mut [T], sc: &mut Scratch<T>| {
         let b = nc.len() / g.out_img();
-        let ld = b * pl.cols();
+        let ld = pl.cols(b);
         let np = sized(&mut sc.other, g.c_out * ld);
         pl.gather(nc, b, np);
         let col = sized(&mut sc.col, rows * ld);
         matmul(col, rows, ld, g.c_out, Mat::cols(w, rows), Mat::rows(np, ld), false, par);
-        for (i, oi) in oc.chunks_exact_mut(g.in_img()).enumerate() {
-            sc.planes.fill(T::ZERO);
-            pl.col2im(col, ld, i * pl.cols(), &mut sc.planes);
-            pl.unfill(&sc.planes, oi);
-        }
+        let (planes, col) = sc.zero_planes(&pl, b);
+        pl.col2im(&col[..rows * ld], b, planes);
+        pl.unfill(planes, b, oc);
     };
     let (ns, os) = (plan.b * g.out_img(), plan.b * g.in_img());
     if plan.serial {
-        let mut sc = Scratch::new(&pl);
+        let mut sc = Scratch::new();
         nu.chunks(ns).zip(out.chunks_mut(os)).for_each(|(nc, oc)| run(nc, oc, &mut sc));
     } else {
-        nu.par_chunks(ns).zip(out.par_chunks_mut(os)).for_each_init(|| Scratch::new(&pl), |sc, (nc, oc)| run(nc, oc, sc));
+        nu.par_chunks(ns).zip(out.par_chunks_mut(os)).for_each_init(Scratch::new, |sc, (nc, oc)| run(nc, oc, sc));
     }
     out
 }
@@ -461,30 +483,29 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], gy: &[T], n: usize, g: &Geom) -> Vec
         return vec![T::ZERO; len];
     }
     let pl = Planes::new(g);
-    let plan = Plan::new(n, bytes_per_img::<T>(g, &pl));
+    let plan = Plan::new(n, pl.bytes_per_img::<T>());
     let par = plan.gemm_par();
     let run = |xc: &[T], gc: &[T], acc: &mut [T], sc: &mut Scratch<T>| {
         let b = xc.len() / g.in_img();
-        let ld = b * pl.cols();
+        let ld = pl.cols(b);
+        let planes = sc.planes_for_fill(&pl, b);
+        pl.fill(xc, b, planes);
         let col = sized(&mut sc.col, rows * ld);
-        for (i, xi) in xc.chunks_exact(g.in_img()).enumerate() {
-            pl.fill(xi, &mut sc.planes);
-            pl.im2col(&sc.planes, col, ld, i * pl.cols());
-        }
+        pl.im2col(&sc.planes, b, col);
         let gp = sized(&mut sc.other, g.c_out * ld);
         pl.gather(gc, b, gp);
         matmul(acc, g.c_out, rows, ld, Mat::rows(gp, ld), Mat::cols(col, ld), true, par);
     };
     let (xs, gs) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
-        let (mut acc, mut sc) = (vec![T::ZERO; len], Scratch::new(&pl));
+        let (mut acc, mut sc) = (vec![T::ZERO; len], Scratch::new());
         x.chunks(xs).zip(gy.chunks(gs)).for_each(|(xc, gc)| run(xc, gc, &mut acc, &mut sc));
         acc
     } else {
         x.par_chunks(xs)
             .zip(gy.par_chunks(gs))
             .fold(
-                || (vec![T::ZERO; len], Scratch::new(&pl)),
+                || (vec![T::ZERO; len], Scratch::new()),
                 |(mut acc, mut sc), (xc, gc)| {
                     run(xc, gc, &mut acc, &mut sc);
                     (acc, sc)

@@ -24,6 +24,8 @@ pub struct CertifyConfig {
     pub safety_margin: f64,
     pub attack: Option<PgdConfig>,
     pub progress: bool,
+    /// Per-channel `(mean, std)` when the network expects normalised inputs (ε stays in pixel units).
+    pub normalize: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +83,10 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         let (x, y) = data.batch(chunk, &model.device, model.dtype)?;
         let labels: Vec<u32> = y.to_vec1().context(|| "reading labels".to_string())?;
         let set = InputSet::new(&x, &vec![cfg.eps; chunk.len()], cfg.norm, cfg.bounds)?;
+        let (x, set) = match &cfg.normalize {
+            Some((m, s)) => (crate::dual::input_set::normalize(&x, m, s)?, set.normalized(m, s)?),
+            None => (x, set),
+        };
         let logits = model.forward(&x)?;
         let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
         let cert = certify_batch(model, &set, &labels)?;

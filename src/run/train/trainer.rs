@@ -19,7 +19,9 @@ use crate::data::{self, Dataset, Split};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
 use crate::dual::robust::{certified, certify_batch_with, robust_ce_per_example};
+use crate::dual::input_set::normalize;
 use crate::dual::{InputSet, Model};
+use rand::{Rng, SeedableRng};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
 use crate::run::attack::{pgd, Goal, PgdConfig};
@@ -162,16 +164,29 @@ pub fn train_on(
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let skip = state.batch_in_epoch;
+        let mut aug_rng = rand::rngs::StdRng::seed_from_u64(epoch_seed(cfg.seed ^ 0xa06, epoch));
+        // Skipped batches (resume) still draw their augmentation, so the stream matches an uninterrupted run.
+        if cfg.augment {
+            for idx in batches.iter().take(skip) {
+                let (x, _) = train_set.batch(idx, &device, dtype)?;
+                augment(&x, &mut aug_rng)?;
+            }
+        }
         bar.inc(skip as u64);
         let (mut loss_sum, mut robust_wrong, mut clean_wrong, mut seen) = (0f64, 0usize, 0usize, 0usize);
         for (bi, idx) in batches.iter().enumerate().skip(skip) {
             let eps = cfg.eps_at(epoch, state.step as usize);
             let (x, y) = train_set.batch(idx, &device, dtype)?;
+            let x = if cfg.augment { augment(&x, &mut aug_rng)? } else { x };
             let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
+            let set = InputSet::new(&x, &vec![eps; labels.len()], cfg.norm, cfg.input_box())?;
+            let (x, set) = match (&cfg.mean, &cfg.std) {
+                (Some(m), Some(sd)) => (normalize(&x, m, sd)?, set.normalized(m, sd)?),
+                _ => (x, set),
+            };
             let logits = model.forward(&x)?;
             let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
             clean_wrong += preds.iter().zip(&labels).filter(|(p, l)| p != l).count();
-            let set = InputSet::new(&x, &vec![eps; labels.len()], cfg.norm, cfg.input_box())?;
             let loss = match cfg.mode {
                 Mode::Robust => {
                     let opts = Options { proj: cfg.projections(), seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize) };
@@ -240,6 +255,7 @@ pub fn train_on(
             safety_margin: 0.0,
             attack: None,
             progress,
+            normalize: cfg.mean.clone().zip(cfg.std.clone()),
         };
         let (test_clean, test_cert) = if test_set.is_empty() {
             (f64::NAN, None)
@@ -296,4 +312,32 @@ pub fn train_on(
 /// Map of final weights (for callers that keep training in memory, e.g. cascades).
 pub fn weights_map(model: &Model) -> HashMap<String, Tensor> {
     model.weights.to_map(&model.graph)
+}
+
+/// Random crop of the original size from the image zero-padded by 4, and a horizontal flip with probability 1/2
+/// (the reference's CIFAR augmentation). `x: [B, C, H, W]`.
+pub fn augment(x: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<Tensor> {
+    let ctx = || "augmenting a batch".to_string();
+    let (b, c, h, w) = x.dims4().context(ctx)?;
+    let src: Vec<f32> = x.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).context(ctx)?;
+    let pad = 4i64;
+    let mut out = vec![0f32; src.len()];
+    for n in 0..b {
+        let dy = rng.random_range(-pad..=pad);
+        let dx = rng.random_range(-pad..=pad);
+        let flip = rng.random_bool(0.5);
+        for ch in 0..c {
+            for i in 0..h {
+                for j in 0..w {
+                    let si = i as i64 + dy;
+                    let jj = if flip { w - 1 - j } else { j };
+                    let sj = jj as i64 + dx;
+                    if si >= 0 && si < h as i64 && sj >= 0 && sj < w as i64 {
+                        out[((n * c + ch) * h + i) * w + j] = src[((n * c + ch) * h + si as usize) * w + sj as usize];
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (b, c, h, w), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)
 }
