@@ -64,11 +64,23 @@ fn random_tensor(shape: &[usize], cauchy: bool, rng: &mut rand::rngs::StdRng, li
 /// Median over dim 1 of `|a|`, `a: [B, k, n] -> [B, n]` (the lower middle for even `k`, like `torch.median`);
 /// differentiable through the selected entries.
 pub fn median_abs(a: &Tensor) -> candle_core::Result<Tensor> {
-    let k = a.dims()[1];
+    use rayon::prelude::*;
+    let (b, k, n) = a.dims3()?;
     let t = a.abs()?.transpose(1, 2)?.contiguous()?; // [B, n, k]
-    let order = t.arg_sort_last_dim(true)?;
-    let mid = order.narrow(2, (k - 1) / 2, 1)?.contiguous()?;
-    t.gather(&mid, 2)?.squeeze(2)
+    // Indices of the middle order statistic per row, found on the host with a selection (no full sort);
+    // the gather below carries the gradient to the selected entries.
+    let host: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let mid = (k - 1) / 2;
+    let idx: Vec<u32> = host
+        .par_chunks(k)
+        .map(|row| {
+            let mut order: Vec<u32> = (0..k as u32).collect();
+            order.select_nth_unstable_by(mid, |&i, &j| row[i as usize].total_cmp(&row[j as usize]));
+            order[mid]
+        })
+        .collect();
+    let idx = Tensor::from_vec(idx, (b, n, 1), a.device())?;
+    t.gather(&idx, 2)?.squeeze(2)
 }
 
 /// A source's value at one node.
@@ -389,13 +401,27 @@ fn projected_offset_source(
     k: usize,
     rng: &mut rand::rngs::StdRng,
 ) -> candle_core::Result<Option<Source>> {
-    let count: f64 = r.rad.gt(0.0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar()?;
-    if count <= k as f64 {
+    use rand::Rng;
+    let n: usize = shape.iter().product();
+    let host: Vec<f64> = r.rad.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let count = host.iter().filter(|v| **v > 0.0).count();
+    if count <= k {
         return Ok(None);
+    }
+    // Cauchy draws only where the radius is non-zero (elsewhere the product is 0 anyway).
+    let mut c = vec![0f64; b * k * n];
+    for e in 0..b {
+        for j in 0..n {
+            if host[e * n + j] > 0.0 {
+                for q in 0..k {
+                    c[(e * k + q) * n + j] = (std::f64::consts::PI * (rng.random::<f64>() - 0.5)).tan();
+                }
+            }
+        }
     }
     let mut s = vec![b, k];
     s.extend_from_slice(shape);
-    let c = random_tensor(&s, true, rng, &r.rad)?;
+    let c = Tensor::from_vec(c, s, r.rad.device())?.to_dtype(r.rad.dtype())?;
     let inj = c.broadcast_mul(&r.rad.unsqueeze(1)?)?;
     let mut vals = HashMap::new();
     vals.insert(node, Val::Dense(inj));
