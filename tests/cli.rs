@@ -1,0 +1,178 @@
+//! The binary as a user meets it: bad input of every kind gets a coded diagnostic naming the file or node, a
+//! non-zero exit (1 for input errors, 2 for usage/I-O), and never a panic or a stack trace.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dualnet"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = bin().args(args).current_dir(root()).output().expect("runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("panicked") && !text.contains("RUST_BACKTRACE"), "panic for {args:?}:\n{text}");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+const MLP: &str = "../shared/reference/mlp/model.net";
+const MLP_W: &str = "../shared/reference/mlp/weights.safetensors";
+const MLP_X: &str = "../shared/reference/mlp/inputs.safetensors";
+
+fn tweak_weights(dir: &Path, f: impl FnOnce(&mut HashMap<String, Tensor>)) -> String {
+    let mut map = candle_core::safetensors::load(root().join(MLP_W), &Device::Cpu).expect("weights");
+    f(&mut map);
+    let p = dir.join("w.safetensors");
+    candle_core::safetensors::save(&map, &p).expect("save");
+    p.display().to_string()
+}
+
+fn bounds(weights: &str, inputs: &str, extra: &[&str]) -> (i32, String) {
+    let mut a = vec!["bounds", "--spec", MLP, "--weights", weights, "--inputs", inputs, "--eps", "0.1", "--json", "-"];
+    a.extend_from_slice(extra);
+    run(&a)
+}
+
+#[test]
+fn good_run_succeeds() {
+    let (code, out) = bounds(MLP_W, MLP_X, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"margin_lb\""));
+}
+
+#[test]
+fn weights_problems_are_diagnosed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = tweak_weights(tmp.path(), |m| {
+        m.remove("l2.bias");
+    });
+    let (code, out) = bounds(&p, MLP_X, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("E0101") && out.contains("l2.bias"), "{out}");
+
+    let p = tweak_weights(tmp.path(), |m| {
+        m.insert("l1.weight".into(), Tensor::zeros((100, 783), DType::F32, &Device::Cpu).expect("t"));
+    });
+    let (code, out) = bounds(&p, MLP_X, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("E0102") && out.contains("l1.weight") && out.contains("[100, 784]"), "{out}");
+
+    let p = tweak_weights(tmp.path(), |m| {
+        m.insert("l9.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).expect("t"));
+    });
+    let (code, out) = bounds(&p, MLP_X, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("E0103") && out.contains("l9.weight"), "{out}");
+
+    let p = tweak_weights(tmp.path(), |m| {
+        let t = m["l1.bias"].to_dtype(DType::I64).expect("t");
+        m.insert("l1.bias".into(), t);
+    });
+    let (code, out) = bounds(&p, MLP_X, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("E0102") && out.contains("l1.bias"), "{out}");
+
+    let junk = tmp.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a safetensors file").expect("write");
+    let (code, out) = bounds(&junk.display().to_string(), MLP_X, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("E0104"), "{out}");
+
+    let (code, out) = bounds("no/such/file.safetensors", MLP_X, &[]);
+    assert_eq!(code, 2);
+    assert!(out.contains("no/such/file.safetensors"), "{out}");
+}
+
+#[test]
+fn inputs_problems_are_diagnosed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let save = |x: Tensor, y: Tensor| {
+        let p = tmp.path().join(format!("in{}.safetensors", x.dims()[0]));
+        let m: HashMap<String, Tensor> = [("x".to_string(), x), ("y".to_string(), y)].into_iter().collect();
+        candle_core::safetensors::save(&m, &p).expect("save");
+        p.display().to_string()
+    };
+    let p = save(Tensor::zeros((2, 1, 27, 28), DType::F32, &Device::Cpu).expect("x"), Tensor::zeros(2, DType::I64, &Device::Cpu).expect("y"));
+    let (code, out) = bounds(MLP_W, &p, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("E0105") && out.contains("[B, 1, 28, 28]"), "{out}");
+
+    let p = save(Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu).expect("x"), Tensor::new(&[0i64, 10, 1], &Device::Cpu).expect("y"));
+    let (code, out) = bounds(MLP_W, &p, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("label 10") && out.contains("out of range"), "{out}");
+}
+
+#[test]
+fn bad_epsilon_is_refused() {
+    for eps in ["-0.1", "NaN", "inf"] {
+        let (code, out) = run(&["bounds", "--spec", MLP, "--weights", MLP_W, "--inputs", MLP_X, "--eps", eps, "--json", "-"]);
+        assert_ne!(code, 0, "eps {eps}: {out}");
+        assert!(out.contains("eps") || out.contains("ε"), "{out}");
+    }
+}
+
+#[test]
+fn spec_errors_stop_every_command() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spec = tmp.path().join("bad.net");
+    std::fs::write(&spec, "network b { input x: [1, 28, 28]  f = flatten(x)  l = linear(f, out=10)  r = relux(l)  output l }").expect("w");
+    let s = spec.display().to_string();
+    for args in [
+        vec!["check", s.as_str()],
+        vec!["compile", s.as_str(), "--emit", "dual"],
+        vec!["bounds", "--spec", s.as_str(), "--weights", MLP_W, "--inputs", MLP_X, "--eps", "0.1", "--json", "-"],
+    ] {
+        let (code, out) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains("E0002") && out.contains("relu"), "{out}");
+    }
+    let (code, _) = run(&["check", "no/such.net"]);
+    assert_eq!(code, 2);
+    let bin_file = tmp.path().join("bin.net");
+    std::fs::write(&bin_file, [0xffu8, 0xfe, 0x00, 0x41]).expect("w");
+    let (code, out) = run(&["check", bin_file.to_str().expect("p")]);
+    assert_eq!(code, 2);
+    assert!(out.contains("UTF-8"), "{out}");
+}
+
+#[test]
+fn corrupt_data_is_diagnosed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join("t10k-images-idx3-ubyte"), [0u8, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3]).expect("w");
+    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 5, 1, 2, 3, 4, 5]).expect("w");
+    let d = tmp.path().display().to_string();
+    let (code, out) = run(&["certify", "--spec", MLP, "--weights", MLP_W, "--data-dir", &d, "--eps", "0.1", "--quiet"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("E0107") && out.contains("t10k-images-idx3-ubyte"), "{out}");
+    let (code, out) = run(&["certify", "--spec", MLP, "--weights", MLP_W, "--data-dir", "no/such/dir", "--eps", "0.1", "--quiet"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("no/such/dir"), "{out}");
+}
+
+#[test]
+fn certify_and_attack_agree_with_each_other() {
+    let dir = "../shared/data/mnist";
+    let w = "../shared/reference/mnist_small_trained/weights.safetensors";
+    let spec = "specs/mnist_small.net";
+    let tmp = tempfile::tempdir().expect("tmp");
+    let j = tmp.path().join("c.json");
+    let (code, out) = run(&["certify", "--spec", spec, "--weights", w, "--data-dir", dir, "--limit", "20", "--eps", "0.1", "--bounded", "--attack", "--quiet", "--json", j.to_str().expect("p")]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).expect("json")).expect("json");
+    let cert = v["summary"]["certified_robust_err"].as_f64().expect("cert");
+    let pgd = v["summary"]["pgd_err"].as_f64().expect("pgd");
+    assert!(cert >= pgd, "certified error {cert} below PGD error {pgd}: a certificate is wrong");
+    for e in v["examples"].as_array().expect("examples") {
+        if e["certified"].as_bool() == Some(true) {
+            assert_eq!(e["pgd_fooled"].as_bool(), Some(false), "PGD broke a certified example: {e}");
+        }
+    }
+}
