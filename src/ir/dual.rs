@@ -91,8 +91,13 @@ pub fn build(g: &Graph) -> DualGraph {
         for (m, _) in g.consumers(n) {
             if g.node(m).kind.op().map(|o| o.role() == Role::Activation).unwrap_or(false) {
                 let nu = dual_name(g, n);
+                let note = if g.node(m).kind.name() == "relu" {
+                    format!("  (relu: Σ over crossing j of l_j·[{nu},j]₊)")
+                } else {
+                    String::new()
+                };
                 objective.push(format!(
-                    "J += Σ_j min({nu},j·lo_j, {nu},j·hi_j) over the relaxation of {}  (relu: Σ over crossing j of l_j·[{nu},j]₊)",
+                    "J += Σ_j min({nu},j·lo_j, {nu},j·hi_j) over the relaxation of {}{note}",
                     g.node(m).name
                 ));
             }
