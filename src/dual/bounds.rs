@@ -194,6 +194,20 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
     let mut centers: Vec<Option<Tensor>> = vec![None; n_nodes];
     let mut sources: Vec<Source> = Vec::new();
     let mut out = Bounds { layers: Vec::new(), relax: HashMap::new() };
+    // Exact bounds: a layer much narrower than the input gets its bounds from the dual network run backwards
+    // from it (n_z rows), instead of pushing every input direction forward to it; sources are propagated only
+    // up to the last layer that needs them.
+    let n_in: usize = g.input_shape().iter().product();
+    let backward: Vec<NodeIndex> = match opts.proj {
+        Some(_) => Vec::new(),
+        None => g
+            .activation_inputs()
+            .into_iter()
+            .filter(|z| 4 * g.node(*z).shape.iter().product::<usize>() < n_in)
+            .collect(),
+    };
+    let last_forward = g.activation_inputs().into_iter().filter(|z| !backward.contains(z)).map(|z| z.index()).max();
+    let propagate = |i: NodeIndex| last_forward.map(|l| i.index() <= l).unwrap_or(false);
 
     for i in g.order() {
         let node = g.node(i);
@@ -249,7 +263,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             c = c.broadcast_add(&bias).context(ctx_err)?;
                         }
                         centers[i.index()] = Some(c);
-                        for s in sources.iter_mut() {
+                        for s in sources.iter_mut().filter(|_| propagate(i)) {
                             let present: Vec<(NodeIndex, Val)> =
                                 node.inputs.iter().filter_map(|j| s.vals.get(j).map(|v| (*j, v.clone()))).collect();
                             if present.is_empty() {
@@ -286,7 +300,11 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                     Role::Activation => {
                         let z = node.inputs[0];
                         if out.of(z).is_none() {
-                            let (l, u) = layer_bounds(model, &centers, &sources, z, b)?;
+                            let (l, u) = if backward.contains(&z) {
+                                backward_bounds(model, set, &out.relax, z, b)?
+                            } else {
+                                layer_bounds(model, &centers, &sources, z, b)?
+                            };
                             out.layers.push((z, l, u));
                         }
                         let (l, u) = match out.of(z) {
@@ -297,19 +315,21 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         let cz = centers[z.index()].clone().unwrap_or_else(|| x.clone());
                         centers[i.index()] = Some((r.slope.mul(&cz).context(ctx_err)? + &r.mid).context(ctx_err)?);
                         let slope1 = r.slope.unsqueeze(1).context(ctx_err)?;
-                        for s in sources.iter_mut() {
+                        for s in sources.iter_mut().filter(|_| propagate(i)) {
                             if let Some(v) = s.vals.get(&z) {
                                 let nv = dense(v, &g.node(z).shape, x).and_then(|v| v.broadcast_mul(&slope1)).context(ctx_err)?;
                                 s.vals.insert(i, Val::Dense(nv));
                             }
                         }
                         let src = match opts.proj {
+                            _ if !propagate(i) => None,
                             Some(k) => projected_offset_source(i, &r, b, &node.shape, k, &mut rng).context(ctx_err)?,
                             None => None,
                         };
                         let src = match src {
                             Some(s) => Some(s),
-                            None => offset_source(i, &r, b, &node.shape).context(ctx_err)?,
+                            None if propagate(i) => offset_source(i, &r, b, &node.shape).context(ctx_err)?,
+                            None => None,
                         };
                         if let Some(src) = src {
                             sources.push(src);
@@ -426,4 +446,33 @@ fn projected_offset_source(
     let mut vals = HashMap::new();
     vals.insert(node, Val::Dense(inj));
     Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0 } }))
+}
+
+/// Bounds of `z` from the dual network run backwards from it with `c = e_j` for each of its units
+/// (`[B, n_z, *shape]` rows): `l, u = lin ∓ rad`.
+fn backward_bounds(
+    model: &Model,
+    set: &InputSet,
+    relax: &HashMap<NodeIndex, Relaxation>,
+    z: NodeIndex,
+    b: usize,
+) -> Result<(Tensor, Tensor)> {
+    let node = model.graph.node(z);
+    let ctx_err = || format!("bounds of `{}`", node.name);
+    let n: usize = node.shape.iter().product();
+    let x = set.center();
+    let mut shape = vec![b, n];
+    shape.extend_from_slice(&node.shape);
+    let c = Tensor::eye(n, x.dtype(), x.device())
+        .and_then(|e| e.unsqueeze(0))
+        .and_then(|e| e.broadcast_as((b, n, n)))
+        .and_then(|e| e.contiguous())
+        .and_then(|e| e.reshape(shape))
+        .context(ctx_err)?;
+    let (lin, rad) = super::objective::dual_pass(model, set, relax, z, &c)?;
+    let mut out_shape = vec![b];
+    out_shape.extend_from_slice(&node.shape);
+    let l = (&lin - &rad).and_then(|t| t.reshape(out_shape.clone())).context(ctx_err)?;
+    let u = (&lin + &rad).and_then(|t| t.reshape(out_shape)).context(ctx_err)?;
+    Ok((l, u))
 }

@@ -28,33 +28,47 @@ fn sum_trailing(t: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `J(c)` for every objective row of `c: [B, K, *out]`.
 pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> Result<Tensor> {
+    let (lin, rad) = dual_pass(model, set, &bounds.relax, model.graph.output, c)?;
+    (lin - rad).context(|| "dual objective".to_string())
+}
+
+/// The dual network run backwards from node `start` with `λ_start = c` (`c: [B, K, *shape_start]`), using the
+/// relaxations in `relax` (every activation before `start` must have one). Returns the two parts of the bound
+/// `c·start(x') >= lin - rad` over the input set: `lin` collects the linear terms (biases, relaxation midpoints,
+/// the input center) and `rad` the dual-norm terms; since `λ(-c) = -λ(c)`, the upper bound is `lin + rad`.
+pub fn dual_pass(
+    model: &Model,
+    set: &InputSet,
+    relax: &std::collections::HashMap<NodeIndex, crate::ops::Relaxation>,
+    start: NodeIndex,
+    c: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let g = &model.graph;
     let (b, k) = (c.dims()[0], c.dims()[1]);
     let n_nodes = g.dag.node_count();
     let mut lambda: Vec<Option<Tensor>> = vec![None; n_nodes];
-    lambda[g.output.index()] = Some(c.clone());
-    let mut j = Tensor::zeros((b, k), c.dtype(), c.device()).context(|| "dual objective".to_string())?;
-    let order: Vec<NodeIndex> = g.order().collect();
+    lambda[start.index()] = Some(c.clone());
+    let zero = Tensor::zeros((b, k), c.dtype(), c.device()).context(|| "dual objective".to_string())?;
+    let (mut lin, mut rad) = (zero.clone(), zero);
+    let order: Vec<NodeIndex> = g.order().take(start.index() + 1).collect();
     for &i in order.iter().rev() {
         let Some(lam) = lambda[i.index()].take() else { continue };
         let node = g.node(i);
         let ctx_err = || format!("dual network at `{}`", node.name);
         match node.kind {
             NodeKind::Input => {
-                let term = match set {
-                    InputSet::Box { center, radius } => {
-                        let lin = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?;
-                        let nrm = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?).context(ctx_err)?)
-                            .context(ctx_err)?;
-                        (lin - nrm).context(ctx_err)?
-                    }
-                    InputSet::L2 { center, eps } => {
-                        let lin = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?;
-                        let nrm = sum_trailing(&lam.sqr().context(ctx_err)?).and_then(|s| s.sqrt()).context(ctx_err)?;
-                        (lin - nrm.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?
+                let center = set.center();
+                let l = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?;
+                let nrm = match set {
+                    InputSet::Box { radius, .. } => sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?).context(ctx_err)?)
+                        .context(ctx_err)?,
+                    InputSet::L2 { eps, .. } => {
+                        let n = sum_trailing(&lam.sqr().context(ctx_err)?).and_then(|s| s.sqrt()).context(ctx_err)?;
+                        n.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?
                     }
                 };
-                j = (j + term).context(ctx_err)?;
+                lin = (lin + l).context(ctx_err)?;
+                rad = (rad + nrm).context(ctx_err)?;
             }
             NodeKind::Op(op) => {
                 let ctx = model.ctx(i);
@@ -62,7 +76,7 @@ pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> 
                     Role::Affine => {
                         if let Some(bias) = op.bias(&ctx)? {
                             let t = sum_trailing(&lam.broadcast_mul(&bias).context(ctx_err)?).context(ctx_err)?;
-                            j = (j + t).context(ctx_err)?;
+                            lin = (lin + t).context(ctx_err)?;
                         }
                         let mut flat_shape = vec![b * k];
                         flat_shape.extend_from_slice(&node.shape);
@@ -76,12 +90,13 @@ pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> 
                         }
                     }
                     Role::Activation => {
-                        let r = bounds.relax.get(&i).ok_or_else(|| Error::Usage("internal: relaxation missing".into()))?;
+                        let r = relax.get(&i).ok_or_else(|| Error::Usage("internal: relaxation missing".into()))?;
                         let mid = r.mid.unsqueeze(1).context(ctx_err)?;
-                        let rad = r.rad.unsqueeze(1).context(ctx_err)?;
+                        let r_rad = r.rad.unsqueeze(1).context(ctx_err)?;
                         let t1 = sum_trailing(&lam.broadcast_mul(&mid).context(ctx_err)?).context(ctx_err)?;
-                        let t2 = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&rad).context(ctx_err)?).context(ctx_err)?;
-                        j = ((j + t1).context(ctx_err)? - t2).context(ctx_err)?;
+                        let t2 = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&r_rad).context(ctx_err)?).context(ctx_err)?;
+                        lin = (lin + t1).context(ctx_err)?;
+                        rad = (rad + t2).context(ctx_err)?;
                         let back = lam.broadcast_mul(&r.slope.unsqueeze(1).context(ctx_err)?).context(ctx_err)?;
                         accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
                     }
@@ -90,7 +105,7 @@ pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> 
             }
         }
     }
-    Ok(j)
+    Ok((lin, rad))
 }
 
 fn accumulate(lambda: &mut [Option<Tensor>], i: NodeIndex, t: Tensor) -> candle_core::Result<()> {
