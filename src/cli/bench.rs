@@ -6,8 +6,17 @@
 //! - `step_exact`: one exact robust-loss forward + backward on the first 50 test images without the box, f32
 //!   (reference: 24.7 s, 6.9 GB; target ≤ 12 s, ≤ 3 GB).
 //!
+//! - `step_proj50`: one robust-loss step with 50 projections, box, `mnist_small_trained`, batch 50 (reference
+//!   1.15 s / 0.92 s quiet, 1.3 GB; target ≤ 0.5 s, ≤ 1 GB).
+//! - `train1000`: 20 Adam steps (proj 50, box, ε 0.1) over the first 1000 training images (reference 36.6 s,
+//!   23.3 s quiet; target ≤ 18 s).
+//! - `step_large_proj50`: the same step on `mnist_large` (default init; reference 30.5 s, 5.9 GB; target ≤ 10 s).
+//! - `scaling`: step time with 50 projections vs exact bounds for widths x1, x2, x4 of a conv net (batch 10).
+//!
 //! JSON keys: `{"cert1000": {"seconds", "peak_rss_mb", "examples", "certified_robust_err", "clean_err"},
-//! "step_exact": {"seconds", "peak_rss_mb", "robust_ce", "robust_err"}, "threads", "dtype"}`.
+//! "step_exact": {"seconds", "peak_rss_mb", "robust_ce", "robust_err"}, "step_proj50": {"seconds", "peak_rss_mb",
+//! "robust_ce"}, "train1000": {"seconds", "peak_rss_mb", "steps"}, "step_large_proj50": {...},
+//! "scaling": {"batch", "rows": [{"width", "proj50_seconds", "exact_seconds"}]}, "threads", "dtype"}`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,9 +48,50 @@ pub struct Args {
     pub limit: usize,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Run only these configurations (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub configs: Option<Vec<String>>,
 }
 
-const CONFIGS: &[&str] = &["cert1000", "step_exact"];
+const CONFIGS: &[&str] = &["cert1000", "step_exact", "step_proj50", "train1000", "step_large_proj50", "scaling"];
+
+/// Seconds for one robust-loss forward + backward on `x` (median of `runs` after one warm-up).
+fn step_seconds(model: &mut Model, x: &candle_core::Tensor, labels: &[u32], proj: Option<usize>, bounded: bool, runs: usize) -> Result<(f64, f64)> {
+    use crate::dual::bounds::Options;
+    use crate::dual::robust::certify_batch_with;
+    let vars = crate::run::train::trainer::make_vars(model)?;
+    let mut times = Vec::new();
+    let mut loss = f64::NAN;
+    for r in 0..=runs {
+        let start = Instant::now();
+        let set = InputSet::new(x, &vec![0.1; labels.len()], Norm::Linf, bounded.then_some((0.0, 1.0)))?;
+        let cert = certify_batch_with(model, &set, labels, &Options { proj, seed: r as u64 })?;
+        let ce = robust_ce_per_example(&cert.margin_lb)?.mean_all().context(|| "loss".to_string())?;
+        let grads = ce.backward().context(|| "backward pass".to_string())?;
+        if vars.iter().any(|(_, v)| grads.get(v.as_tensor()).is_none()) {
+            return Err(Error::Usage("internal: a parameter got no gradient".into()));
+        }
+        loss = ce.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).context(|| "loss".to_string())?;
+        if r > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok((times[times.len() / 2], loss))
+}
+
+fn spec_model(text: &str, seed: u64) -> Result<Model> {
+    let checked = crate::check::check_source("bench.net", text);
+    let g = checked.graph.ok_or_else(|| Error::Input(checked.diagnostics))?;
+    let w = crate::weights::Weights::init(&g, seed, DType::F32, &Device::Cpu)?;
+    Ok(Model::new(g, w, DType::F32, Device::Cpu))
+}
+
+fn first(data: &crate::data::Dataset, n: usize) -> Result<(candle_core::Tensor, Vec<u32>)> {
+    let idx: Vec<usize> = (0..n.min(data.len())).collect();
+    let (x, y) = data.batch(&idx, &Device::Cpu, DType::F32)?;
+    Ok((x, y.to_vec1().context(|| "labels".to_string())?))
+}
 
 fn small_model(args: &Args) -> Result<Model> {
     let dir = args.reference_dir.join("mnist_small_trained");
@@ -98,6 +148,62 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                       "robust_ce": ce.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).context(|| "loss".to_string())?,
                       "robust_err": err}))
         }
+        "step_proj50" => {
+            let mut model = small_model(args)?;
+            let test = data::load("mnist", &args.data_dir, Split::Test)?;
+            let (x, labels) = first(&test, 50)?;
+            let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 5)?;
+            Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
+        }
+        "step_large_proj50" => {
+            let text = std::fs::read_to_string("specs/mnist_large.net").map_err(|e| Error::io("cannot read", "specs/mnist_large.net", e))?;
+            let mut model = spec_model(&text, 0)?;
+            let test = data::load("mnist", &args.data_dir, Split::Test)?;
+            let (x, labels) = first(&test, 50)?;
+            let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 2)?;
+            Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
+        }
+        "train1000" => {
+            use crate::run::train::optim::Adam;
+            let mut model = small_model(args)?;
+            let vars = crate::run::train::trainer::make_vars(&mut model)?;
+            let mut opt = Adam::new(vars, 0.0);
+            let train = data::load("mnist", &args.data_dir, Split::Train)?;
+            let step = |model: &Model, opt: &mut Adam, idx: &[usize], seed: u64| -> Result<()> {
+                use crate::dual::bounds::Options;
+                let (x, y) = train.batch(idx, &Device::Cpu, DType::F32)?;
+                let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
+                let set = InputSet::new(&x, &vec![0.1; labels.len()], Norm::Linf, Some((0.0, 1.0)))?;
+                let cert = crate::dual::robust::certify_batch_with(model, &set, &labels, &Options { proj: Some(50), seed })?;
+                let ce = robust_ce_per_example(&cert.margin_lb)?.mean_all().context(|| "loss".to_string())?;
+                let grads = ce.backward().context(|| "backward".to_string())?;
+                opt.step(&grads, 1e-3)
+            };
+            let warm: Vec<usize> = (1000..1050).collect();
+            step(&model, &mut opt, &warm, 999)?;
+            let start = Instant::now();
+            for (s, chunk) in (0..1000).collect::<Vec<usize>>().chunks(50).enumerate() {
+                step(&model, &mut opt, chunk, s as u64)?;
+            }
+            Ok(json!({"seconds": start.elapsed().as_secs_f64(), "peak_rss_mb": peak_rss_mb(), "steps": 20}))
+        }
+        "scaling" => {
+            // The paper's scaling claim: with projections the step time grows about linearly with the width,
+            // exact bounds about quadratically. Conv nets like mnist_small with channels and hidden units x w.
+            let test = data::load("mnist", &args.data_dir, Split::Test)?;
+            let (x, labels) = first(&test, 10)?;
+            let mut rows = Vec::new();
+            for w in [1usize, 2, 4] {
+                let text = format!(
+                    "network w{w} {{ input x: [1, 28, 28]  c1 = conv2d(x, out={}, kernel=4, stride=2, padding=1)  r1 = relu(c1)  c2 = conv2d(r1, out={}, kernel=4, stride=2, padding=1)  r2 = relu(c2)  f = flatten(r2)  l1 = linear(f, out={})  r3 = relu(l1)  l2 = linear(r3, out=10)  output l2 }}",
+                    16 * w, 32 * w, 100 * w
+                );
+                let (proj, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, Some(50), true, 2)?;
+                let (exact, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, None, true, 1)?;
+                rows.push(json!({"width": w, "proj50_seconds": proj, "exact_seconds": exact}));
+            }
+            Ok(json!({"batch": 10, "rows": rows, "peak_rss_mb": peak_rss_mb()}))
+        }
         other => Err(Error::Usage(format!("unknown bench configuration `{other}` (known: {})", CONFIGS.join(", ")))),
     }
 }
@@ -110,7 +216,11 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("cannot find the dualnet binary", "dualnet", e))?;
     let mut results = BTreeMap::new();
-    for name in CONFIGS {
+    let chosen: Vec<&str> = match &args.configs {
+        Some(list) => list.iter().map(|s| s.as_str()).collect(),
+        None => CONFIGS.to_vec(),
+    };
+    for name in chosen {
         eprintln!("bench {name} ...");
         let out = std::process::Command::new(&exe)
             .arg("bench")
@@ -127,10 +237,16 @@ pub fn run(args: &Args) -> Result<()> {
         let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| Error::Usage(format!("bench {name}: {e}")))?;
         results.insert(name.to_string(), v);
     }
-    let targets = [("cert1000", 20.0, 1024.0, 45.4, 2100.0), ("step_exact", 12.0, 3072.0, 24.7, 6900.0)];
+    let targets = [
+        ("cert1000", 20.0, 1024.0, 45.4, 2100.0),
+        ("step_exact", 12.0, 3072.0, 24.7, 6900.0),
+        ("step_proj50", 0.5, 1024.0, 1.15, 1300.0),
+        ("train1000", 18.0, 1024.0, 23.3, f64::NAN),
+        ("step_large_proj50", 10.0, f64::NAN, 30.5, 5900.0),
+    ];
     println!("{:<12} {:>9} {:>11} {:>12} {:>14}", "config", "seconds", "peak MB", "target s/MB", "reference s/MB");
     for (name, ts, tm, rs, rm) in targets {
-        let v = &results[name];
+        let Some(v) = results.get(name) else { continue };
         println!(
             "{:<12} {:>9.2} {:>11.0} {:>12} {:>14}",
             name,
@@ -139,6 +255,17 @@ pub fn run(args: &Args) -> Result<()> {
             format!("{ts}/{tm}"),
             format!("{rs}/{rm}")
         );
+    }
+    if let Some(rows) = results.get("scaling").and_then(|v| v["rows"].as_array()) {
+        println!("\nscaling (batch 10, box, eps 0.1): width  proj50 s/step  exact s/step");
+        for r in rows {
+            println!(
+                "                                   x{:<4} {:>12.3} {:>12.3}",
+                r["width"],
+                r["proj50_seconds"].as_f64().unwrap_or(f64::NAN),
+                r["exact_seconds"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
     }
     let mut all = serde_json::Map::new();
     for (k, v) in results {

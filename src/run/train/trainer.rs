@@ -47,7 +47,7 @@ fn need<T: Clone>(v: &Option<T>, what: &str, flag: &str) -> Result<T> {
 }
 
 /// Named trainable parameters as variables, in node order; the model's tensors are replaced by the variables'.
-fn make_vars(model: &mut Model) -> Result<Vec<(String, Var)>> {
+pub fn make_vars(model: &mut Model) -> Result<Vec<(String, Var)>> {
     let mut vars = Vec::new();
     let names: Vec<(usize, String, Vec<(&'static str, bool)>)> = model
         .graph
