@@ -8,7 +8,7 @@ use candle_core::Device;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::bounds::{load_model, SetArgs};
+use super::bounds::{ModelArgs, SetArgs};
 use super::certify::DataArgs;
 use crate::dual::InputSet;
 use crate::error::{Context, Error, Result};
@@ -16,10 +16,8 @@ use crate::run::attack::{pgd, Goal, PgdConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(long)]
-    pub spec: PathBuf,
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -63,7 +61,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.restarts == 0 {
         return Err(Error::Usage("`--batch` and `--restarts` must be at least 1".into()));
     }
-    let model = load_model(&args.spec, &args.weights, args.set.dtype.dtype(), &Device::Cpu)?;
+    let model = args.model.load(args.set.dtype.dtype(), &Device::Cpu)?;
     let data = args.data.load()?;
     super::check_data_shape(&model, &data)?;
     let cfg = PgdConfig { steps: args.steps, step_size: args.step_size, restarts: args.restarts, seed: args.seed };

@@ -59,12 +59,27 @@ impl SetArgs {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// `--spec S --weights W`: the network and its weights.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The network (`.net`).
     #[arg(long)]
     pub spec: PathBuf,
+    /// Its weights (safetensors, keys `NODE.weight`, `NODE.bias`, ...).
     #[arg(long)]
     pub weights: PathBuf,
+}
+
+impl ModelArgs {
+    pub fn load(&self, dtype: DType, device: &Device) -> Result<Model> {
+        load_model(&self.spec, &self.weights, dtype, device)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// safetensors with `x` [B, C, H, W] and `y` [B].
     #[arg(long)]
     pub inputs: PathBuf,
@@ -179,7 +194,7 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
 pub fn run(args: &Args) -> Result<()> {
     args.set.validate()?;
     let device = Device::Cpu;
-    let model = load_model(&args.spec, &args.weights, args.set.dtype.dtype(), &device)?;
+    let model = args.model.load(args.set.dtype.dtype(), &device)?;
     let (x, labels) = load_inputs(&model, &args.inputs)?;
     let out = compute(&model, &x, &labels, &args.set)?;
     let text = serde_json::to_string(&out).map_err(|e| Error::Usage(format!("serialising results: {e}")))?;

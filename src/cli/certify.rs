@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use serde::Serialize;
 
-use super::bounds::{load_model, SetArgs};
+use super::bounds::{ModelArgs, SetArgs};
 use crate::data::{self, Split};
 use crate::error::{Error, Result};
 use crate::run::attack::PgdConfig;
@@ -40,10 +40,8 @@ impl DataArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(long)]
-    pub spec: PathBuf,
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -84,7 +82,7 @@ pub fn run(args: &Args) -> Result<()> {
         return Err(Error::Usage("`--batch` must be at least 1".into()));
     }
     let dtype = args.set.dtype.dtype();
-    let model = load_model(&args.spec, &args.weights, dtype, &Device::Cpu)?;
+    let model = args.model.load(dtype, &Device::Cpu)?;
     let data = args.data.load()?;
     super::check_data_shape(&model, &data)?;
     let cfg = CertifyConfig {

@@ -46,12 +46,12 @@ pub fn run(args: &Args) -> Result<()> {
     let summary = train(&cfg, graph, &out, resume, !args.quiet)?;
     if let Some(m) = &summary.last {
         println!(
-            "trained {} epochs -> {}/weights.safetensors; last epoch: train robust err {:.2}%, test certified err {}, test clean err {:.2}%",
+            "trained {} epochs -> {}/weights.safetensors; last epoch: train robust err {:.2}%, test certified err {}, test clean err {}",
             summary.epochs,
             summary.out.display(),
             100.0 * m.train_robust_err,
             m.test_certified_err.map(|c| format!("{:.2}%", 100.0 * c)).unwrap_or_else(|| "n/a".into()),
-            100.0 * m.test_clean_err
+            if m.test_clean_err.is_finite() { format!("{:.2}%", 100.0 * m.test_clean_err) } else { "n/a".into() }
         );
     }
     Ok(())

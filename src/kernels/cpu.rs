@@ -21,6 +21,9 @@
 //! with single-threaded gemms, except when there are fewer chunks than threads (tiny batches), where the chunks
 //! run in turn and gemm parallelises itself.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -28,19 +31,27 @@ use rayon::prelude::*;
 pub(crate) const CHUNK_BYTES: usize = 2 << 20;
 
 /// The element types the kernels run on (those `gemm` supports that the dual network uses).
-pub(crate) trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign {
+pub(crate) trait Elem: Copy + PartialEq + Send + Sync + 'static + std::ops::AddAssign {
     const ZERO: Self;
     const ONE: Self;
+    /// Runs `f` with the calling thread's scratch buffers for this type.
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R;
 }
 
 impl Elem for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
+        with_scratch(&SCRATCH_F32, f)
+    }
 }
 
 impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
+        with_scratch(&SCRATCH_F64, f)
+    }
 }
 
 /// The sizes of one convolution: image side `c_in × h × w`, kernel `kh × kw`, map side `c_out × ho × wo`.
@@ -163,8 +174,8 @@ impl Planes {
                             if g.s == 1 {
                                 d.copy_from_slice(&src[ix0..ix0 + d.len()]);
                             } else {
-                                for (d, v) in d.iter_mut().zip(src[ix0..].iter().step_by(g.s)) {
-                                    *d = *v;
+                                for (d, v) in d.iter_mut().zip(src[ix0..].chunks(g.s)) {
+                                    *d = v[0];
                                 }
                             }
                         }
@@ -196,8 +207,8 @@ impl Planes {
                             if g.s == 1 {
                                 d[ix0..ix0 + src.len()].copy_from_slice(src);
                             } else {
-                                for (d, v) in d[ix0..].iter_mut().step_by(g.s).zip(src) {
-                                    *d = *v;
+                                for (d, v) in d[ix0..].chunks_mut(g.s).zip(src) {
+                                    d[0] = *v;
                                 }
                             }
                         }
@@ -376,34 +387,92 @@ impl Plan {
     }
 }
 
-/// Scratch buffers of one worker. `planes` keeps zeros at the positions `fill` does not write as long as the
-/// chunk size `planes_b` stays the same.
-struct Scratch<T> {
+/// Scratch buffers of one thread, kept between calls (see [`Elem::with_scratch`]). `planes` keeps zeros at the
+/// positions `fill` does not write for as long as the layout `planes_key` (geometry, chunk size) stays the same.
+pub(crate) struct Scratch<T> {
     planes: Vec<T>,
-    planes_b: usize,
+    planes_key: Option<(Geom, usize, usize)>,
     col: Vec<T>,
     other: Vec<T>,
 }
 
 impl<T: Elem> Scratch<T> {
-    fn new() -> Self {
-        Scratch { planes: Vec::new(), planes_b: 0, col: Vec::new(), other: Vec::new() }
+    const fn new() -> Self {
+        Scratch { planes: Vec::new(), planes_key: None, col: Vec::new(), other: Vec::new() }
     }
     /// The planes of a `b`-image chunk with zeros wherever `fill` does not write.
     fn planes_for_fill(&mut self, pl: &Planes, b: usize) -> &mut [T] {
-        if self.planes_b != b {
+        let key = Some((pl.g, pl.cw, b));
+        if self.planes_key != key {
             self.planes.clear();
             self.planes.resize(pl.len(b), T::ZERO);
-            self.planes_b = b;
+            self.planes_key = key;
         }
         &mut self.planes[..pl.len(b)]
     }
     /// The planes of a `b`-image chunk, all zero, and the im2col buffer.
     fn zero_planes(&mut self, pl: &Planes, b: usize) -> (&mut [T], &[T]) {
-        self.planes_b = 0;
+        self.planes_key = None;
         let p = sized(&mut self.planes, pl.len(b));
         p.fill(T::ZERO);
         (p, &self.col)
+    }
+    /// Lets go of buffers grown far past the chunk size (by a batch of a few huge images).
+    fn trim(&mut self) {
+        let cap = 4 * CHUNK_BYTES / std::mem::size_of::<T>();
+        for v in [&mut self.planes, &mut self.col, &mut self.other] {
+            if v.capacity() > cap {
+                *v = Vec::new();
+            }
+        }
+        if self.planes.is_empty() {
+            self.planes_key = None;
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH_F32: RefCell<Scratch<f32>> = const { RefCell::new(Scratch::new()) };
+    static SCRATCH_F64: RefCell<Scratch<f64>> = const { RefCell::new(Scratch::new()) };
+}
+
+/// Runs `f` with this thread's scratch (fresh buffers if it is in use further up the stack, as when a rayon
+/// thread picks up another kernel call while it waits inside one).
+fn with_scratch<T: Elem, R>(key: &'static LocalKey<RefCell<Scratch<T>>>, f: impl FnOnce(&mut Scratch<T>) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut sc) => {
+            let r = f(&mut sc);
+            sc.trim();
+            r
+        }
+        Err(_) => f(&mut Scratch::new()),
+    })
+}
+
+/// A zeroed vector for a kernel's output. On Linux, a large one first asks for transparent huge pages (where the
+/// system leaves that to `madvise`), which makes the page faults of its first touch 512× rarer.
+fn zeroed<T: Elem>(len: usize) -> Vec<T> {
+    let v = vec![T::ZERO; len];
+    #[cfg(target_os = "linux")]
+    if std::env::var("DUALNET_NOHUGE").is_err() { // TUNING
+    advise_huge_pages(&v);
+    }
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages<T>(v: &[T]) {
+    const HUGE: usize = 2 << 20;
+    let (addr, bytes) = (v.as_ptr() as usize, std::mem::size_of_val(v));
+    if bytes < 8 * HUGE {
+        return;
+    }
+    let (start, end) = (addr.next_multiple_of(HUGE), (addr + bytes) / HUGE * HUGE);
+    if end > start {
+        // SAFETY: advice only, about whole pages inside the allocation `v` owns; a failure changes nothing.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
     }
 }
 
@@ -416,7 +485,7 @@ fn sized<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 
 /// `conv2d` of `n` images: `x [n, c_in, h, w]`, `w [c_out, c_in, kh, kw]` → `[n, c_out, ho, wo]`.
 pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
-    let mut out = vec![T::ZERO; n * g.out_img()];
+    let mut out = zeroed(n * g.out_img());
     if n == 0 || g.degenerate() {
         return out;
     }
@@ -436,17 +505,16 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
     };
     let (xs, os) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
-        let mut sc = Scratch::new();
-        x.chunks(xs).zip(out.chunks_mut(os)).for_each(|(xc, oc)| run(xc, oc, &mut sc));
+        x.chunks(xs).zip(out.chunks_mut(os)).for_each(|(xc, oc)| T::with_scratch(|sc| run(xc, oc, sc)));
     } else {
-        x.par_chunks(xs).zip(out.par_chunks_mut(os)).for_each_init(Scratch::new, |sc, (xc, oc)| run(xc, oc, sc));
+        x.par_chunks(xs).zip(out.par_chunks_mut(os)).for_each(|(xc, oc)| T::with_scratch(|sc| run(xc, oc, sc)));
     }
     out
 }
 
 /// `conv_transpose2d` of `n` maps: `nu [n, c_out, ho, wo]`, `w [c_out, c_in, kh, kw]` → `[n, c_in, h, w]`.
 pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
-    let mut out = vec![T::ZERO; n * g.in_img()];
+    let mut out = zeroed(n * g.in_img());
     if n == 0 || g.degenerate() {
         return out;
     }
@@ -466,10 +534,9 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
     };
     let (ns, os) = (plan.b * g.out_img(), plan.b * g.in_img());
     if plan.serial {
-        let mut sc = Scratch::new();
-        nu.chunks(ns).zip(out.chunks_mut(os)).for_each(|(nc, oc)| run(nc, oc, &mut sc));
+        nu.chunks(ns).zip(out.chunks_mut(os)).for_each(|(nc, oc)| T::with_scratch(|sc| run(nc, oc, sc)));
     } else {
-        nu.par_chunks(ns).zip(out.par_chunks_mut(os)).for_each_init(Scratch::new, |sc, (nc, oc)| run(nc, oc, sc));
+        nu.par_chunks(ns).zip(out.par_chunks_mut(os)).for_each(|(nc, oc)| T::with_scratch(|sc| run(nc, oc, sc)));
     }
     out
 }
@@ -498,20 +565,19 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], gy: &[T], n: usize, g: &Geom) -> Vec
     };
     let (xs, gs) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
-        let (mut acc, mut sc) = (vec![T::ZERO; len], Scratch::new());
-        x.chunks(xs).zip(gy.chunks(gs)).for_each(|(xc, gc)| run(xc, gc, &mut acc, &mut sc));
+        let mut acc = vec![T::ZERO; len];
+        x.chunks(xs).zip(gy.chunks(gs)).for_each(|(xc, gc)| T::with_scratch(|sc| run(xc, gc, &mut acc, sc)));
         acc
     } else {
         x.par_chunks(xs)
             .zip(gy.par_chunks(gs))
             .fold(
-                || (vec![T::ZERO; len], Scratch::new()),
-                |(mut acc, mut sc), (xc, gc)| {
-                    run(xc, gc, &mut acc, &mut sc);
-                    (acc, sc)
+                || vec![T::ZERO; len],
+                |mut acc, (xc, gc)| {
+                    T::with_scratch(|sc| run(xc, gc, &mut acc, sc));
+                    acc
                 },
             )
-            .map(|(acc, _)| acc)
             .reduce(
                 || vec![T::ZERO; len],
                 |mut a, b| {

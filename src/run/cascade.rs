@@ -53,13 +53,27 @@ pub struct CascadeState {
 }
 
 /// Per-example outcome of one stage: its prediction and whether it certifies that prediction.
-pub fn stage_outcomes(model: &Model, data: &Dataset, eps: f64, norm: Norm, bounds: Option<(f64, f64)>, batch: usize, bar: &ProgressBar) -> Result<Vec<(u32, bool)>> {
+pub fn stage_outcomes(
+    model: &Model,
+    data: &Dataset,
+    eps: f64,
+    norm: Norm,
+    bounds: Option<(f64, f64)>,
+    normalize: Option<&(Vec<f64>, Vec<f64>)>,
+    batch: usize,
+    bar: &ProgressBar,
+) -> Result<Vec<(u32, bool)>> {
     let mut out = Vec::with_capacity(data.len());
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let (x, _) = data.batch(chunk, &model.device, model.dtype)?;
-        let preds: Vec<u32> = model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
         let set = InputSet::new(&x, &vec![eps; chunk.len()], norm, bounds)?;
+        // A network trained on normalised inputs sees normalised inputs and the mapped set (ε in pixel units).
+        let (x, set) = match normalize {
+            Some((m, s)) => (crate::dual::input_set::normalize(&x, m, s)?, set.normalized(m, s)?),
+            None => (x, set),
+        };
+        let preds: Vec<u32> = model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
         let cert = certify_batch(model, &set, &preds)?;
         let lb = rows(&cert.margin_lb)?;
         for (k, row) in lb.iter().enumerate() {
@@ -151,7 +165,8 @@ pub fn cascade_train(cfg: &TrainConfig, graph: &Graph, spec_text: &str, out: &Pa
         }
         let model = load_stage(graph, &dir)?;
         let bar = if progress { ProgressBar::new(subset.len() as u64) } else { ProgressBar::hidden() };
-        let outcomes = stage_outcomes(&model, &subset, cfg.eps, cfg.norm, cfg.input_box(), cfg.batch, &bar)?;
+        let normalize = cfg.mean.clone().zip(cfg.std.clone());
+        let outcomes = stage_outcomes(&model, &subset, cfg.eps, cfg.norm, cfg.input_box(), normalize.as_ref(), cfg.batch, &bar)?;
         bar.finish_and_clear();
         let mut still = Vec::new();
         let mut certified = 0;
@@ -209,6 +224,9 @@ pub fn cascade_certify(run: &Path, data: &Dataset, eps: f64, norm: Norm, bounds:
     let state = read_state(run)?;
     let spec = run.join("spec.net");
     let graph = crate::cli::load_graph(&spec)?;
+    // The stages' normalisation comes from their saved config.
+    let stage_cfg = super::train::runfolder::RunFolder::create(&run.join("stage1"), true)?.read_config()?;
+    let normalize = stage_cfg.mean.clone().zip(stage_cfg.std.clone());
     let n = data.len();
     let mut stage_of: Vec<Option<usize>> = vec![None; n];
     let mut pred: Vec<u32> = vec![0; n];
@@ -220,7 +238,7 @@ pub fn cascade_certify(run: &Path, data: &Dataset, eps: f64, norm: Norm, bounds:
         let subset = data.select(&todo);
         let bar = if progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
         bar.set_message(format!("stage {k}"));
-        let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, batch, &bar)?;
+        let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar)?;
         bar.finish_and_clear();
         let mut count = 0;
         for (&i, (p, c)) in todo.iter().zip(&outcomes) {

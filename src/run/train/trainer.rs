@@ -291,7 +291,7 @@ pub fn train_on(
         plot::plot_metrics(&metrics, &folder.file("metrics.png"))?;
         if progress {
             eprintln!(
-                "epoch {}/{}: eps {:.3} lr {:.2e} loss {:.4} train robust err {:.2}% clean err {:.2}% | test certified err {} clean err {:.2}% ({:.1} s)",
+                "epoch {}/{}: eps {:.3} lr {:.2e} loss {:.4} train robust err {:.2}% clean err {:.2}% | test certified err {} clean err {} ({:.1} s)",
                 epoch + 1,
                 cfg.epochs,
                 m.eps,
@@ -300,7 +300,7 @@ pub fn train_on(
                 100.0 * m.train_robust_err,
                 100.0 * m.train_clean_err,
                 m.test_certified_err.map(|c| format!("{:.2}%", 100.0 * c)).unwrap_or_else(|| "n/a".into()),
-                100.0 * m.test_clean_err,
+                if m.test_clean_err.is_finite() { format!("{:.2}%", 100.0 * m.test_clean_err) } else { "n/a".into() },
                 m.seconds
             );
         }
