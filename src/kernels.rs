@@ -6,13 +6,14 @@
 //! (Non-square kernels `[C_out, C_in, KH, KW]` work too.)
 //!
 //! Algorithm (CPU, f32 and f64): candle custom ops over the slice kernels of [`cpu`]. The batch is cut into chunks
-//! of images whose im2col buffer stays near a few MB; per chunk, conv2d is im2col + one `gemm` (`w · col`),
+//! of images whose scratch buffers stay near 1 MB (about what one core's L2 holds); per chunk, conv2d is im2col + one `gemm` (`w · col`),
 //! conv_transpose2d is one `gemm` (`wᵀ · nu`) + col2im, and chunks run in parallel on rayon. Memory stays
 //! `O(output + threads × chunk)` instead of candle's whole-batch im2col.
 //!
 //! Autograd: the three ops (conv2d, conv_transpose2d, and the kernel gradient `Σ g ⊗ im2col(x)`) take explicit
 //! output sizes, which makes them exact mutual adjoints for any sizes; each op's `bwd` is built from the other two
-//! ops, so gradients of gradients work as well. Other devices and dtypes fall back to candle's built-ins.
+//! ops, so gradients of gradients work as well; only operands that track gradients (`Tensor::track_op`) get
+//! one. Other devices and dtypes fall back to candle's built-ins.
 
 mod cpu;
 
@@ -175,9 +176,9 @@ impl CustomOp2 for Conv2d {
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
-        let gx = conv_transpose2d_to(g, w, self.s, self.p, h, wd)?;
-        let gw = weight_grad(x, g, self.s, self.p, kh, kw)?;
-        Ok((Some(gx), Some(gw)))
+        let gx = x.track_op().then(|| conv_transpose2d_to(g, w, self.s, self.p, h, wd)).transpose()?;
+        let gw = w.track_op().then(|| weight_grad(x, g, self.s, self.p, kh, kw)).transpose()?;
+        Ok((gx, gw))
     }
 }
 
@@ -207,9 +208,9 @@ impl CustomOp2 for ConvTranspose2d {
     fn bwd(&self, nu: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, ho, wo) = nu.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
-        let gnu = conv2d_to(g, w, self.s, self.p, ho, wo)?;
-        let gw = weight_grad(g, nu, self.s, self.p, kh, kw)?;
-        Ok((Some(gnu), Some(gw)))
+        let gnu = nu.track_op().then(|| conv2d_to(g, w, self.s, self.p, ho, wo)).transpose()?;
+        let gw = w.track_op().then(|| weight_grad(g, nu, self.s, self.p, kh, kw)).transpose()?;
+        Ok((gnu, gw))
     }
 }
 
@@ -243,9 +244,9 @@ impl CustomOp2 for WeightGrad {
     fn bwd(&self, x: &Tensor, g: &Tensor, _res: &Tensor, gw: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, ho, wo) = g.dims4()?;
-        let gx = conv_transpose2d_to(g, gw, self.s, self.p, h, wd)?;
-        let gg = conv2d_to(x, gw, self.s, self.p, ho, wo)?;
-        Ok((Some(gx), Some(gg)))
+        let gx = x.track_op().then(|| conv_transpose2d_to(g, gw, self.s, self.p, h, wd)).transpose()?;
+        let gg = g.track_op().then(|| conv2d_to(x, gw, self.s, self.p, ho, wo)).transpose()?;
+        Ok((gx, gg))
     }
 }
 

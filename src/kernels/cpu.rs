@@ -28,7 +28,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Target size of one chunk's scratch buffers (im2col plus the gemm's other operand), in bytes.
-pub(crate) const CHUNK_BYTES: usize = 2 << 20;
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 /// The element types the kernels run on (those `gemm` supports that the dual network uses).
 pub(crate) trait Elem: Copy + PartialEq + Send + Sync + 'static + std::ops::AddAssign {
@@ -86,18 +86,6 @@ impl Geom {
     }
 }
 
-/// For each phase or tap offset `r < k`, the plane / output positions `lo..hi` whose input `j·s + r − p` lies in
-/// `[0, n_in)`.
-fn valid_ranges(k: usize, s: usize, p: usize, n_in: usize, n_out: usize) -> Vec<(usize, usize)> {
-    (0..k)
-        .map(|r| {
-            let lo = if p > r { (p - r).div_ceil(s) } else { 0 };
-            let hi = if n_in + p > r { (n_in + p - r).div_ceil(s) } else { 0 }.min(n_out);
-            (lo.min(hi), hi)
-        })
-        .collect()
-}
-
 /// The phase-plane layout of one geometry (see the module docs). The planes of a chunk of `b` images interleave
 /// the images row by row, `[ry][rx][ci][jy][i][jx]`, so that one kernel tap of one channel of the whole chunk is a
 /// single run of memory; the im2col columns are ordered `(oy, i, ox)` to match, `cw` columns per output row.
@@ -110,9 +98,6 @@ struct Planes {
     wp: usize,
     /// Columns per output row in the im2col matrix: `wp` (extended) or `wo`.
     cw: usize,
-    /// Valid plane rows / columns of each phase.
-    ry: Vec<(usize, usize)>,
-    rx: Vec<(usize, usize)>,
 }
 
 impl Planes {
@@ -127,8 +112,6 @@ impl Planes {
             hp,
             wp,
             cw,
-            ry: valid_ranges(py, g.s, g.p, g.h, hp),
-            rx: valid_ranges(px, g.s, g.p, g.w, wp),
         }
     }
     /// Elements of one plane of a `b`-image chunk: `hp · b · wp` plus `(kw − 1)/s` of slack for extended copies.
@@ -152,67 +135,52 @@ impl Planes {
         (self.len(1) + (g.rows() + g.c_out) * self.cols(1)) * std::mem::size_of::<T>()
     }
 
-    /// Writes the valid positions of the planes of the `b` images `x [b, c_in, h, w]`; the others must already
-    /// be zero.
-    fn fill<T: Elem>(&self, x: &[T], b: usize, planes: &mut [T]) {
+    /// The plane row holding input row `iy`: `(ry, jy)` with `iy + p = jy·s + ry`, if that row is in a plane.
+    fn plane_row(&self, iy: usize) -> Option<(usize, usize)> {
+        let u = iy + self.g.p;
+        let (ry, jy) = (u % self.g.s, u / self.g.s);
+        (ry < self.py && jy < self.hp).then_some((ry, jy))
+    }
+
+    /// Writes the plane rows of the `b` images `x [b, c_in, h, w]`; rows of no input row (padding) must already be
+    /// zero. Each input row goes through `row` (`s·wp` elements, zero where the row has no input: padding), whose
+    /// every `s`-th element from `rx` on is plane row `[ry][rx]`.
+    fn fill<T: Elem>(&self, x: &[T], b: usize, row: &mut [T], planes: &mut [T]) {
         let g = &self.g;
-        let hw = g.h * g.w;
-        let row = b * self.wp;
-        for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
-            for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
-                if xhi <= xlo {
-                    continue;
-                }
-                let ix0 = xlo * g.s + rx - g.p;
-                for ci in 0..g.c_in {
-                    let pl = &mut planes[self.plane(b, ci, ry, rx)..][..self.plen(b)];
-                    for jy in ylo..yhi {
-                        let iy = jy * g.s + ry - g.p;
-                        for i in 0..b {
-                            let src = &x[(i * g.c_in + ci) * hw + iy * g.w..][..g.w];
-                            let d = &mut pl[jy * row + i * self.wp..][xlo..xhi];
-                            if g.s == 1 {
-                                d.copy_from_slice(&src[ix0..ix0 + d.len()]);
-                            } else {
-                                for (d, v) in d.iter_mut().zip(src[ix0..].chunks(g.s)) {
-                                    *d = v[0];
-                                }
-                            }
-                        }
+        let (plen, ld) = (self.plen(b), b * self.wp);
+        let (p0, n) = (g.p.min(row.len()), g.w.min(row.len().saturating_sub(g.p)));
+        for ci in 0..g.c_in {
+            for iy in 0..g.h {
+                let Some((ry, jy)) = self.plane_row(iy) else { continue };
+                for i in 0..b {
+                    let src = &x[((i * g.c_in + ci) * g.h + iy) * g.w..][..g.w];
+                    row[p0..p0 + n].copy_from_slice(&src[..n]);
+                    for rx in 0..self.px {
+                        let off = self.plane(b, ci, ry, rx) + jy * ld + i * self.wp;
+                        gather_strided(&mut planes[off..off + self.wp], &row[rx..], g.s);
                     }
                 }
             }
         }
+        debug_assert!(planes.len() >= self.py * self.px * g.c_in * plen);
     }
 
-    /// Reads the `b` images `out [b, c_in, h, w]` back from their planes (positions of no plane are left as
-    /// they are).
-    fn unfill<T: Elem>(&self, planes: &[T], b: usize, out: &mut [T]) {
+    /// Reads the `b` images `out [b, c_in, h, w]` back from their planes (rows and columns of no plane are left as
+    /// they are); `row` as in [`Planes::fill`], zero on entry.
+    fn unfill<T: Elem>(&self, planes: &[T], b: usize, row: &mut [T], out: &mut [T]) {
         let g = &self.g;
-        let hw = g.h * g.w;
-        let row = b * self.wp;
-        for (ry, &(ylo, yhi)) in self.ry.iter().enumerate() {
-            for (rx, &(xlo, xhi)) in self.rx.iter().enumerate() {
-                if xhi <= xlo {
-                    continue;
-                }
-                let ix0 = xlo * g.s + rx - g.p;
-                for ci in 0..g.c_in {
-                    let pl = &planes[self.plane(b, ci, ry, rx)..][..self.plen(b)];
-                    for jy in ylo..yhi {
-                        let iy = jy * g.s + ry - g.p;
-                        for i in 0..b {
-                            let d = &mut out[(i * g.c_in + ci) * hw + iy * g.w..][..g.w];
-                            let src = &pl[jy * row + i * self.wp..][xlo..xhi];
-                            if g.s == 1 {
-                                d[ix0..ix0 + src.len()].copy_from_slice(src);
-                            } else {
-                                for (d, v) in d[ix0..].chunks_mut(g.s).zip(src) {
-                                    d[0] = *v;
-                                }
-                            }
-                        }
+        let ld = b * self.wp;
+        let (p0, n) = (g.p.min(row.len()), g.w.min(row.len().saturating_sub(g.p)));
+        for ci in 0..g.c_in {
+            for iy in 0..g.h {
+                let Some((ry, jy)) = self.plane_row(iy) else { continue };
+                for i in 0..b {
+                    for rx in 0..self.px {
+                        let off = self.plane(b, ci, ry, rx) + jy * ld + i * self.wp;
+                        scatter_strided(&planes[off..off + self.wp], &mut row[rx..], g.s);
                     }
+                    let d = &mut out[((i * g.c_in + ci) * g.h + iy) * g.w..][..g.w];
+                    d[..n].copy_from_slice(&row[p0..p0 + n]);
                 }
             }
         }
@@ -284,6 +252,22 @@ impl Planes {
         }
     }
 
+    /// [`Planes::scatter`] from a column-major `src`: `dst[i, c, oy, ox] = src[((oy·b + i)·cw + ox)·c_out + c]`.
+    fn scatter_t<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
+        let (g, cw) = (&self.g, self.cw);
+        for i in 0..b {
+            for c in 0..g.c_out {
+                let d = &mut dst[(i * g.c_out + c) * g.ho * g.wo..][..g.ho * g.wo];
+                for (oy, d) in d.chunks_exact_mut(g.wo).enumerate() {
+                    let s = &src[(oy * b + i) * cw * g.c_out + c..];
+                    for (ox, d) in d.iter_mut().enumerate() {
+                        *d = s[ox * g.c_out];
+                    }
+                }
+            }
+        }
+    }
+
     /// The inverse of [`Planes::gather`] on the valid columns: `dst[i, c, oy, ox] = src[c, (oy·b + i)·cw + ox]`.
     fn scatter<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
         let (g, n, cw) = (&self.g, self.cols(b), self.cw);
@@ -299,14 +283,37 @@ impl Planes {
     }
 }
 
-/// Whether to extend im2col rows from `wo` to `wp` columns (trading up to a third more gemm for contiguous copies).
+/// `d[j] = src[j·s]`.
+fn gather_strided<T: Copy>(d: &mut [T], src: &[T], s: usize) {
+    let Some(last) = d.len().checked_sub(1) else { return };
+    let src = &src[..last * s + 1];
+    match s {
+        1 => d.copy_from_slice(src),
+        2 => d.iter_mut().enumerate().for_each(|(j, d)| *d = src[2 * j]),
+        _ => d.iter_mut().enumerate().for_each(|(j, d)| *d = src[s * j]),
+    }
+}
+
+/// `d[j·s] = src[j]`.
+fn scatter_strided<T: Copy>(src: &[T], d: &mut [T], s: usize) {
+    let Some(last) = src.len().checked_sub(1) else { return };
+    let d = &mut d[..last * s + 1];
+    match s {
+        1 => d.copy_from_slice(src),
+        2 => src.iter().enumerate().for_each(|(j, v)| d[2 * j] = *v),
+        _ => src.iter().enumerate().for_each(|(j, v)| d[s * j] = *v),
+    }
+}
+
+/// Whether to extend im2col rows from `wo` to `wp` columns (trading up to half again the gemm for contiguous
+/// copies: measured faster even at 9 for 7, the 3×3 stride-1 case).
 fn extend(wo: usize, wp: usize) -> bool {
     match std::env::var("DUALNET_EXTEND").ok().as_deref() { // TUNING
         Some("1") => return true,
         Some("0") => return false,
         _ => {}
     }
-    3 * (wp - wo) <= wo
+    2 * (wp - wo) <= wo
 }
 
 /// Row-major view of a matrix for `gemm`: data, row stride, column stride.
@@ -328,11 +335,21 @@ impl<T> Mat<T> {
     }
 }
 
-/// `dst[m × n] (row-major, contiguous) = [dst +] lhs[m × k] · rhs[k × n]`; `lhs` and `rhs` come from slices of at
-/// least `m · k` and `k · n` elements.
-fn matmul<T: Elem>(dst: &mut [T], m: usize, n: usize, k: usize, lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, par: Parallelism) {
+/// `dst[m × n] = [dst +] lhs[m × k] · rhs[k × n]`, `dst` contiguous, row-major or (`col_major`) column-major;
+/// `lhs` and `rhs` come from slices of at least `m · k` and `k · n` elements.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: Elem>(
+    dst: &mut [T],
+    col_major: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    accumulate: bool,
+    par: Parallelism,
+) {
     assert!(dst.len() >= m * n, "gemm destination too small");
-    // SAFETY: `dst` holds `m × n` elements laid out row-major; callers build `lhs`/`rhs` from slices holding
+    let (dst_rs, dst_cs) = if col_major { (1, m as isize) } else { (n as isize, 1) };
+    // SAFETY: `dst` holds `m × n` elements at these strides; callers build `lhs`/`rhs` from slices holding
     // `m × k` and `k × n` elements at the given strides; `T` is f32 or f64, both supported by `gemm`.
     unsafe {
         gemm::gemm(
@@ -340,8 +357,8 @@ fn matmul<T: Elem>(dst: &mut [T], m: usize, n: usize, k: usize, lhs: Mat<T>, rhs
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs,
+            dst_rs,
             accumulate,
             lhs.ptr,
             lhs.cs,
@@ -394,33 +411,42 @@ pub(crate) struct Scratch<T> {
     planes_key: Option<(Geom, usize, usize)>,
     col: Vec<T>,
     other: Vec<T>,
+    row: Vec<T>,
 }
 
 impl<T: Elem> Scratch<T> {
     const fn new() -> Self {
-        Scratch { planes: Vec::new(), planes_key: None, col: Vec::new(), other: Vec::new() }
+        Scratch { planes: Vec::new(), planes_key: None, col: Vec::new(), other: Vec::new(), row: Vec::new() }
     }
-    /// The planes of a `b`-image chunk with zeros wherever `fill` does not write.
-    fn planes_for_fill(&mut self, pl: &Planes, b: usize) -> &mut [T] {
+    /// Fills the planes of the `b`-image chunk `x` (zeros where `fill` does not write: kept from the last chunk
+    /// of the same layout) and builds the im2col matrix of `rows × ld` from them in `col`.
+    fn im2col(&mut self, pl: &Planes, x: &[T], b: usize) {
         let key = Some((pl.g, pl.cw, b));
         if self.planes_key != key {
             self.planes.clear();
             self.planes.resize(pl.len(b), T::ZERO);
             self.planes_key = key;
         }
-        &mut self.planes[..pl.len(b)]
+        let r = sized(&mut self.row, pl.g.s * pl.wp);
+        r.fill(T::ZERO);
+        pl.fill(x, b, r, &mut self.planes[..pl.len(b)]);
+        let col = sized(&mut self.col, pl.g.rows() * pl.cols(b));
+        pl.im2col(&self.planes, b, col);
     }
-    /// The planes of a `b`-image chunk, all zero, and the im2col buffer.
-    fn zero_planes(&mut self, pl: &Planes, b: usize) -> (&mut [T], &[T]) {
+    /// col2im of the `rows × ld` matrix in `col` into the `b` images `out` (all zero on entry).
+    fn col2im(&mut self, pl: &Planes, b: usize, out: &mut [T]) {
         self.planes_key = None;
         let p = sized(&mut self.planes, pl.len(b));
         p.fill(T::ZERO);
-        (p, &self.col)
+        pl.col2im(&self.col[..pl.g.rows() * pl.cols(b)], b, p);
+        let r = sized(&mut self.row, pl.g.s * pl.wp);
+        r.fill(T::ZERO);
+        pl.unfill(p, b, r, out);
     }
     /// Lets go of buffers grown far past the chunk size (by a batch of a few huge images).
     fn trim(&mut self) {
         let cap = 4 * CHUNK_BYTES / std::mem::size_of::<T>();
-        for v in [&mut self.planes, &mut self.col, &mut self.other] {
+        for v in [&mut self.planes, &mut self.col, &mut self.other, &mut self.row] {
             if v.capacity() > cap {
                 *v = Vec::new();
             }
@@ -495,13 +521,13 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
     let run = |xc: &[T], oc: &mut [T], sc: &mut Scratch<T>| {
         let b = xc.len() / g.in_img();
         let ld = pl.cols(b);
-        let planes = sc.planes_for_fill(&pl, b);
-        pl.fill(xc, b, planes);
-        let col = sized(&mut sc.col, rows * ld);
-        pl.im2col(&sc.planes, b, col);
+        sc.im2col(&pl, xc, b);
+        let col = &sc.col[..rows * ld];
         let tmp = sized(&mut sc.other, g.c_out * ld);
-        matmul(tmp, g.c_out, ld, rows, Mat::rows(w, rows), Mat::rows(col, ld), false, par);
-        pl.scatter(tmp, b, oc);
+        let cm = std::env::var("DUALNET_ROWMAJ").is_err(); // TUNING
+        matmul(tmp, cm, (g.c_out, ld, rows), Mat::rows(w, rows), Mat::rows(col, ld), false, par);
+        if cm { pl.scatter_t(tmp, b, oc); } else {
+        pl.scatter(tmp, b, oc); }
     };
     let (xs, os) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
@@ -527,10 +553,8 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
         let np = sized(&mut sc.other, g.c_out * ld);
         pl.gather(nc, b, np);
         let col = sized(&mut sc.col, rows * ld);
-        matmul(col, rows, ld, g.c_out, Mat::cols(w, rows), Mat::rows(np, ld), false, par);
-        let (planes, col) = sc.zero_planes(&pl, b);
-        pl.col2im(&col[..rows * ld], b, planes);
-        pl.unfill(planes, b, oc);
+        matmul(col, false, (rows, ld, g.c_out), Mat::cols(w, rows), Mat::rows(np, ld), false, par);
+        sc.col2im(&pl, b, oc);
     };
     let (ns, os) = (plan.b * g.out_img(), plan.b * g.in_img());
     if plan.serial {
@@ -542,7 +566,8 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
 }
 
 /// The gradient of `conv2d` w.r.t. its kernel: `x [n, c_in, h, w]`, `g [n, c_out, ho, wo]` →
-/// `[c_out, c_in, kh, kw]`, `Σ_{i, oy, ox} g[i, co, oy, ox] · x[i, ci, oy·s + ky − p, ox·s + kx − p]`.
+/// `[c_out, c_in, kh, kw]`, `Σ_{i, oy, ox} g[i, co, oy, ox] · x[i, ci, oy·s + ky − p, ox·s + kx − p]`
+/// (accumulated column-major, which suits gemm's kernels when `c_out` is a multiple of 8 or 16, then transposed).
 pub(crate) fn weight_grad<T: Elem>(x: &[T], gy: &[T], n: usize, g: &Geom) -> Vec<T> {
     let rows = g.rows();
     let len = g.c_out * rows;
@@ -555,21 +580,20 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], gy: &[T], n: usize, g: &Geom) -> Vec
     let run = |xc: &[T], gc: &[T], acc: &mut [T], sc: &mut Scratch<T>| {
         let b = xc.len() / g.in_img();
         let ld = pl.cols(b);
-        let planes = sc.planes_for_fill(&pl, b);
-        pl.fill(xc, b, planes);
-        let col = sized(&mut sc.col, rows * ld);
-        pl.im2col(&sc.planes, b, col);
+        sc.im2col(&pl, xc, b);
+        let col = &sc.col[..rows * ld];
         let gp = sized(&mut sc.other, g.c_out * ld);
         pl.gather(gc, b, gp);
-        matmul(acc, g.c_out, rows, ld, Mat::rows(gp, ld), Mat::cols(col, ld), true, par);
+        matmul(acc, true, (g.c_out, rows, ld), Mat::rows(gp, ld), Mat::cols(col, ld), true, par);
     };
     let (xs, gs) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
         let mut acc = vec![T::ZERO; len];
         x.chunks(xs).zip(gy.chunks(gs)).for_each(|(xc, gc)| T::with_scratch(|sc| run(xc, gc, &mut acc, sc)));
-        acc
+        transpose(&acc, rows, g.c_out)
     } else {
-        x.par_chunks(xs)
+        let acc = x
+            .par_chunks(xs)
             .zip(gy.par_chunks(gs))
             .fold(
                 || vec![T::ZERO; len],
@@ -586,6 +610,12 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], gy: &[T], n: usize, g: &Geom) -> Vec
                     }
                     a
                 },
-            )
+            );
+        transpose(&acc, rows, g.c_out)
     }
+}
+
+/// The row-major transpose `[c, r]` of the row-major `[r, c]` matrix `a`.
+fn transpose<T: Elem>(a: &[T], r: usize, c: usize) -> Vec<T> {
+    (0..c).flat_map(|j| (0..r).map(move |i| a[i * c + j])).collect()
 }
