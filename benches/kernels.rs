@@ -23,25 +23,14 @@ fn time(reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
     Ok(ts[0])
 }
 
-fn report(name: &str, reps: usize, skip_candle: bool, mut ours: impl FnMut() -> Result<Tensor>, theirs: impl FnMut() -> Result<Tensor>) -> Result<()> {
+fn report(
+    name: &str,
+    reps: usize,
+    skip_candle: bool,
+    ours: impl FnMut() -> Result<Tensor>,
+    theirs: impl FnMut() -> Result<Tensor>,
+) -> Result<()> {
     if std::env::var("KERNELS_BENCH_ONLY").is_ok_and(|f| !name.contains(&f)) {
-        return Ok(());
-    }
-    if let Ok(ab) = std::env::var("KERNELS_BENCH_AB") { // TUNING
-        let vs: Vec<(String, String)> = ab.split(',').map(|kv| { let (k, v) = kv.split_once('=').unwrap(); (k.to_string(), v.to_string()) }).collect();
-        let mut best = vec![f64::INFINITY; vs.len()];
-        for _ in 0..reps * 3 {
-            for (j, (k, v)) in vs.iter().enumerate() {
-                if v == "-" { std::env::remove_var(k) } else { std::env::set_var(k, v) }
-                ours()?;
-                let t = Instant::now();
-                drop(ours()?);
-                best[j] = best[j].min(t.elapsed().as_secs_f64() * 1e3);
-                std::env::remove_var(k);
-            }
-        }
-        println!("{name}");
-        for ((k, v), b) in vs.iter().zip(best) { println!("   {k}={v}: {b:.1} ms"); }
         return Ok(());
     }
     let new = time(reps, ours)?;

@@ -42,7 +42,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 }
 
 /// The transpose (adjoint) of [`conv2d`]; `output_padding` adds rows/columns at the bottom/right of the output.
-pub fn conv_transpose2d(nu: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+pub fn conv_transpose2d(
+    nu: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
     if !fast_path(nu, w) {
         return nu.conv_transpose2d(w, padding, output_padding, stride, 1);
     }
@@ -147,7 +153,11 @@ fn dispatch(
     }
 }
 
-fn run<T: Elem>(kernel: fn(&[T], &[T], usize, &Geom) -> Vec<T>, n: usize, g: Geom) -> impl FnOnce(&[T], &[T]) -> Vec<T> {
+fn run<T: Elem>(
+    kernel: fn(&[T], &[T], usize, &Geom) -> Vec<T>,
+    n: usize,
+    g: Geom,
+) -> impl FnOnce(&[T], &[T]) -> Vec<T> {
     move |a, b| kernel(a, b, n, &g)
 }
 
@@ -276,7 +286,8 @@ mod tests {
             let g = rand(&[3, 5, 5, 5], dt)?;
             let wv = Var::from_tensor(&w)?;
             let theirs = (x.conv2d(wv.as_tensor(), p, s, 1, 1)? * &g)?.sum_all()?.backward()?;
-            let theirs = theirs.get(wv.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
+            let theirs =
+                theirs.get(wv.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
             let (xv, gv) = (Var::from_tensor(&x)?, Var::from_tensor(&g)?);
             let ours = weight_grad(xv.as_tensor(), gv.as_tensor(), s, p, 3, 3)?;
             assert!(max_diff(&ours, &theirs)? < tol);

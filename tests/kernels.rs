@@ -89,7 +89,12 @@ fn check_forward(rng: &mut StdRng, c: &Case, dt: DType) -> Result<()> {
 }
 
 /// Gradients of `Σ r ⊙ f(a, w)` w.r.t. `a` and `w`, through autograd.
-fn grads(a: &Tensor, w: &Tensor, r: &Tensor, f: impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)> {
+fn grads(
+    a: &Tensor,
+    w: &Tensor,
+    r: &Tensor,
+    f: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let (av, wv) = (Var::from_tensor(a)?, Var::from_tensor(w)?);
     let y = f(av.as_tensor(), wv.as_tensor())?;
     let gs = (y * r)?.sum_all()?.backward()?;
@@ -107,7 +112,8 @@ fn naive_terms(c: &Case, h: usize, wd: usize, ho: usize, wo: usize, mut f: impl 
                     for kx in 0..c.kw {
                         for oy in 0..ho {
                             for ox in 0..wo {
-                                let (iy, ix) = ((oy * c.s + ky) as isize - c.p as isize, (ox * c.s + kx) as isize - c.p as isize);
+                                let (iy, ix) =
+                                    ((oy * c.s + ky) as isize - c.p as isize, (ox * c.s + kx) as isize - c.p as isize);
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
                                     continue;
                                 }
@@ -308,7 +314,8 @@ fn strided_operands() -> Result<()> {
         assert_close(&ours, &xt.conv2d(&w, c.p, c.s, 1, 1)?, dt, "strided conv2d vs candle", &c);
         // nu as a broadcast along the batch and a narrow of the spatial dims.
         let (ho, wo) = c.out();
-        let nu = rand_tensor(&mut rng, &[1, c.co, ho + 1, wo], dt)?.narrow(2, 1, ho)?.broadcast_as((c.n, c.co, ho, wo))?;
+        let nu =
+            rand_tensor(&mut rng, &[1, c.co, ho + 1, wo], dt)?.narrow(2, 1, ho)?.broadcast_as((c.n, c.co, ho, wo))?;
         let ours = kernels::conv_transpose2d(&nu, &w, c.s, c.p, c.op)?;
         let theirs = nu.contiguous()?.conv_transpose2d(&w.contiguous()?, c.p, c.op, c.s, 1)?;
         assert_close(&ours, &theirs, dt, "strided conv_transpose2d", &c);

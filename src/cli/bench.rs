@@ -22,12 +22,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device};
 use serde_json::{json, Value};
 
 use super::bounds::load_model;
 use crate::data::{self, Split};
-use crate::dual::robust::{certify_batch, robust_ce_per_example};
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 use crate::run::certify::{certify_dataset, CertifyConfig};
@@ -55,29 +54,27 @@ pub struct Args {
 
 const CONFIGS: &[&str] = &["cert1000", "step_exact", "step_proj50", "train1000", "step_large_proj50", "scaling"];
 
-/// Seconds for one robust-loss forward + backward on `x` (median of `runs` after one warm-up).
-fn step_seconds(model: &mut Model, x: &candle_core::Tensor, labels: &[u32], proj: Option<usize>, bounded: bool, runs: usize) -> Result<(f64, f64)> {
+/// Seconds for one robust-loss forward + backward on `x` (median of `runs` after `warmup` unmeasured steps),
+/// through the same batch-parallel step the trainer uses.
+fn step_seconds(model: &mut Model, x: &candle_core::Tensor, labels: &[u32], proj: Option<usize>, bounded: bool, warmup: usize, runs: usize) -> Result<(f64, f64)> {
     use crate::dual::bounds::Options;
-    use crate::dual::robust::certify_batch_with;
     let vars = crate::run::train::trainer::make_vars(model)?;
     let mut times = Vec::new();
     let mut loss = f64::NAN;
-    for r in 0..=runs {
+    for r in 0..warmup + runs {
         let start = Instant::now();
         let set = InputSet::new(x, &vec![0.1; labels.len()], Norm::Linf, bounded.then_some((0.0, 1.0)))?;
-        let cert = certify_batch_with(model, &set, labels, &Options { proj, seed: r as u64 })?;
-        let ce = robust_ce_per_example(&cert.margin_lb)?.mean_all().context(|| "loss".to_string())?;
-        let grads = ce.backward().context(|| "backward pass".to_string())?;
+        let (lv, grads, _) = crate::run::train::trainer::robust_grads(model, &set, labels, &Options { proj, seed: r as u64 }, &vars)?;
         if vars.iter().any(|(_, v)| grads.get(v.as_tensor()).is_none()) {
             return Err(Error::Usage("internal: a parameter got no gradient".into()));
         }
-        loss = ce.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).context(|| "loss".to_string())?;
-        if r > 0 {
+        loss = lv;
+        if r >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    Ok((times[times.len() / 2], loss))
+    Ok((times.get(times.len() / 2).copied().unwrap_or(f64::NAN), loss))
 }
 
 fn spec_model(text: &str, seed: u64) -> Result<Model> {
@@ -119,40 +116,16 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
         }
         "step_exact" => {
             let mut model = small_model(args)?;
-            let data = data::load("mnist", &args.data_dir, Split::Test)?.limit(50);
-            let idx: Vec<usize> = (0..data.len()).collect();
-            let (x, y) = data.batch(&idx, &model.device, model.dtype)?;
-            let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
-            // Parameters as variables, so the backward pass reaches them.
-            let mut vars = Vec::new();
-            for node in model.weights.per_node.iter_mut() {
-                for t in node.values_mut() {
-                    let v = Var::from_tensor(t).context(|| "weights".to_string())?;
-                    *t = v.as_tensor().clone();
-                    vars.push(v);
-                }
-            }
-            let start = Instant::now();
-            let set = InputSet::new(&x, &vec![0.1; labels.len()], Norm::Linf, None)?;
-            let cert = certify_batch(&model, &set, &labels)?;
-            let ce = robust_ce_per_example(&cert.margin_lb)?.mean_all().context(|| "loss".to_string())?;
-            let grads = ce.backward().context(|| "backward pass".to_string())?;
-            let secs = start.elapsed().as_secs_f64();
-            let reached = vars.iter().filter(|v| grads.get(v.as_tensor()).is_some()).count();
-            if reached != vars.len() {
-                return Err(Error::Usage(format!("internal: gradients reached {reached} of {} parameters", vars.len())));
-            }
-            let lb: Vec<Vec<f64>> = super::bounds::rows(&cert.margin_lb)?;
-            let err = crate::dual::robust::certified(&lb, &labels).iter().filter(|c| !**c).count() as f64 / labels.len() as f64;
-            Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(),
-                      "robust_ce": ce.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).context(|| "loss".to_string())?,
-                      "robust_err": err}))
+            let test = data::load("mnist", &args.data_dir, Split::Test)?;
+            let (x, labels) = first(&test, 50)?;
+            let (secs, loss) = step_seconds(&mut model, &x, &labels, None, false, 0, 1)?;
+            Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
         }
         "step_proj50" => {
             let mut model = small_model(args)?;
             let test = data::load("mnist", &args.data_dir, Split::Test)?;
             let (x, labels) = first(&test, 50)?;
-            let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 5)?;
+            let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 1, 5)?;
             Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
         }
         "step_large_proj50" => {
@@ -160,7 +133,7 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
             let mut model = spec_model(&text, 0)?;
             let test = data::load("mnist", &args.data_dir, Split::Test)?;
             let (x, labels) = first(&test, 50)?;
-            let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 2)?;
+            let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 1, 2)?;
             Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
         }
         "train1000" => {
@@ -174,9 +147,8 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                 let (x, y) = train.batch(idx, &Device::Cpu, DType::F32)?;
                 let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
                 let set = InputSet::new(&x, &vec![0.1; labels.len()], Norm::Linf, Some((0.0, 1.0)))?;
-                let cert = crate::dual::robust::certify_batch_with(model, &set, &labels, &Options { proj: Some(50), seed })?;
-                let ce = robust_ce_per_example(&cert.margin_lb)?.mean_all().context(|| "loss".to_string())?;
-                let grads = ce.backward().context(|| "backward".to_string())?;
+                let vars = opt.params().clone();
+                let (_, grads, _) = crate::run::train::trainer::robust_grads(model, &set, &labels, &Options { proj: Some(50), seed }, &vars)?;
                 opt.step(&grads, 1e-3)
             };
             let warm: Vec<usize> = (1000..1050).collect();
@@ -198,8 +170,8 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                     "network w{w} {{ input x: [1, 28, 28]  c1 = conv2d(x, out={}, kernel=4, stride=2, padding=1)  r1 = relu(c1)  c2 = conv2d(r1, out={}, kernel=4, stride=2, padding=1)  r2 = relu(c2)  f = flatten(r2)  l1 = linear(f, out={})  r3 = relu(l1)  l2 = linear(r3, out=10)  output l2 }}",
                     16 * w, 32 * w, 100 * w
                 );
-                let (proj, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, Some(50), true, 2)?;
-                let (exact, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, None, true, 1)?;
+                let (proj, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, Some(50), true, 1, 2)?;
+                let (exact, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, None, true, 0, 1)?;
                 rows.push(json!({"width": w, "proj50_seconds": proj, "exact_seconds": exact}));
             }
             Ok(json!({"batch": 10, "rows": rows, "peak_rss_mb": peak_rss_mb()}))

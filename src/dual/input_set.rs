@@ -199,3 +199,18 @@ pub fn normalize(x: &Tensor, mean: &[f64], std: &[f64]) -> Result<Tensor> {
     let s = Tensor::from_vec(std.to_vec(), (1, ch, 1, 1), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
     x.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)
 }
+
+impl InputSet {
+    /// The set of examples `start..start + len` of the batch.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        let ctx = || "splitting the input set".to_string();
+        Ok(match self {
+            InputSet::Box { center, radius } => {
+                InputSet::Box { center: center.narrow(0, start, len).context(ctx)?, radius: radius.narrow(0, start, len).context(ctx)? }
+            }
+            InputSet::L2 { center, eps } => {
+                InputSet::L2 { center: center.narrow(0, start, len).context(ctx)?, eps: eps.narrow(0, start, len).context(ctx)? }
+            }
+        })
+    }
+}

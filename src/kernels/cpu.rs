@@ -3,23 +3,27 @@
 //! All three kernels share one geometry ([`Geom`]): input position `iy = oy·s + ky − p` (likewise for `x`), with
 //! zeros outside `[0, h)`. Output sizes are explicit, so the three are exact mutual adjoints for any sizes:
 //! - [`conv2d`]: `x [n, c_in, h, w]`, `w [c_out, c_in, kh, kw]` → `[n, c_out, ho, wo]`
-//!   (per chunk: im2col `[c_in·kh·kw, b·ho·cw]`, gemm `w · col`, copy the rows into the images);
+//!   (per chunk: im2col `[c_in·kh·kw, ho·b·cw]`, gemm `w · col`, copy the valid columns into the images);
 //! - [`conv_transpose2d`]: `nu [n, c_out, ho, wo]`, `w` → `[n, c_in, h, w]`
-//!   (per chunk: gather `nu` to `[c_out, b·ho·cw]`, gemm `wᵀ · nu`, col2im);
+//!   (per chunk: gather `nu` to `[c_out, ho·b·cw]`, gemm `wᵀ · nu`, col2im);
 //! - [`weight_grad`]: `x [n, c_in, h, w]`, `g [n, c_out, ho, wo]` → `[c_out, c_in, kh, kw]`
 //!   (per chunk: im2col of `x`, gather `g`, gemm-accumulate `g · colᵀ`; per-thread sums reduced at the end).
 //!
-//! **Phase planes.** Each image channel is first split into the `s × s` stride phases of its zero-padded self,
-//! `P[ry][rx][jy][jx] = x[jy·s + ry − p, jx·s + rx − p]`, planes of `hp × wp = (ho + (kh−1)/s) × (wo + (kw−1)/s)`.
-//! Kernel tap `(ky, kx)` then reads plane `[ky % s][kx % s]` from row `ky/s`, column `kx/s` on: no bounds checks, no
-//! strided gathers. When `wp` is close to `wo` the im2col rows are *extended* to `cw = wp` columns per output row,
-//! so each tap of each image is one contiguous copy (col2im: one contiguous add) of `ho·wp` elements; the extra
-//! `wp − wo` columns cost a little more gemm and are dropped afterwards (their inputs are zero in the transpose).
-//! Otherwise (`cw = wo`) each output row is copied on its own.
+//! **Phase planes.** A chunk of `b` images is first split into the `s × s` stride phases of its zero-padded
+//! channels, `P[ry][rx][ci][jy][i][jx] = x[i, ci, jy·s + ry − p, jx·s + rx − p]`, planes of
+//! `hp × b × wp = (ho + (kh−1)/s) × b × (wo + (kw−1)/s)` with the images interleaved row by row. Kernel tap
+//! `(ky, kx)` of channel `ci` then reads plane `[ky % s][kx % s][ci]` from row `ky/s`, column `kx/s` on, and the
+//! im2col matrix orders its columns `(oy, i, ox)` to match. When `wp` is close to `wo`, im2col rows are *extended*
+//! to `cw = wp` columns per output row, so each tap of each channel of the whole chunk is **one contiguous copy**
+//! (col2im: one contiguous add) of `ho·b·wp` elements; the `wp − wo` extra columns cost a little more gemm and are
+//! dropped afterwards (in the transpose their inputs are zero). Otherwise (`cw = wo`) output rows are copied one by
+//! one. Building the planes costs one pass over the input, through a zero-padded row buffer.
 //!
-//! Chunks hold as many images as keep one chunk's buffers near [`CHUNK_BYTES`]; chunks run in parallel on rayon
-//! with single-threaded gemms, except when there are fewer chunks than threads (tiny batches), where the chunks
-//! run in turn and gemm parallelises itself.
+//! Chunks hold as many images as keep one chunk's buffers near [`CHUNK_BYTES`] (about a core's L2); chunks run in
+//! parallel on rayon with single-threaded gemms (measured faster than gemm's own threads, which leave the copies
+//! serial), except when there are fewer chunks than threads (tiny batches), where the chunks run in turn and gemm
+//! parallelises itself. Each thread keeps its scratch buffers between calls. Large outputs ask Linux for
+//! transparent huge pages, which saves most first-touch page faults.
 
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -27,7 +31,8 @@ use std::thread::LocalKey;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Target size of one chunk's scratch buffers (im2col plus the gemm's other operand), in bytes.
+/// Target size of one chunk's scratch buffers (planes, im2col and the gemm's other operand), in bytes: 1 MB
+/// measured best on a 2 MB-L2 core (512 KB as good, 2 MB 5–15% slower, 8 MB 30% slower).
 pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 /// The element types the kernels run on (those `gemm` supports that the dual network uses).
@@ -105,14 +110,7 @@ impl Planes {
         let (py, px) = (g.s.min(g.kh), g.s.min(g.kw));
         let (hp, wp) = (g.ho + (g.kh - 1) / g.s, g.wo + (g.kw - 1) / g.s);
         let cw = if extend(g.wo, wp) { wp } else { g.wo };
-        Planes {
-            g: *g,
-            py,
-            px,
-            hp,
-            wp,
-            cw,
-        }
+        Planes { g: *g, py, px, hp, wp, cw }
     }
     /// Elements of one plane of a `b`-image chunk: `hp · b · wp` plus `(kw − 1)/s` of slack for extended copies.
     fn plen(&self, b: usize) -> usize {
@@ -147,7 +145,7 @@ impl Planes {
     /// every `s`-th element from `rx` on is plane row `[ry][rx]`.
     fn fill<T: Elem>(&self, x: &[T], b: usize, row: &mut [T], planes: &mut [T]) {
         let g = &self.g;
-        let (plen, ld) = (self.plen(b), b * self.wp);
+        let ld = b * self.wp;
         let (p0, n) = (g.p.min(row.len()), g.w.min(row.len().saturating_sub(g.p)));
         for ci in 0..g.c_in {
             for iy in 0..g.h {
@@ -162,7 +160,6 @@ impl Planes {
                 }
             }
         }
-        debug_assert!(planes.len() >= self.py * self.px * g.c_in * plen);
     }
 
     /// Reads the `b` images `out [b, c_in, h, w]` back from their planes (rows and columns of no plane are left as
@@ -252,22 +249,6 @@ impl Planes {
         }
     }
 
-    /// [`Planes::scatter`] from a column-major `src`: `dst[i, c, oy, ox] = src[((oy·b + i)·cw + ox)·c_out + c]`.
-    fn scatter_t<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
-        let (g, cw) = (&self.g, self.cw);
-        for i in 0..b {
-            for c in 0..g.c_out {
-                let d = &mut dst[(i * g.c_out + c) * g.ho * g.wo..][..g.ho * g.wo];
-                for (oy, d) in d.chunks_exact_mut(g.wo).enumerate() {
-                    let s = &src[(oy * b + i) * cw * g.c_out + c..];
-                    for (ox, d) in d.iter_mut().enumerate() {
-                        *d = s[ox * g.c_out];
-                    }
-                }
-            }
-        }
-    }
-
     /// The inverse of [`Planes::gather`] on the valid columns: `dst[i, c, oy, ox] = src[c, (oy·b + i)·cw + ox]`.
     fn scatter<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
         let (g, n, cw) = (&self.g, self.cols(b), self.cw);
@@ -308,49 +289,38 @@ fn scatter_strided<T: Copy>(src: &[T], d: &mut [T], s: usize) {
 /// Whether to extend im2col rows from `wo` to `wp` columns (trading up to half again the gemm for contiguous
 /// copies: measured faster even at 9 for 7, the 3×3 stride-1 case).
 fn extend(wo: usize, wp: usize) -> bool {
-    match std::env::var("DUALNET_EXTEND").ok().as_deref() { // TUNING
-        Some("1") => return true,
-        Some("0") => return false,
-        _ => {}
-    }
     2 * (wp - wo) <= wo
 }
 
-/// Row-major view of a matrix for `gemm`: data, row stride, column stride.
+/// A matrix operand for `gemm`: data, shape, row stride, column stride; built only from a slice that holds it.
 #[derive(Clone, Copy)]
 struct Mat<T> {
     ptr: *const T,
+    shape: (usize, usize),
     rs: isize,
     cs: isize,
 }
 
 impl<T> Mat<T> {
-    /// The row-major `[_, ld]` matrix in `s`.
-    fn rows(s: &[T], ld: usize) -> Self {
-        Mat { ptr: s.as_ptr(), rs: ld as isize, cs: 1 }
+    /// The row-major `[r, c]` matrix at the start of `s`.
+    fn rows(s: &[T], r: usize, c: usize) -> Self {
+        assert!(s.len() >= r * c, "gemm operand out of bounds");
+        Mat { ptr: s.as_ptr(), shape: (r, c), rs: c as isize, cs: 1 }
     }
-    /// The transpose of the row-major `[_, ld]` matrix in `s`.
-    fn cols(s: &[T], ld: usize) -> Self {
-        Mat { ptr: s.as_ptr(), rs: 1, cs: ld as isize }
+    /// The `[c, r]` transpose of the row-major `[r, c]` matrix at the start of `s`.
+    fn cols(s: &[T], r: usize, c: usize) -> Self {
+        assert!(s.len() >= r * c, "gemm operand out of bounds");
+        Mat { ptr: s.as_ptr(), shape: (c, r), rs: 1, cs: c as isize }
     }
 }
 
-/// `dst[m × n] = [dst +] lhs[m × k] · rhs[k × n]`, `dst` contiguous, row-major or (`col_major`) column-major;
-/// `lhs` and `rhs` come from slices of at least `m · k` and `k · n` elements.
-#[allow(clippy::too_many_arguments)]
-fn matmul<T: Elem>(
-    dst: &mut [T],
-    col_major: bool,
-    (m, n, k): (usize, usize, usize),
-    lhs: Mat<T>,
-    rhs: Mat<T>,
-    accumulate: bool,
-    par: Parallelism,
-) {
-    assert!(dst.len() >= m * n, "gemm destination too small");
+/// `dst[m × n] = [dst +] lhs[m × k] · rhs[k × n]`, `dst` contiguous, row-major or (`col_major`) column-major.
+fn matmul<T: Elem>(dst: &mut [T], col_major: bool, lhs: Mat<T>, rhs: Mat<T>, accumulate: bool, par: Parallelism) {
+    let ((m, k), (k2, n)) = (lhs.shape, rhs.shape);
+    assert!(k == k2 && dst.len() >= m * n, "gemm shapes do not match");
     let (dst_rs, dst_cs) = if col_major { (1, m as isize) } else { (n as isize, 1) };
-    // SAFETY: `dst` holds `m × n` elements at these strides; callers build `lhs`/`rhs` from slices holding
-    // `m × k` and `k × n` elements at the given strides; `T` is f32 or f64, both supported by `gemm`.
+    // SAFETY: `dst` holds `m × n` elements at these strides; `lhs` and `rhs` were built from slices holding their
+    // `m × k` and `k × n` elements at their strides; `T` is f32 or f64, both supported by `gemm`.
     unsafe {
         gemm::gemm(
             m,
@@ -388,8 +358,7 @@ struct Plan {
 impl Plan {
     fn new(n: usize, bytes_per_img: usize) -> Plan {
         let threads = rayon::current_num_threads().max(1);
-        let cb = std::env::var("DUALNET_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(CHUNK_BYTES); // TUNING
-        let mut b = (cb / bytes_per_img.max(1)).clamp(1, n.max(1));
+        let mut b = (CHUNK_BYTES / bytes_per_img.max(1)).clamp(1, n.max(1));
         if n.div_ceil(b) < threads {
             b = n.div_ceil(threads).max(1);
         }
@@ -480,9 +449,7 @@ fn with_scratch<T: Elem, R>(key: &'static LocalKey<RefCell<Scratch<T>>>, f: impl
 fn zeroed<T: Elem>(len: usize) -> Vec<T> {
     let v = vec![T::ZERO; len];
     #[cfg(target_os = "linux")]
-    if std::env::var("DUALNET_NOHUGE").is_err() { // TUNING
     advise_huge_pages(&v);
-    }
     v
 }
 
@@ -524,10 +491,8 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
         sc.im2col(&pl, xc, b);
         let col = &sc.col[..rows * ld];
         let tmp = sized(&mut sc.other, g.c_out * ld);
-        let cm = std::env::var("DUALNET_ROWMAJ").is_err(); // TUNING
-        matmul(tmp, cm, (g.c_out, ld, rows), Mat::rows(w, rows), Mat::rows(col, ld), false, par);
-        if cm { pl.scatter_t(tmp, b, oc); } else {
-        pl.scatter(tmp, b, oc); }
+        matmul(tmp, false, Mat::rows(w, g.c_out, rows), Mat::rows(col, rows, ld), false, par);
+        pl.scatter(tmp, b, oc);
     };
     let (xs, os) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {
@@ -553,7 +518,7 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
         let np = sized(&mut sc.other, g.c_out * ld);
         pl.gather(nc, b, np);
         let col = sized(&mut sc.col, rows * ld);
-        matmul(col, false, (rows, ld, g.c_out), Mat::cols(w, rows), Mat::rows(np, ld), false, par);
+        matmul(col, false, Mat::cols(w, g.c_out, rows), Mat::rows(np, g.c_out, ld), false, par);
         sc.col2im(&pl, b, oc);
     };
     let (ns, os) = (plan.b * g.out_img(), plan.b * g.in_img());
@@ -584,7 +549,7 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], gy: &[T], n: usize, g: &Geom) -> Vec
         let col = &sc.col[..rows * ld];
         let gp = sized(&mut sc.other, g.c_out * ld);
         pl.gather(gc, b, gp);
-        matmul(acc, true, (g.c_out, rows, ld), Mat::rows(gp, ld), Mat::cols(col, ld), true, par);
+        matmul(acc, true, Mat::rows(gp, g.c_out, ld), Mat::cols(col, rows, ld), true, par);
     };
     let (xs, gs) = (plan.b * g.in_img(), plan.b * g.out_img());
     if plan.serial {

@@ -79,31 +79,25 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
     let mut records = Vec::with_capacity(n);
     let (mut cert_count, mut wrong, mut fooled) = (0usize, 0usize, 0usize);
     let idx: Vec<usize> = (0..n).collect();
+    // Each batch is split across worker threads (one per core): candle's kernels parallelise poorly at these
+    // sizes, while independent examples parallelise perfectly (exact bounds are per example).
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     for chunk in idx.chunks(cfg.batch.max(1)) {
-        let (x, y) = data.batch(chunk, &model.device, model.dtype)?;
-        let labels: Vec<u32> = y.to_vec1().context(|| "reading labels".to_string())?;
-        let set = InputSet::new(&x, &vec![cfg.eps; chunk.len()], cfg.norm, cfg.bounds)?;
-        let (x, set) = match &cfg.normalize {
-            Some((m, s)) => (crate::dual::input_set::normalize(&x, m, s)?, set.normalized(m, s)?),
-            None => (x, set),
-        };
-        let logits = model.forward(&x)?;
-        let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
-        let cert = certify_batch(model, &set, &labels)?;
-        let margins = rows(&cert.margin_lb)?;
-        let attacked = match &cfg.attack {
-            Some(pc) => Some(pgd(model, &set, &labels, cfg.eps, Goal::Untargeted, pc)?.1),
-            None => None,
-        };
-        for (k, &i) in chunk.iter().enumerate() {
-            let y = labels[k];
-            let min_m = margins[k].iter().enumerate().filter(|(j, _)| *j != y as usize).map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
-            let certified = min_m > cfg.safety_margin && preds[k] == y;
-            cert_count += certified as usize;
-            wrong += (preds[k] != y) as usize;
-            let f = attacked.as_ref().map(|a| a[k] || preds[k] != y);
-            fooled += f.unwrap_or(false) as usize;
-            records.push(ExampleRecord { index: i, label: y, prediction: preds[k], certified, min_margin_lb: min_m, pgd_fooled: f });
+        let part = chunk.len().div_ceil(workers).max(1);
+        let results: Vec<Result<Vec<ExampleRecord>>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = chunk.chunks(part).map(|sub| sc.spawn(move || certify_chunk(model, data, sub, cfg))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(crate::error::Error::Usage("internal: a certification worker panicked".into()))))
+                .collect()
+        });
+        for r in results {
+            for rec in r? {
+                cert_count += rec.certified as usize;
+                wrong += (rec.prediction != rec.label) as usize;
+                fooled += rec.pgd_fooled.unwrap_or(false) as usize;
+                records.push(rec);
+            }
         }
         bar.inc(chunk.len() as u64);
         let done = records.len() as f64;
@@ -127,4 +121,34 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         peak_rss_mb: super::memory::peak_rss_mb(),
     };
     Ok((records, summary))
+}
+
+/// Certify (and optionally attack) the examples `chunk` of `data`.
+fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyConfig) -> Result<Vec<ExampleRecord>> {
+    let (x, y) = data.batch(chunk, &model.device, model.dtype)?;
+    let labels: Vec<u32> = y.to_vec1().context(|| "reading labels".to_string())?;
+    let set = InputSet::new(&x, &vec![cfg.eps; chunk.len()], cfg.norm, cfg.bounds)?;
+    let (x, set) = match &cfg.normalize {
+        Some((m, s)) => (crate::dual::input_set::normalize(&x, m, s)?, set.normalized(m, s)?),
+        None => (x, set),
+    };
+    let logits = model.forward(&x)?;
+    let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
+    let cert = certify_batch(model, &set, &labels)?;
+    let margins = rows(&cert.margin_lb)?;
+    let attacked = match &cfg.attack {
+        Some(pc) => Some(pgd(model, &set, &labels, cfg.eps, Goal::Untargeted, pc)?.1),
+        None => None,
+    };
+    Ok(chunk
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let y = labels[k];
+            let min_m = margins[k].iter().enumerate().filter(|(j, _)| *j != y as usize).map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
+            let certified = min_m > cfg.safety_margin && preds[k] == y;
+            let f = attacked.as_ref().map(|a| a[k] || preds[k] != y);
+            ExampleRecord { index: i, label: y, prediction: preds[k], certified, min_margin_lb: min_m, pgd_fooled: f }
+        })
+        .collect())
 }

@@ -190,20 +190,25 @@ pub fn train_on(
             let loss = match cfg.mode {
                 Mode::Robust => {
                     let opts = Options { proj: cfg.projections(), seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize) };
-                    let cert = certify_batch_with(&model, &set, &labels, &opts)?;
-                    let lb = crate::cli::bounds::rows(&cert.margin_lb)?;
-                    robust_wrong += certified(&lb, &labels).iter().filter(|c| !**c).count();
-                    robust_ce_per_example(&cert.margin_lb)?.mean_all().context(|| "robust loss".to_string())?
+                    let (lv, grads, wrong) = robust_grads(&model, &set, &labels, &opts, &vars)?;
+                    robust_wrong += wrong;
+                    Step::Done(lv, grads)
                 }
-                Mode::Plain => cross_entropy(&logits, &y)?,
+                Mode::Plain => Step::Loss(cross_entropy(&logits, &y)?),
                 Mode::Pgd => {
                     let pc = PgdConfig { steps: cfg.pgd_steps, step_size: None, restarts: 1, seed: state.step };
                     let (xa, fooled) = pgd(&detached(&model), &set, &labels, eps, Goal::Untargeted, &pc)?;
                     robust_wrong += fooled.iter().filter(|f| **f).count();
-                    cross_entropy(&model.forward(&xa.detach())?, &y)?
+                    Step::Loss(cross_entropy(&model.forward(&xa.detach())?, &y)?)
                 }
             };
-            let lv: f64 = loss.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
+            let (lv, mut grads) = match loss {
+                Step::Done(lv, g) => (lv, g),
+                Step::Loss(l) => {
+                    let lv: f64 = l.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
+                    (lv, l.backward().context(|| "backward pass".to_string())?)
+                }
+            };
             if !lv.is_finite() {
                 bar.abandon();
                 return Err(Error::Stopped(format!(
@@ -213,7 +218,6 @@ pub fn train_on(
                     folder.file("last.safetensors").display()
                 )));
             }
-            let mut grads = loss.backward().context(|| "backward pass".to_string())?;
             if let Some(c) = cfg.grad_clip {
                 clip_grad_norm(&mut grads, &vars, c)?;
             }
@@ -340,4 +344,66 @@ pub fn augment(x: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<Tensor> {
         }
     }
     Tensor::from_vec(out, (b, c, h, w), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)
+}
+
+/// A training step's loss: a tensor still to differentiate, or already differentiated (value and gradients).
+enum Step {
+    Loss(Tensor),
+    Done(f64, candle_core::backprop::GradStore),
+}
+
+/// The robust cross-entropy (mean over the batch) and its gradients, with the batch split across worker threads,
+/// one per core: each part's loss is its share of the mean, and the parts' gradients are summed. Returns the loss,
+/// the gradients and the number of uncertified examples. Each part draws its own projections (seed + part).
+pub fn robust_grads(
+    model: &Model,
+    set: &InputSet,
+    labels: &[u32],
+    opts: &Options,
+    vars: &[(String, Var)],
+) -> Result<(f64, candle_core::backprop::GradStore, usize)> {
+    let b = labels.len();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, b.max(1));
+    let part = b.div_ceil(workers).max(1);
+    let ranges: Vec<(usize, usize)> = (0..b).step_by(part).map(|s| (s, part.min(b - s))).collect();
+    let one = |k: usize, s: usize, n: usize| -> Result<(f64, candle_core::backprop::GradStore, usize)> {
+        let sub = set.narrow(s, n)?;
+        let o = Options { proj: opts.proj, seed: opts.seed.wrapping_add(0x9E37_79B9 * k as u64) };
+        let cert = certify_batch_with(model, &sub, &labels[s..s + n], &o)?;
+        let lb = crate::cli::bounds::rows(&cert.margin_lb)?;
+        let wrong = certified(&lb, &labels[s..s + n]).iter().filter(|c| !**c).count();
+        let loss = robust_ce_per_example(&cert.margin_lb)?
+            .sum_all()
+            .and_then(|t| t / b as f64)
+            .context(|| "robust loss".to_string())?;
+        let lv: f64 = loss.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
+        let grads = loss.backward().context(|| "backward pass".to_string())?;
+        Ok((lv, grads, wrong))
+    };
+    let results: Vec<Result<(f64, candle_core::backprop::GradStore, usize)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = ranges.iter().enumerate().map(|(k, &(s, n))| sc.spawn(move || one(k, s, n))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Usage("internal: a training worker panicked".into())))).collect()
+    });
+    let mut it = results.into_iter();
+    let (mut lv, mut grads, mut wrong) = match it.next() {
+        Some(r) => r?,
+        None => return Err(Error::Usage("internal: empty batch".into())),
+    };
+    for r in it {
+        let (l, g, w) = r?;
+        lv += l;
+        wrong += w;
+        for (_, v) in vars {
+            let t = v.as_tensor();
+            let sum = match (grads.get(t), g.get(t)) {
+                (Some(a), Some(b)) => Some((a + b).context(|| "summing gradients".to_string())?),
+                (None, Some(b)) => Some(b.clone()),
+                _ => None,
+            };
+            if let Some(sum) = sum {
+                grads.insert(t, sum);
+            }
+        }
+    }
+    Ok((lv, grads, wrong))
 }
