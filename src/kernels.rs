@@ -6,9 +6,11 @@
 //! (Non-square kernels `[C_out, C_in, KH, KW]` work too.)
 //!
 //! Algorithm (CPU, f32 and f64): candle custom ops over the slice kernels of [`cpu`]. The batch is cut into chunks
-//! of images whose scratch buffers stay near 1 MB (about what one core's L2 holds); per chunk, conv2d is im2col + one `gemm` (`w · col`),
-//! conv_transpose2d is one `gemm` (`wᵀ · nu`) + col2im, and chunks run in parallel on rayon. Memory stays
-//! `O(output + threads × chunk)` instead of candle's whole-batch im2col.
+//! of images whose scratch buffers stay near 1 MB (about what one core's L2 holds). Per chunk, conv2d splits the
+//! padded images into stride-phase planes, builds im2col from them with one contiguous copy per kernel tap and
+//! channel, and runs one `gemm` (`w · col`); conv_transpose2d runs one `gemm` (`wᵀ · nu`) and the reverse col2im.
+//! Chunks run in parallel on rayon. Memory stays `O(output + threads × chunk)` instead of candle's whole-batch
+//! im2col.
 //!
 //! Autograd: the three ops (conv2d, conv_transpose2d, and the kernel gradient `Σ g ⊗ im2col(x)`) take explicit
 //! output sizes, which makes them exact mutual adjoints for any sizes; each op's `bwd` is built from the other two

@@ -338,3 +338,13 @@ fn invalid_shapes_are_errors() -> Result<()> {
     assert!(kernels::conv_transpose2d(&nu, &w, 1, 2, 0).is_err(), "no output left after padding");
     Ok(())
 }
+
+#[test]
+fn empty_batch() -> Result<()> {
+    let x = Tensor::zeros((0, 3, 5, 5), DType::F32, &Device::Cpu)?;
+    let w = Tensor::ones((4, 3, 3, 3), DType::F32, &Device::Cpu)?;
+    assert_eq!(kernels::conv2d(&x, &w, 2, 1)?.dims(), &[0, 4, 3, 3]);
+    let nu = Tensor::zeros((0, 4, 3, 3), DType::F64, &Device::Cpu)?;
+    assert_eq!(kernels::conv_transpose2d(&nu, &w.to_dtype(DType::F64)?, 2, 1, 0)?.dims(), &[0, 3, 5, 5]);
+    Ok(())
+}
