@@ -26,7 +26,8 @@ pub fn primal(g: &Graph) -> String {
                 format!("{}({args})", op.name())
             }
         };
-        let w: Vec<String> = n.weights.iter().map(|w| format!("{}.{} {}", n.name, w.suffix, fmt_shape(&w.shape))).collect();
+        let w: Vec<String> =
+            n.weights.iter().map(|w| format!("{}.{} {}", n.name, w.suffix, fmt_shape(&w.shape))).collect();
         rows.push((n.name.clone(), call, fmt_shape(&n.shape), w.join(", ")));
     }
     table(&mut s, &rows);
@@ -50,7 +51,7 @@ pub fn dual(g: &Graph, d: &DualGraph) -> String {
     let _ = writeln!(
         s,
         "dual network {}  # reverse topological order; ν_n is the dual variable at the output of n; c = e_y - e_j",
-    g.name
+        g.name
     );
     let mut rows = Vec::new();
     for &i in &d.order {
@@ -72,7 +73,8 @@ pub fn dual(g: &Graph, d: &DualGraph) -> String {
             let _ = writeln!(s, "  {:w0$} {:w1$}   {o}", "", "");
         }
     }
-    let _ = writeln!(s, "  bound: J(c) = sum of the objective terms above  (a lower bound on c·f(x') over the input set)");
+    let _ =
+        writeln!(s, "  bound: J(c) = sum of the objective terms above  (a lower bound on c·f(x') over the input set)");
     s
 }
 
@@ -93,15 +95,33 @@ pub fn dot(g: &Graph, d: &DualGraph) -> String {
     }
     for e in g.dag.edge_indices() {
         if let Some((a, b)) = g.dag.edge_endpoints(e) {
-            let _ = writeln!(s, "    {} -> {};", dot_id(&format!("p:{}", g.node(a).name)), dot_id(&format!("p:{}", g.node(b).name)));
+            let _ = writeln!(
+                s,
+                "    {} -> {};",
+                dot_id(&format!("p:{}", g.node(a).name)),
+                dot_id(&format!("p:{}", g.node(b).name))
+            );
         }
     }
-    let _ = writeln!(s, "  }}\n  subgraph cluster_dual {{\n    label=\"dual network (edges reversed)\"; color=\"#cc6677\";");
+    let _ = writeln!(
+        s,
+        "  }}\n  subgraph cluster_dual {{\n    label=\"dual network (edges reversed)\"; color=\"#cc6677\";"
+    );
     for &i in &d.order {
         let n = &d.dag[i];
         let rule = g.node(n.primal).kind.op().and_then(|o| o.dual_name()).unwrap_or("input set");
-        let label = if n.primal == g.output { format!("{} = -c\\n{}", n.name, fmt_shape(&n.shape)) } else { format!("{}\\n{}", n.name, fmt_shape(&n.shape)) };
-        let _ = writeln!(s, "    {} [label={}, tooltip={}];", dot_id(&format!("d:{}", n.name)), dot_id(&label), dot_id(rule));
+        let label = if n.primal == g.output {
+            format!("{} = -c\\n{}", n.name, fmt_shape(&n.shape))
+        } else {
+            format!("{}\\n{}", n.name, fmt_shape(&n.shape))
+        };
+        let _ = writeln!(
+            s,
+            "    {} [label={}, tooltip={}];",
+            dot_id(&format!("d:{}", n.name)),
+            dot_id(&label),
+            dot_id(rule)
+        );
     }
     for e in d.dag.edge_indices() {
         if let Some((a, b)) = d.dag.edge_endpoints(e) {
@@ -117,7 +137,12 @@ pub fn dot(g: &Graph, d: &DualGraph) -> String {
         }
     }
     let _ = writeln!(s, "  }}");
-    let _ = writeln!(s, "  {} -> {} [style=dashed, label=\"-c\", constraint=false];", dot_id(&format!("p:{}", g.node(g.output).name)), dot_id(&format!("d:{}", dual_name(g, g.output))));
+    let _ = writeln!(
+        s,
+        "  {} -> {} [style=dashed, label=\"-c\", constraint=false];",
+        dot_id(&format!("p:{}", g.node(g.output).name)),
+        dot_id(&format!("d:{}", dual_name(g, g.output)))
+    );
     let _ = writeln!(s, "}}");
     s
 }

@@ -15,6 +15,6 @@ pub mod error;
 pub mod ir;
 pub mod kernels;
 pub mod ops;
+pub mod run;
 pub mod syntax;
 pub mod weights;
-pub mod run;

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use dualnet::cli;
 
 #[derive(Parser)]
-#[command(name = "dualnet", version, about = "Compile .net specs to networks and their dual networks; certify, attack and train provably robust models")]
+#[command(
+    name = "dualnet",
+    version,
+    about = "Compile .net specs to networks and their dual networks; certify, attack and train provably robust models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

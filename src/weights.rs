@@ -47,10 +47,13 @@ impl Weights {
             for spec in &node.weights {
                 let key = format!("{}.{}", node.name, spec.suffix);
                 match map.remove(&key) {
-                    None => problems.push(
-                        Diagnostic::new(Code::WeightMissing, format!("`{file}` has no tensor `{key}`"))
-                            .help(format!("node `{}` needs `{key}` of shape {}", node.name, fmt_shape(&spec.shape))),
-                    ),
+                    None => {
+                        problems.push(
+                            Diagnostic::new(Code::WeightMissing, format!("`{file}` has no tensor `{key}`")).help(
+                                format!("node `{}` needs `{key}` of shape {}", node.name, fmt_shape(&spec.shape)),
+                            ),
+                        )
+                    }
                     Some(t) => {
                         if t.dims() != spec.shape.as_slice() {
                             problems.push(
@@ -64,8 +67,11 @@ impl Weights {
                         }
                         if !matches!(t.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
                             problems.push(
-                                Diagnostic::new(Code::WeightShape, format!("`{key}` in `{file}` has dtype {:?}, expected a float", t.dtype()))
-                                    .help("save the weights as float32 or float64"),
+                                Diagnostic::new(
+                                    Code::WeightShape,
+                                    format!("`{key}` in `{file}` has dtype {:?}, expected a float", t.dtype()),
+                                )
+                                .help("save the weights as float32 or float64"),
                             );
                             continue;
                         }
@@ -88,8 +94,12 @@ impl Weights {
                 None => {
                     let names: Vec<&str> = g.order().map(|i| g.node(i).name.as_str()).collect();
                     match crate::diagnostics::did_you_mean(&node, names) {
-                        Some(c) => format!("the spec has no node `{node}` — did you mean `{c}`? (keys are `NODE.weight`, `NODE.bias`)"),
-                        None => format!("the spec has no node `{node}`; remove the key or rename it to `NODE.weight`/`NODE.bias`"),
+                        Some(c) => format!(
+                            "the spec has no node `{node}` — did you mean `{c}`? (keys are `NODE.weight`, `NODE.bias`)"
+                        ),
+                        None => format!(
+                            "the spec has no node `{node}`; remove the key or rename it to `NODE.weight`/`NODE.bias`"
+                        ),
                     }
                 }
             };
@@ -108,7 +118,9 @@ impl Weights {
         let map = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
             Error::input(
                 Diagnostic::new(Code::WeightFile, format!("`{}` is not a valid safetensors file", path.display()))
-                    .help(format!("{e}; save weights with safetensors (e.g. `safetensors.torch.save_file(state_dict, ...)`)")),
+                    .help(format!(
+                        "{e}; save weights with safetensors (e.g. `safetensors.torch.save_file(state_dict, ...)`)"
+                    )),
             )
         })?;
         Weights::from_map(g, map, &path.display().to_string(), dtype)

@@ -99,12 +99,18 @@ fn inputs_problems_are_diagnosed() {
         candle_core::safetensors::save(&m, &p).expect("save");
         p.display().to_string()
     };
-    let p = save(Tensor::zeros((2, 1, 27, 28), DType::F32, &Device::Cpu).expect("x"), Tensor::zeros(2, DType::I64, &Device::Cpu).expect("y"));
+    let p = save(
+        Tensor::zeros((2, 1, 27, 28), DType::F32, &Device::Cpu).expect("x"),
+        Tensor::zeros(2, DType::I64, &Device::Cpu).expect("y"),
+    );
     let (code, out) = bounds(MLP_W, &p, &[]);
     assert_eq!(code, 1);
     assert!(out.contains("E0105") && out.contains("[B, 1, 28, 28]"), "{out}");
 
-    let p = save(Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu).expect("x"), Tensor::new(&[0i64, 10, 1], &Device::Cpu).expect("y"));
+    let p = save(
+        Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu).expect("x"),
+        Tensor::new(&[0i64, 10, 1], &Device::Cpu).expect("y"),
+    );
     let (code, out) = bounds(MLP_W, &p, &[]);
     assert_eq!(code, 1);
     assert!(out.contains("label 10") && out.contains("out of range"), "{out}");
@@ -113,7 +119,8 @@ fn inputs_problems_are_diagnosed() {
 #[test]
 fn bad_epsilon_is_refused() {
     for eps in ["-0.1", "NaN", "inf"] {
-        let (code, out) = run(&["bounds", "--spec", MLP, "--weights", MLP_W, "--inputs", MLP_X, "--eps", eps, "--json", "-"]);
+        let (code, out) =
+            run(&["bounds", "--spec", MLP, "--weights", MLP_W, "--inputs", MLP_X, "--eps", eps, "--json", "-"]);
         assert_ne!(code, 0, "eps {eps}: {out}");
         assert!(out.contains("eps") || out.contains("ε"), "{out}");
     }
@@ -123,7 +130,11 @@ fn bad_epsilon_is_refused() {
 fn spec_errors_stop_every_command() {
     let tmp = tempfile::tempdir().expect("tmp");
     let spec = tmp.path().join("bad.net");
-    std::fs::write(&spec, "network b { input x: [1, 28, 28]  f = flatten(x)  l = linear(f, out=10)  r = relux(l)  output l }").expect("w");
+    std::fs::write(
+        &spec,
+        "network b { input x: [1, 28, 28]  f = flatten(x)  l = linear(f, out=10)  r = relux(l)  output l }",
+    )
+    .expect("w");
     let s = spec.display().to_string();
     for args in [
         vec!["check", s.as_str()],
@@ -146,13 +157,18 @@ fn spec_errors_stop_every_command() {
 #[test]
 fn corrupt_data_is_diagnosed() {
     let tmp = tempfile::tempdir().expect("tmp");
-    std::fs::write(tmp.path().join("t10k-images-idx3-ubyte"), [0u8, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3]).expect("w");
+    std::fs::write(
+        tmp.path().join("t10k-images-idx3-ubyte"),
+        [0u8, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3],
+    )
+    .expect("w");
     std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 5, 1, 2, 3, 4, 5]).expect("w");
     let d = tmp.path().display().to_string();
     let (code, out) = run(&["certify", "--spec", MLP, "--weights", MLP_W, "--data-dir", &d, "--eps", "0.1", "--quiet"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("E0107") && out.contains("t10k-images-idx3-ubyte"), "{out}");
-    let (code, out) = run(&["certify", "--spec", MLP, "--weights", MLP_W, "--data-dir", "no/such/dir", "--eps", "0.1", "--quiet"]);
+    let (code, out) =
+        run(&["certify", "--spec", MLP, "--weights", MLP_W, "--data-dir", "no/such/dir", "--eps", "0.1", "--quiet"]);
     assert_ne!(code, 0);
     assert!(out.contains("no/such/dir"), "{out}");
 }
@@ -164,7 +180,24 @@ fn certify_and_attack_agree_with_each_other() {
     let spec = "specs/mnist_small.net";
     let tmp = tempfile::tempdir().expect("tmp");
     let j = tmp.path().join("c.json");
-    let (code, out) = run(&["certify", "--spec", spec, "--weights", w, "--data-dir", dir, "--limit", "20", "--eps", "0.1", "--bounded", "--attack", "--quiet", "--json", j.to_str().expect("p")]);
+    let (code, out) = run(&[
+        "certify",
+        "--spec",
+        spec,
+        "--weights",
+        w,
+        "--data-dir",
+        dir,
+        "--limit",
+        "20",
+        "--eps",
+        "0.1",
+        "--bounded",
+        "--attack",
+        "--quiet",
+        "--json",
+        j.to_str().expect("p"),
+    ]);
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).expect("json")).expect("json");
     let cert = v["summary"]["certified_robust_err"].as_f64().expect("cert");

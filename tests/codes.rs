@@ -46,10 +46,20 @@ fn codes_are_unique_and_well_formed() {
         let s = c.as_str();
         assert!(seen.insert(s), "code {s} appears twice in the table");
         let (letter, digits) = s.split_at(1);
-        assert!(matches!(letter, "E" | "W") && digits.len() == 4 && digits.chars().all(|d| d.is_ascii_digit()), "bad code {s}");
-        assert_eq!(letter == "W", c.severity() == dualnet::diagnostics::Severity::Warning, "{s}: letter and severity disagree");
+        assert!(
+            matches!(letter, "E" | "W") && digits.len() == 4 && digits.chars().all(|d| d.is_ascii_digit()),
+            "bad code {s}"
+        );
+        assert_eq!(
+            letter == "W",
+            c.severity() == dualnet::diagnostics::Severity::Warning,
+            "{s}: letter and severity disagree"
+        );
         let t = c.title();
-        assert!(!t.is_empty() && !t.ends_with('.') && t.chars().next().is_some_and(|ch| !ch.is_uppercase()), "{s}: title `{t}`");
+        assert!(
+            !t.is_empty() && !t.ends_with('.') && t.chars().next().is_some_and(|ch| !ch.is_uppercase()),
+            "{s}: title `{t}`"
+        );
     }
 }
 
@@ -99,7 +109,11 @@ fn every_err_spec_names_a_front_end_code() {
         assert!(!rest.is_empty(), "{}: name it `{code}_what_is_wrong.net`", path.display());
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let first = text.lines().next().unwrap_or("");
-        assert!(first.starts_with(&format!("# {code}: ")), "{}: the first line must be `# {code}: what is wrong`", path.display());
+        assert!(
+            first.starts_with(&format!("# {code}: ")),
+            "{}: the first line must be `# {code}: what is wrong`",
+            path.display()
+        );
     }
 }
 

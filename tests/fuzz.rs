@@ -87,8 +87,27 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         ix().prop_map(Mutation::DeleteChar),
         ix().prop_map(Mutation::DuplicateChar),
         (ix(), ix()).prop_map(|(a, b)| Mutation::SwapChars(a, b)),
-        (ix(), prop_oneof![Just('{'), Just('}'), Just('('), Just(')'), Just('['), Just(']'), Just(','), Just('='),
-            Just('+'), Just(';'), Just('#'), Just('\n'), Just('é'), Just('x'), Just('0'), any::<char>()])
+        (
+            ix(),
+            prop_oneof![
+                Just('{'),
+                Just('}'),
+                Just('('),
+                Just(')'),
+                Just('['),
+                Just(']'),
+                Just(','),
+                Just('='),
+                Just('+'),
+                Just(';'),
+                Just('#'),
+                Just('\n'),
+                Just('é'),
+                Just('x'),
+                Just('0'),
+                any::<char>()
+            ]
+        )
             .prop_map(|(i, c)| Mutation::InsertChar(i, c)),
         (ix(), number()).prop_map(|(i, n)| Mutation::Number(i, n)),
         (ix(), number()).prop_map(|(i, n)| Mutation::Argument(i, n)),
@@ -257,7 +276,11 @@ fn deep_nesting_and_long_inputs() {
     // Unbalanced and in comments: still no panic, and brackets in comments do not count.
     exercise(&"[".repeat(100_000));
     exercise(&format!("# {}\nnetwork n {{ input x: [784] l = linear(x, out=10) output l }}", "[".repeat(100)));
-    assert!(!check_source("c.net", &format!("# {}\nnetwork n {{ input x: [784] l = linear(x, out=10) output l }}", "[".repeat(100))).has_errors());
+    assert!(!check_source(
+        "c.net",
+        &format!("# {}\nnetwork n {{ input x: [784] l = linear(x, out=10) output l }}", "[".repeat(100))
+    )
+    .has_errors());
     let mut long = String::from("network n {\n input x: [784]\n l0 = linear(x, out=4)\n");
     for i in 1..2000 {
         long.push_str(&format!(" l{i} = linear(l{}, out=4)\n", i - 1));

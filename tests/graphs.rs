@@ -163,7 +163,10 @@ fn assert_edges_reversed(g: &Graph, d: &dual::DualGraph) {
 
 #[test]
 fn resnet_tiny_dual_reverses_the_skips() {
-    let mut cases = vec![("specs/examples/resnet_tiny.net".to_string(), include_str!("../specs/examples/resnet_tiny.net").to_string())];
+    let mut cases = vec![(
+        "specs/examples/resnet_tiny.net".to_string(),
+        include_str!("../specs/examples/resnet_tiny.net").to_string(),
+    )];
     cases.extend(
         reference_models()
             .into_iter()

@@ -70,7 +70,8 @@ fn every_recipe_loads_validates_and_names_a_spec_that_checks() {
         let text = std::fs::read_to_string(&spec_path)
             .unwrap_or_else(|e| panic!("{}: spec {} cannot be read: {e}", p.display(), spec_path.display()));
         let checked = check_source(&spec.display().to_string(), &text);
-        let errors: Vec<String> = checked.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.message.clone()).collect();
+        let errors: Vec<String> =
+            checked.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.message.clone()).collect();
         assert!(errors.is_empty(), "{}: spec {} has errors: {errors:?}", p.display(), spec.display());
         assert!(checked.graph.is_some(), "{}: spec {} gives no graph", p.display(), spec.display());
         assert!(["mnist", "cifar10"].contains(&cfg.data.as_str()), "{}: unknown data set `{}`", p.display(), cfg.data);
@@ -91,12 +92,24 @@ fn every_table2_recipe_cites_the_paper_and_its_sources() {
             c.iter().any(|l| l.to_lowercase().contains("paper") && has_percentage(l)),
             "{n}: no comment line with \"paper\" and a percentage"
         );
-        assert!(c.iter().any(|l| l.contains("robust (certified) error")), "{n}: the row's robust error (or \"not verified\") is missing");
-        assert!(c.iter().any(|l| l.to_lowercase().contains("clean error")), "{n}: the row's clean error (or \"not verified\") is missing");
-        assert!(c.iter().any(|l| l.contains("hyperparameters come from")), "{n}: no line saying where the hyperparameters come from");
+        assert!(
+            c.iter().any(|l| l.contains("robust (certified) error")),
+            "{n}: the row's robust error (or \"not verified\") is missing"
+        );
+        assert!(
+            c.iter().any(|l| l.to_lowercase().contains("clean error")),
+            "{n}: the row's clean error (or \"not verified\") is missing"
+        );
+        assert!(
+            c.iter().any(|l| l.contains("hyperparameters come from")),
+            "{n}: no line saying where the hyperparameters come from"
+        );
         let stem = n.trim_end_matches(".yaml");
         if stem.ends_with("_cascade") {
-            assert!(c.iter().any(|l| l.contains("stages the paper used")), "{n}: no line stating the paper's stage count");
+            assert!(
+                c.iter().any(|l| l.contains("stages the paper used")),
+                "{n}: no line stating the paper's stage count"
+            );
             let cmd = format!("dualnet cascade train --config specs/recipes/{n} --stages ");
             assert!(c.iter().any(|l| l.contains(&cmd)), "{n}: no `{cmd}N ...` command line");
         } else {
@@ -154,7 +167,11 @@ fn cifar_recipes_follow_the_reference_setup() {
         assert_eq!(cfg.mean.as_deref(), Some(&[0.485, 0.456, 0.406][..]), "{n}: mean");
         assert_eq!(cfg.std.as_deref(), Some(&[0.225, 0.225, 0.225][..]), "{n}: std");
         assert!(cfg.augment, "{n}: the reference augments CIFAR-10 (random crop + flip)");
-        assert_eq!((cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay), (Optimizer::Sgd, 0.05, 0.9, 0.0005), "{n}: optimizer");
+        assert_eq!(
+            (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay),
+            (Optimizer::Sgd, 0.05, 0.9, 0.0005),
+            "{n}: optimizer"
+        );
         assert_eq!(cfg.grad_clip, Some(1.0), "{n}: the reference clips the gradient norm to 1");
         assert!(!cfg.bounded, "{n}: the reference's CIFAR training has no box constraint (bounded_input=False)");
         // ε stays in pixel units: at most 8/255, never a hand-normalised value like 0.0348 or 0.139.

@@ -47,7 +47,9 @@ fn run_case(case: &str, dtype: DType) {
     let weights = Weights::load(&graph, &dir.join(wfile), dtype, &Device::Cpu).expect("weights load");
     let model = Model::new(graph, weights, dtype, Device::Cpu);
     let (x, labels) = load_inputs(&model, &dir.join("inputs.safetensors")).expect("inputs load");
-    let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("expected.json")).expect("json");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("expected.json"))
+            .expect("json");
     let tol = if dtype == DType::F64 { 1e-9 } else { 1e-5 };
     let settings = expected["settings"].as_array().expect("settings");
     assert!(!settings.is_empty());
@@ -77,10 +79,15 @@ fn run_case(case: &str, dtype: DType) {
                 check(format!("{n}.{side}"), scaled_err(&ours["layer_bounds"][n][side], &s["layer_bounds"][n][side]));
             }
         }
-        assert_eq!(ours["layer_bounds"].as_object().map(|o| o.len()), Some(nodes.len()), "{case}/{name}: layer set differs");
+        assert_eq!(
+            ours["layer_bounds"].as_object().map(|o| o.len()),
+            Some(nodes.len()),
+            "{case}/{name}: layer set differs"
+        );
         check("robust_ce".into(), scaled_err(&ours["robust_ce"], &s["robust_ce"]));
         assert_eq!(out.robust_err, s["robust_err"].as_f64().expect("robust_err"), "{case}/{name}: robust_err");
-        let unc: Vec<bool> = s["uncertified"].as_array().expect("uncertified").iter().map(|v| v.as_bool().unwrap_or(false)).collect();
+        let unc: Vec<bool> =
+            s["uncertified"].as_array().expect("uncertified").iter().map(|v| v.as_bool().unwrap_or(false)).collect();
         assert_eq!(out.uncertified, unc, "{case}/{name}: certification flags");
         eprintln!("{case}/{name} {dtype:?}: {}", report.join(", "));
     }

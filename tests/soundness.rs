@@ -24,7 +24,9 @@ const SPECS: &[(&str, &str)] = &[
 
 fn model(spec: &str, seed: u64, scale: f64) -> Model {
     let checked = check_source("t.net", spec);
-    let g = checked.graph.unwrap_or_else(|| panic!("spec checks: {:?}", checked.diagnostics.iter().map(|d| d.message.clone()).collect::<Vec<_>>()));
+    let g = checked.graph.unwrap_or_else(|| {
+        panic!("spec checks: {:?}", checked.diagnostics.iter().map(|d| d.message.clone()).collect::<Vec<_>>())
+    });
     let mut w = Weights::init(&g, seed, DType::F64, &Device::Cpu).expect("init");
     // Non-trivial batchnorm statistics and larger weights, so that every ReLU regime occurs.
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -34,7 +36,9 @@ fn model(spec: &str, seed: u64, scale: f64) -> Model {
             let v: Vec<f64> = match k.as_str() {
                 "running_var" => (0..n).map(|_| rng.random_range(0.2..2.0)).collect(),
                 "running_mean" | "bias" => (0..n).map(|_| rng.random_range(-0.3..0.3)).collect(),
-                "weight" if t.rank() == 1 => (0..n).map(|_| rng.random_range(0.5..1.5) * if rng.random_bool(0.3) { -1.0 } else { 1.0 }).collect(),
+                "weight" if t.rank() == 1 => {
+                    (0..n).map(|_| rng.random_range(0.5..1.5) * if rng.random_bool(0.3) { -1.0 } else { 1.0 }).collect()
+                }
                 _ => {
                     let v: Vec<f64> = t.flatten_all().and_then(|t| t.to_vec1()).expect("weights");
                     v.into_iter().map(|x| x * scale).collect()
@@ -63,7 +67,15 @@ fn margins(m: &Model, x: &Tensor, labels: &[u32]) -> Vec<Vec<f64>> {
 }
 
 /// Assert that at points `x'` every margin is >= its bound and every activation input lies in its bounds.
-fn assert_sound(m: &Model, set: &InputSet, labels: &[u32], xp: &Tensor, lb: &[Vec<f64>], bounds: &dualnet::dual::bounds::Bounds, what: &str) {
+fn assert_sound(
+    m: &Model,
+    set: &InputSet,
+    labels: &[u32],
+    xp: &Tensor,
+    lb: &[Vec<f64>],
+    bounds: &dualnet::dual::bounds::Bounds,
+    what: &str,
+) {
     let tol = 1e-9;
     let got = margins(m, xp, labels);
     for (b, (row, lrow)) in got.iter().zip(lb).enumerate() {
@@ -77,7 +89,14 @@ fn assert_sound(m: &Model, set: &InputSet, labels: &[u32], xp: &Tensor, lb: &[Ve
         let l: Vec<f64> = l.flatten_all().and_then(|t| t.to_vec1()).expect("l");
         let u: Vec<f64> = u.flatten_all().and_then(|t| t.to_vec1()).expect("u");
         for i in 0..v.len() {
-            assert!(v[i] >= l[i] - tol && v[i] <= u[i] + tol, "{what}: node {} unit {i}: {} outside [{}, {}]", m.graph.node(*z).name, v[i], l[i], u[i]);
+            assert!(
+                v[i] >= l[i] - tol && v[i] <= u[i] + tol,
+                "{what}: node {} unit {i}: {} outside [{}, {}]",
+                m.graph.node(*z).name,
+                v[i],
+                l[i],
+                u[i]
+            );
         }
     }
     let _ = set;
@@ -87,7 +106,8 @@ fn check_network(idx: usize, seed: u64, eps: f64, norm: Norm, bounded: bool) {
     let (name, spec) = SPECS[idx];
     let m = model(spec, seed, 1.5);
     let (x, labels) = inputs(&m, 3, seed + 7);
-    let set = InputSet::new(&x, &[eps, eps * 0.5, eps * 2.0], norm, if bounded { Some((0.0, 1.0)) } else { None }).expect("set");
+    let set = InputSet::new(&x, &[eps, eps * 0.5, eps * 2.0], norm, if bounded { Some((0.0, 1.0)) } else { None })
+        .expect("set");
     let cert = certify_batch(&m, &set, &labels).expect("certify");
     let lb: Vec<Vec<f64>> = cert.margin_lb.to_vec2().expect("lb");
     let what = format!("{name} seed {seed} eps {eps} {norm} bounded {bounded}");
@@ -157,7 +177,8 @@ fn dual_rules_are_adjoint() {
                 let mut s = vec![2];
                 s.extend_from_slice(shape);
                 let n: usize = s.iter().product();
-                Tensor::from_vec((0..n).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<f64>>(), s, &Device::Cpu).expect("t")
+                Tensor::from_vec((0..n).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<f64>>(), s, &Device::Cpu)
+                    .expect("t")
             };
             let xs: Vec<Tensor> = g.node(i).inputs.iter().map(|j| rand_t(&g.node(*j).shape, &mut rng)).collect();
             let nu = rand_t(&g.node(i).shape, &mut rng);
@@ -169,7 +190,12 @@ fn dual_rules_are_adjoint() {
                 assert_eq!(x.dims(), t.dims(), "{name}/{}: dual rule shape", g.node(i).name);
                 rhs += (x * t).and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f64>()).expect("rhs");
             }
-            assert!((lhs - rhs).abs() <= 1e-10 * (1.0 + lhs.abs()), "{name}/{} ({}): <Ax,ν> = {lhs} but <x,Aᵀν> = {rhs}", g.node(i).name, op.name());
+            assert!(
+                (lhs - rhs).abs() <= 1e-10 * (1.0 + lhs.abs()),
+                "{name}/{} ({}): <Ax,ν> = {lhs} but <x,Aᵀν> = {rhs}",
+                g.node(i).name,
+                op.name()
+            );
             checked += 1;
         }
     }

@@ -30,7 +30,11 @@ fn weights(dir: &Path, name: &str) -> Vec<f32> {
     let map = candle_core::safetensors::load(dir.join(name), &Device::Cpu).expect("weights");
     let mut keys: Vec<_> = map.keys().cloned().collect();
     keys.sort();
-    keys.iter().flat_map(|k| map[k].flatten_all().and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.to_vec1::<f32>()).expect("t")).collect()
+    keys.iter()
+        .flat_map(|k| {
+            map[k].flatten_all().and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.to_vec1::<f32>()).expect("t")
+        })
+        .collect()
 }
 
 #[test]
@@ -39,7 +43,15 @@ fn trains_records_and_resumes_exactly() {
     let tmp = tempfile::tempdir().expect("tmp");
     let straight = tmp.path().join("straight");
     let s = train(&config(3), graph(), &straight, false, false).expect("train");
-    for f in ["config.yaml", "metrics.jsonl", "metrics.png", "last.safetensors", "best.safetensors", "weights.safetensors", "last.state.json"] {
+    for f in [
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics.png",
+        "last.safetensors",
+        "best.safetensors",
+        "weights.safetensors",
+        "last.state.json",
+    ] {
         assert!(straight.join(f).is_file(), "{f} missing");
     }
     let metrics = RunFolder::create(&straight, true).and_then(|r| r.read_metrics()).expect("metrics");
@@ -52,7 +64,11 @@ fn trains_records_and_resumes_exactly() {
     let split = tmp.path().join("split");
     train(&config(2), graph(), &split, false, false).expect("first part");
     train(&config(3), graph(), &split, true, false).expect("resumed part");
-    assert_eq!(weights(&straight, "weights.safetensors"), weights(&split, "weights.safetensors"), "resume is not exact");
+    assert_eq!(
+        weights(&straight, "weights.safetensors"),
+        weights(&split, "weights.safetensors"),
+        "resume is not exact"
+    );
     let m2 = RunFolder::create(&split, true).and_then(|r| r.read_metrics()).expect("metrics");
     assert_eq!(m2.len(), 3);
 

@@ -9,10 +9,10 @@ use clap::Parser;
 use dualnet::diagnostics::Code;
 use dualnet::error::Error;
 use dualnet::run::train::config::{Optimizer, TrainConfig, TrainOverrides};
+use dualnet::run::train::interrupt;
 use dualnet::run::train::optim::{Optim, Params};
 use dualnet::run::train::plot::{plot_metrics, plot_series, ChartKind, Series, SeriesChart};
 use dualnet::run::train::runfolder::{epoch_seed, EpochMetrics, RunFolder, TrainState};
-use dualnet::run::train::interrupt;
 
 fn codes(e: &Error) -> Vec<Code> {
     match e {
@@ -69,7 +69,8 @@ fn run_folder_refuses_non_empty_unless_resuming() {
     f.write_config(&cfg).unwrap();
     assert_eq!(f.read_config().unwrap(), cfg);
     // No temp files left behind.
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["config.yaml".to_string()]);
 }
 
@@ -112,7 +113,16 @@ fn checkpoint_resumes_exactly() {
             let g = grads(a.params(), s);
             a.step(&g, 0.01).unwrap();
         }
-        let state = TrainState { epoch: 2, step: 4, best_metric: Some(0.25), best_epoch: Some(1), seed: 9, eps: 0.02, lr: 0.01, ..Default::default() };
+        let state = TrainState {
+            epoch: 2,
+            step: 4,
+            best_metric: Some(0.25),
+            best_epoch: Some(1),
+            seed: 9,
+            eps: 0.02,
+            lr: 0.01,
+            ..Default::default()
+        };
         folder.save_checkpoint("last", &weights(a.params()), &a.state_tensors().unwrap(), &state).unwrap();
         assert!(folder.has_checkpoint("last") && !folder.has_checkpoint("best"));
 
@@ -130,7 +140,10 @@ fn checkpoint_resumes_exactly() {
             b.step(&gb, 0.01).unwrap();
         }
         for ((_, va), (_, vb)) in a.params().iter().zip(b.params()) {
-            let (x, y) = (va.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vb.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (x, y) = (
+                va.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                vb.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
             assert_eq!(x, y, "{kind:?}");
         }
         // Weights file: PyTorch keys only, readable by candle/safetensors.
@@ -151,7 +164,8 @@ fn damaged_checkpoint_is_reported() {
     folder.save_checkpoint("best", &weights(&p), &opt.state_tensors().unwrap(), &TrainState::default()).unwrap();
     assert!(folder.load_checkpoint("best").is_ok());
     // A weights file from another save (as if the run died between writes).
-    let other: HashMap<String, Tensor> = [("fc.bias".to_string(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())].into();
+    let other: HashMap<String, Tensor> =
+        [("fc.bias".to_string(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())].into();
     candle_core::safetensors::save(&other, dir.path().join("best.safetensors")).unwrap();
     let e = folder.load_checkpoint("best").unwrap_err();
     assert_eq!(codes(&e), vec![Code::WeightFile]);
@@ -176,8 +190,14 @@ fn metrics_append_read_and_truncate_on_resume() {
     for (b, m) in back.iter().zip((0..5).map(metrics)) {
         // serde_json parses floats to within an ulp (exact only with its `float_roundtrip` feature).
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 * b.abs().max(1.0);
-        assert_eq!((b.epoch, b.examples, b.test_certified_err.is_some()), (m.epoch, m.examples, m.test_certified_err.is_some()));
-        assert!(close(b.train_clean_err, m.train_clean_err) && close(b.train_robust_loss, m.train_robust_loss), "{b:?} vs {m:?}");
+        assert_eq!(
+            (b.epoch, b.examples, b.test_certified_err.is_some()),
+            (m.epoch, m.examples, m.test_certified_err.is_some())
+        );
+        assert!(
+            close(b.train_clean_err, m.train_clean_err) && close(b.train_robust_loss, m.train_robust_loss),
+            "{b:?} vs {m:?}"
+        );
         assert!(close(b.test_certified_err.unwrap_or(0.0), m.test_certified_err.unwrap_or(0.0)) && close(b.eps, m.eps));
     }
     // Resuming after 3 completed epochs drops epochs 3 and 4.
@@ -226,14 +246,24 @@ fn config_file_errors_and_overrides() {
         #[command(flatten)]
         o: TrainOverrides,
     }
-    let cli = Cli::try_parse_from(["train", "--batch", "64", "--eps", "0.3", "--eps-start", "0.4", "--proj", "0"]).unwrap();
+    let cli =
+        Cli::try_parse_from(["train", "--batch", "64", "--eps", "0.3", "--eps-start", "0.4", "--proj", "0"]).unwrap();
     cli.o.apply(&mut cfg);
     assert_eq!((cfg.epochs, cfg.batch, cfg.eps, cfg.proj), (5, 64, 0.3, None));
     let e = cfg.validate().unwrap_err();
     assert!(e.to_string().contains("`eps_start` (0.4) is larger than `eps` (0.3)"), "{e}");
     // The help text of every flag is there.
     let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
-    for flag in ["--epochs", "--eps-start", "--bounded <true|false>", "--proj", "--optimizer", "--mode", "--data-dir", "--test-limit"] {
+    for flag in [
+        "--epochs",
+        "--eps-start",
+        "--bounded <true|false>",
+        "--proj",
+        "--optimizer",
+        "--mode",
+        "--data-dir",
+        "--test-limit",
+    ] {
         assert!(help.contains(flag), "{flag} missing from\n{help}");
     }
 }

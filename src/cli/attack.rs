@@ -72,11 +72,17 @@ pub fn run(args: &Args) -> Result<()> {
     for chunk in idx.chunks(args.batch) {
         let (x, y) = data.batch(chunk, &model.device, model.dtype)?;
         let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
-        let preds: Vec<u32> = model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
+        let preds: Vec<u32> =
+            model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
         let set = InputSet::new(&x, &vec![args.set.eps; chunk.len()], args.set.norm, args.set.bounds())?;
         let (_, fooled) = pgd(&model, &set, &labels, args.set.eps, Goal::Untargeted, &cfg)?;
         for (k, &i) in chunk.iter().enumerate() {
-            records.push(Record { index: i, label: labels[k], clean_correct: preds[k] == labels[k], fooled: fooled[k] || preds[k] != labels[k] });
+            records.push(Record {
+                index: i,
+                label: labels[k],
+                clean_correct: preds[k] == labels[k],
+                fooled: fooled[k] || preds[k] != labels[k],
+            });
         }
         bar.inc(chunk.len() as u64);
     }

@@ -56,7 +56,15 @@ const CONFIGS: &[&str] = &["cert1000", "step_exact", "step_proj50", "train1000",
 
 /// Seconds for one robust-loss forward + backward on `x` (median of `runs` after `warmup` unmeasured steps),
 /// through the same batch-parallel step the trainer uses.
-fn step_seconds(model: &mut Model, x: &candle_core::Tensor, labels: &[u32], proj: Option<usize>, bounded: bool, warmup: usize, runs: usize) -> Result<(f64, f64)> {
+fn step_seconds(
+    model: &mut Model,
+    x: &candle_core::Tensor,
+    labels: &[u32],
+    proj: Option<usize>,
+    bounded: bool,
+    warmup: usize,
+    runs: usize,
+) -> Result<(f64, f64)> {
     use crate::dual::bounds::Options;
     let vars = crate::run::train::trainer::make_vars(model)?;
     let mut times = Vec::new();
@@ -64,7 +72,8 @@ fn step_seconds(model: &mut Model, x: &candle_core::Tensor, labels: &[u32], proj
     for r in 0..warmup + runs {
         let start = Instant::now();
         let set = InputSet::new(x, &vec![0.1; labels.len()], Norm::Linf, bounded.then_some((0.0, 1.0)))?;
-        let (lv, grads, _) = crate::run::train::trainer::robust_grads(model, &set, labels, &Options { proj, seed: r as u64 }, &vars)?;
+        let (lv, grads, _) =
+            crate::run::train::trainer::robust_grads(model, &set, labels, &Options { proj, seed: r as u64 }, &vars)?;
         if vars.iter().any(|(_, v)| grads.get(v.as_tensor()).is_none()) {
             return Err(Error::Usage("internal: a parameter got no gradient".into()));
         }
@@ -129,7 +138,8 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
             Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
         }
         "step_large_proj50" => {
-            let text = std::fs::read_to_string("specs/mnist_large.net").map_err(|e| Error::io("cannot read", "specs/mnist_large.net", e))?;
+            let text = std::fs::read_to_string("specs/mnist_large.net")
+                .map_err(|e| Error::io("cannot read", "specs/mnist_large.net", e))?;
             let mut model = spec_model(&text, 0)?;
             let test = data::load("mnist", &args.data_dir, Split::Test)?;
             let (x, labels) = first(&test, 50)?;
@@ -148,7 +158,13 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                 let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
                 let set = InputSet::new(&x, &vec![0.1; labels.len()], Norm::Linf, Some((0.0, 1.0)))?;
                 let vars = opt.params().clone();
-                let (_, grads, _) = crate::run::train::trainer::robust_grads(model, &set, &labels, &Options { proj: Some(50), seed }, &vars)?;
+                let (_, grads, _) = crate::run::train::trainer::robust_grads(
+                    model,
+                    &set,
+                    &labels,
+                    &Options { proj: Some(50), seed },
+                    &vars,
+                )?;
                 opt.step(&grads, 1e-3)
             };
             let warm: Vec<usize> = (1000..1050).collect();

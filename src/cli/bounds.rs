@@ -116,7 +116,10 @@ pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
     let d = t.dims();
     let b = d.first().copied().unwrap_or(0);
     let n: usize = d.iter().skip(1).product();
-    t.reshape((b, n)).and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.to_vec2()).context(|| "reading results".to_string())
+    t.reshape((b, n))
+        .and_then(|t| t.to_dtype(DType::F64))
+        .and_then(|t| t.to_vec2())
+        .context(|| "reading results".to_string())
 }
 
 /// Load a model: check the spec, load and check the weights.
@@ -130,16 +133,25 @@ pub fn load_model(spec: &Path, weights: &Path, dtype: DType, device: &Device) ->
 pub fn load_inputs(model: &Model, path: &Path) -> Result<(Tensor, Vec<u32>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read inputs", path, e))?;
     let bad = |msg: String, help: &str| Error::input(Diagnostic::new(Code::InputsInvalid, msg).help(help.to_string()));
-    let map = candle_core::safetensors::load_buffer(&bytes, &model.device)
-        .map_err(|e| bad(format!("`{}` is not a valid safetensors file: {e}", path.display()), "write `x` and `y` with safetensors"))?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &model.device).map_err(|e| {
+        bad(format!("`{}` is not a valid safetensors file: {e}", path.display()), "write `x` and `y` with safetensors")
+    })?;
     let file = path.display();
-    let x = map.get("x").ok_or_else(|| bad(format!("`{file}` has no tensor `x`"), "store the images as `x` [B, C, H, W]"))?;
-    let y = map.get("y").ok_or_else(|| bad(format!("`{file}` has no tensor `y`"), "store the labels as `y` [B] (integers)"))?;
+    let x = map
+        .get("x")
+        .ok_or_else(|| bad(format!("`{file}` has no tensor `x`"), "store the images as `x` [B, C, H, W]"))?;
+    let y = map
+        .get("y")
+        .ok_or_else(|| bad(format!("`{file}` has no tensor `y`"), "store the labels as `y` [B] (integers)"))?;
     let in_shape = model.graph.input_shape();
     let b = x.dims().first().copied().unwrap_or(0);
     if x.dims().len() != in_shape.len() + 1 || &x.dims()[1..] != in_shape.as_slice() || b == 0 {
         return Err(bad(
-            format!("`x` in `{file}` has shape {:?}, expected [B, {}]", x.dims(), in_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+            format!(
+                "`x` in `{file}` has shape {:?}, expected [B, {}]",
+                x.dims(),
+                in_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            ),
             "the spec's `input` declares the shape of one example",
         ));
     }
@@ -147,15 +159,24 @@ pub fn load_inputs(model: &Model, path: &Path) -> Result<(Tensor, Vec<u32>)> {
         return Err(bad(format!("`y` in `{file}` has shape {:?}, expected [{b}]", y.dims()), "one label per image"));
     }
     if !y.dtype().is_int() {
-        return Err(bad(format!("`y` in `{file}` has dtype {:?}, expected integers", y.dtype()), "store labels as int64"));
+        return Err(bad(
+            format!("`y` in `{file}` has dtype {:?}, expected integers", y.dtype()),
+            "store labels as int64",
+        ));
     }
     let labels: Vec<i64> = y.to_dtype(DType::I64).and_then(|t| t.to_vec1()).context(|| "reading labels".to_string())?;
     let k = model.graph.num_classes() as i64;
     if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l >= k) {
-        return Err(bad(format!("label {l} of example {i} is out of range for {k} classes"), "labels are class indices 0..K-1"));
+        return Err(bad(
+            format!("label {l} of example {i} is out of range for {k} classes"),
+            "labels are class indices 0..K-1",
+        ));
     }
     if !x.dtype().is_float() {
-        return Err(bad(format!("`x` in `{file}` has dtype {:?}, expected floats", x.dtype()), "store images as float32 in [0, 1]"));
+        return Err(bad(
+            format!("`x` in `{file}` has dtype {:?}, expected floats", x.dtype()),
+            "store images as float32 in [0, 1]",
+        ));
     }
     let x = x.to_dtype(model.dtype).context(|| "reading inputs".to_string())?;
     Ok((x, labels.into_iter().map(|l| l as u32).collect()))

@@ -68,11 +68,18 @@ pub fn run(cmd: &Command) -> Result<()> {
                 None => TrainConfig::default(),
             };
             a.overrides.apply(&mut cfg);
-            let spec = cfg.spec.clone().ok_or_else(|| Error::Usage("no network given: pass `--spec FILE.net` or set `spec:` in the config".into()))?;
+            let spec = cfg.spec.clone().ok_or_else(|| {
+                Error::Usage("no network given: pass `--spec FILE.net` or set `spec:` in the config".into())
+            })?;
             let text = super::read_spec(&spec)?;
             let graph = super::load_graph(&spec)?;
             let s = cascade_train(&cfg, &graph, &text, &a.out, a.stages, !a.quiet)?;
-            println!("cascade in {}: {} stage(s) trained{}", a.out.display(), s.stages_done, if s.stopped_early { " (stopped early: nothing left to learn from)" } else { "" });
+            println!(
+                "cascade in {}: {} stage(s) trained{}",
+                a.out.display(),
+                s.stages_done,
+                if s.stopped_early { " (stopped early: nothing left to learn from)" } else { "" }
+            );
             for st in &s.stages {
                 println!(
                     "  stage {}: trained on {}, certified {} ({:.1}%); cascade train robust error {:.2}%",
@@ -92,15 +99,29 @@ pub fn run(cmd: &Command) -> Result<()> {
             let data = a.data.load()?;
             let bounds = a.bounded.then_some((0.0, 1.0));
             let (records, s) = cascade_certify(&a.run, &data, a.eps, a.norm, bounds, a.batch, !a.quiet)?;
-            println!("cascade {} ({} stages) on {} examples, {} eps {}{}:", a.run.display(), s.stages, s.examples, a.norm, a.eps, if a.bounded { " (box)" } else { "" });
+            println!(
+                "cascade {} ({} stages) on {} examples, {} eps {}{}:",
+                a.run.display(),
+                s.stages,
+                s.examples,
+                a.norm,
+                a.eps,
+                if a.bounded { " (box)" } else { "" }
+            );
             println!("  clean error             {:>7.2}%", 100.0 * s.clean_err);
             println!("  certified robust error  {:>7.2}%", 100.0 * s.certified_robust_err);
             for (k, (c, e)) in s.certified_per_stage.iter().zip(&s.robust_err_by_stages).enumerate() {
-                println!("  stage {}: certified {c} examples; robust error of stages 1..{} = {:.2}%", k + 1, k + 1, 100.0 * e);
+                println!(
+                    "  stage {}: certified {c} examples; robust error of stages 1..{} = {:.2}%",
+                    k + 1,
+                    k + 1,
+                    100.0 * e
+                );
             }
             println!("  plot: {}", a.run.join("cascade.png").display());
             if let Some(p) = &a.json {
-                let text = serde_json::to_string_pretty(&Output { summary: &s, examples: &records }).map_err(|e| Error::Usage(e.to_string()))?;
+                let text = serde_json::to_string_pretty(&Output { summary: &s, examples: &records })
+                    .map_err(|e| Error::Usage(e.to_string()))?;
                 crate::weights::write_atomic(p, text.as_bytes())?;
             }
             Ok(())

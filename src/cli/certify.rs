@@ -107,9 +107,17 @@ pub fn run(args: &Args) -> Result<()> {
         s.dtype
     );
     println!("  clean error             {:>7.2}%", 100.0 * s.clean_err);
-    println!("  certified robust error  {:>7.2}%   (exact bounds, safety margin {})", 100.0 * s.certified_robust_err, s.safety_margin);
+    println!(
+        "  certified robust error  {:>7.2}%   (exact bounds, safety margin {})",
+        100.0 * s.certified_robust_err,
+        s.safety_margin
+    );
     if let Some(p) = s.pgd_err {
-        println!("  PGD robust error        {:>7.2}%   ({} steps; certified >= PGD always)", 100.0 * p, args.attack_steps);
+        println!(
+            "  PGD robust error        {:>7.2}%   ({} steps; certified >= PGD always)",
+            100.0 * p,
+            args.attack_steps
+        );
     }
     println!(
         "  time {:.2} s, {:.1} examples/s, peak memory {}",
@@ -118,7 +126,8 @@ pub fn run(args: &Args) -> Result<()> {
         s.peak_rss_mb.map(|m| format!("{m:.0} MB")).unwrap_or_else(|| "n/a".into())
     );
     if let Some(p) = &args.json {
-        let text = serde_json::to_string_pretty(&Output { summary: &s, examples: &records }).map_err(|e| Error::Usage(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&Output { summary: &s, examples: &records })
+            .map_err(|e| Error::Usage(e.to_string()))?;
         crate::weights::write_atomic(p, text.as_bytes())?;
     }
     Ok(())

@@ -61,7 +61,13 @@ pub fn run(args: &Args) -> i32 {
         if args.format == Format::Human && !checked.has_errors() {
             if let Some(g) = &checked.graph {
                 let params: usize = g.weight_specs().iter().map(|(_, w)| w.shape.iter().product::<usize>()).sum();
-                println!("{}: ok — network `{}`, {} nodes, {} parameters", path.display(), g.name, g.dag.node_count(), params);
+                println!(
+                    "{}: ok — network `{}`, {} nodes, {} parameters",
+                    path.display(),
+                    g.name,
+                    g.dag.node_count(),
+                    params
+                );
             }
         }
     }

@@ -23,7 +23,11 @@ pub mod train;
 pub fn read_spec(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read spec", path, e))?;
     String::from_utf8(bytes).map_err(|e| {
-        Error::io("cannot read spec", path, std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text ({e})")))
+        Error::io(
+            "cannot read spec",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text ({e})")),
+        )
     })
 }
 

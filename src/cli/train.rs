@@ -41,7 +41,10 @@ pub fn run(args: &Args) -> Result<()> {
         (None, false) => TrainConfig::default(),
     };
     args.overrides.apply(&mut cfg);
-    let spec = cfg.spec.clone().ok_or_else(|| Error::Usage("no network given: pass `--spec FILE.net` or set `spec:` in the config".into()))?;
+    let spec = cfg
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Usage("no network given: pass `--spec FILE.net` or set `spec:` in the config".into()))?;
     let graph = super::load_graph(&spec)?;
     let summary = train(&cfg, graph, &out, resume, !args.quiet)?;
     if let Some(m) = &summary.last {

@@ -50,7 +50,12 @@ pub struct Options {
 /// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
 const GAUSS_MEDIAN_SCALE: f64 = 1.482_602_218_505_602;
 
-fn random_tensor(shape: &[usize], cauchy: bool, rng: &mut rand::rngs::StdRng, like: &Tensor) -> candle_core::Result<Tensor> {
+fn random_tensor(
+    shape: &[usize],
+    cauchy: bool,
+    rng: &mut rand::rngs::StdRng,
+    like: &Tensor,
+) -> candle_core::Result<Tensor> {
     use rand::Rng;
     let n: usize = shape.iter().product();
     let v: Vec<f64> = if cauchy {
@@ -67,8 +72,8 @@ pub fn median_abs(a: &Tensor) -> candle_core::Result<Tensor> {
     use rayon::prelude::*;
     let (b, k, n) = a.dims3()?;
     let t = a.abs()?.transpose(1, 2)?.contiguous()?; // [B, n, k]
-    // Indices of the middle order statistic per row, found on the host with a selection (no full sort);
-    // the gather below carries the gradient to the selected entries.
+                                                     // Indices of the middle order statistic per row, found on the host with a selection (no full sort);
+                                                     // the gather below carries the gradient to the selected entries.
     let host: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
     let mid = (k - 1) / 2;
     let idx: Vec<u32> = host
@@ -90,7 +95,11 @@ enum Val {
     /// Rows that are unit vectors `e_{idx[b*m + r]}` of the node's flattened shape (an activation's offsets at
     /// their injection point). Kept implicit: the next affine op reads the rows of its own matrix instead of
     /// being applied to `B*m` one-hot tensors.
-    OneHot { idx: Tensor, b: usize, m: usize },
+    OneHot {
+        idx: Tensor,
+        b: usize,
+        m: usize,
+    },
 }
 
 struct Source {
@@ -243,7 +252,9 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                     _ => {
                         let mut eye_shape = vec![1, n_in];
                         eye_shape.extend_from_slice(&node.shape);
-                        let eye = Tensor::eye(n_in, x.dtype(), x.device()).and_then(|e| e.reshape(eye_shape)).context(ctx_err)?;
+                        let eye = Tensor::eye(n_in, x.dtype(), x.device())
+                            .and_then(|e| e.reshape(eye_shape))
+                            .context(ctx_err)?;
                         vals.insert(i, Val::Dense(eye));
                         match set {
                             InputSet::Box { radius, .. } => Weight::L1(radius.reshape((b, n_in)).context(ctx_err)?),
@@ -281,7 +292,8 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 let (j, v) = &present[0];
                                 match v {
                                     Val::OneHot { idx, b, m } if op_matrix(model, i)?.is_some() => {
-                                        let mat = op_matrix(model, i)?.ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
+                                        let mat = op_matrix(model, i)?
+                                            .ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
                                         let mut shape = vec![*b, *m];
                                         shape.extend_from_slice(&node.shape);
                                         mat.index_select(idx, 0).and_then(|t| t.reshape(shape)).context(ctx_err)?
@@ -317,7 +329,9 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         let slope1 = r.slope.unsqueeze(1).context(ctx_err)?;
                         for s in sources.iter_mut().filter(|_| propagate(i)) {
                             if let Some(v) = s.vals.get(&z) {
-                                let nv = dense(v, &g.node(z).shape, x).and_then(|v| v.broadcast_mul(&slope1)).context(ctx_err)?;
+                                let nv = dense(v, &g.node(z).shape, x)
+                                    .and_then(|v| v.broadcast_mul(&slope1))
+                                    .context(ctx_err)?;
                                 s.vals.insert(i, Val::Dense(nv));
                             }
                         }
@@ -351,7 +365,13 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
 }
 
 /// `center ∓ Σ_s dual_norm(A_s)` at node `z`, each `[B, *shape_z]`.
-fn layer_bounds(model: &Model, centers: &[Option<Tensor>], sources: &[Source], z: NodeIndex, b: usize) -> Result<(Tensor, Tensor)> {
+fn layer_bounds(
+    model: &Model,
+    centers: &[Option<Tensor>],
+    sources: &[Source],
+    z: NodeIndex,
+    b: usize,
+) -> Result<(Tensor, Tensor)> {
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
     let n: usize = node.shape.iter().product();

@@ -100,8 +100,14 @@ impl InputSet {
             InputSet::L2 { center, eps } => {
                 let b = center.dims()[0];
                 let delta = (xp - center).context(ctx)?;
-                let norm = delta.reshape((b, ())).and_then(|d| d.sqr()).and_then(|d| d.sum(1)).and_then(|d| d.sqrt()).context(ctx)?;
-                let scale = eps.broadcast_div(&(norm + 1e-12).context(ctx)?).and_then(|s| s.clamp(0.0, 1.0)).context(ctx)?;
+                let norm = delta
+                    .reshape((b, ()))
+                    .and_then(|d| d.sqr())
+                    .and_then(|d| d.sum(1))
+                    .and_then(|d| d.sqrt())
+                    .context(ctx)?;
+                let scale =
+                    eps.broadcast_div(&(norm + 1e-12).context(ctx)?).and_then(|s| s.clamp(0.0, 1.0)).context(ctx)?;
                 let mut shape = vec![b];
                 shape.extend(std::iter::repeat_n(1, center.rank() - 1));
                 let scale = scale.reshape(shape).context(ctx)?;
@@ -118,12 +124,16 @@ impl InputSet {
         match self {
             InputSet::Box { radius, .. } => {
                 let u: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..=1.0)).collect();
-                let u = Tensor::from_vec(u, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                let u = Tensor::from_vec(u, center.shape(), center.device())
+                    .and_then(|t| t.to_dtype(center.dtype()))
+                    .context(ctx)?;
                 (center + (u * radius).context(ctx)?).context(ctx)
             }
             InputSet::L2 { .. } => {
                 let g: Vec<f64> = (0..n).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
-                let g = Tensor::from_vec(g, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                let g = Tensor::from_vec(g, center.shape(), center.device())
+                    .and_then(|t| t.to_dtype(center.dtype()))
+                    .context(ctx)?;
                 // Scale each example's direction to a random radius (uniform in [0, 1] of ε), then project.
                 let far = (center + (g * 1e3).context(ctx)?).context(ctx)?;
                 let on_sphere = self.project(&far)?;
@@ -141,12 +151,16 @@ impl InputSet {
         match self {
             InputSet::Box { radius, .. } => {
                 let s: Vec<f64> = (0..n).map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect();
-                let s = Tensor::from_vec(s, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                let s = Tensor::from_vec(s, center.shape(), center.device())
+                    .and_then(|t| t.to_dtype(center.dtype()))
+                    .context(ctx)?;
                 (center + (s * radius).context(ctx)?).context(ctx)
             }
             InputSet::L2 { .. } => {
                 let g: Vec<f64> = (0..n).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
-                let g = Tensor::from_vec(g, center.shape(), center.device()).and_then(|t| t.to_dtype(center.dtype())).context(ctx)?;
+                let g = Tensor::from_vec(g, center.shape(), center.device())
+                    .and_then(|t| t.to_dtype(center.dtype()))
+                    .context(ctx)?;
                 self.project(&(center + (g * 1e3).context(ctx)?).context(ctx)?)
             }
         }
@@ -163,13 +177,24 @@ impl InputSet {
         let ch = c.dims().get(1).copied().unwrap_or(0);
         if mean.len() != ch || std.len() != ch || std.iter().any(|s| !(*s > 0.0)) {
             return Err(Error::input(
-                Diagnostic::new(Code::BadOption, format!("normalisation needs {ch} means and {ch} positive stds, got {} and {}", mean.len(), std.len()))
-                    .help("give one mean and one std per input channel"),
+                Diagnostic::new(
+                    Code::BadOption,
+                    format!(
+                        "normalisation needs {ch} means and {ch} positive stds, got {} and {}",
+                        mean.len(),
+                        std.len()
+                    ),
+                )
+                .help("give one mean and one std per input channel"),
             ));
         }
         let shape = [1, ch, 1, 1];
-        let m = Tensor::from_vec(mean.to_vec(), &shape[..c.rank().min(4)], c.device()).and_then(|t| t.to_dtype(c.dtype())).context(ctx)?;
-        let s = Tensor::from_vec(std.to_vec(), &shape[..c.rank().min(4)], c.device()).and_then(|t| t.to_dtype(c.dtype())).context(ctx)?;
+        let m = Tensor::from_vec(mean.to_vec(), &shape[..c.rank().min(4)], c.device())
+            .and_then(|t| t.to_dtype(c.dtype()))
+            .context(ctx)?;
+        let s = Tensor::from_vec(std.to_vec(), &shape[..c.rank().min(4)], c.device())
+            .and_then(|t| t.to_dtype(c.dtype()))
+            .context(ctx)?;
         match self {
             InputSet::Box { center, radius } => Ok(InputSet::Box {
                 center: center.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)?,
@@ -178,8 +203,11 @@ impl InputSet {
             InputSet::L2 { center, eps } => {
                 if std.iter().any(|v| (v - std[0]).abs() > 1e-12) {
                     return Err(Error::input(
-                        Diagnostic::new(Code::BadOption, "the ℓ2 ball with per-channel stds that differ is not a ball after normalisation")
-                            .help("use equal stds, or the ℓ∞ norm"),
+                        Diagnostic::new(
+                            Code::BadOption,
+                            "the ℓ2 ball with per-channel stds that differ is not a ball after normalisation",
+                        )
+                        .help("use equal stds, or the ℓ∞ norm"),
                     ));
                 }
                 Ok(InputSet::L2 {
@@ -195,8 +223,10 @@ impl InputSet {
 pub fn normalize(x: &Tensor, mean: &[f64], std: &[f64]) -> Result<Tensor> {
     let ctx = || "normalising inputs".to_string();
     let ch = x.dims().get(1).copied().unwrap_or(0);
-    let m = Tensor::from_vec(mean.to_vec(), (1, ch, 1, 1), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
-    let s = Tensor::from_vec(std.to_vec(), (1, ch, 1, 1), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
+    let m =
+        Tensor::from_vec(mean.to_vec(), (1, ch, 1, 1), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
+    let s =
+        Tensor::from_vec(std.to_vec(), (1, ch, 1, 1), x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
     x.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)
 }
 
@@ -205,12 +235,14 @@ impl InputSet {
     pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
         let ctx = || "splitting the input set".to_string();
         Ok(match self {
-            InputSet::Box { center, radius } => {
-                InputSet::Box { center: center.narrow(0, start, len).context(ctx)?, radius: radius.narrow(0, start, len).context(ctx)? }
-            }
-            InputSet::L2 { center, eps } => {
-                InputSet::L2 { center: center.narrow(0, start, len).context(ctx)?, eps: eps.narrow(0, start, len).context(ctx)? }
-            }
+            InputSet::Box { center, radius } => InputSet::Box {
+                center: center.narrow(0, start, len).context(ctx)?,
+                radius: radius.narrow(0, start, len).context(ctx)?,
+            },
+            InputSet::L2 { center, eps } => InputSet::L2 {
+                center: center.narrow(0, start, len).context(ctx)?,
+                eps: eps.narrow(0, start, len).context(ctx)?,
+            },
         })
     }
 }

@@ -51,7 +51,10 @@ impl Model {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let vals = self.forward_all(x)?;
         let out = self.graph.output.index();
-        vals.into_iter().nth(out).flatten().ok_or_else(|| crate::error::Error::Usage("internal: output not computed".into()))
+        vals.into_iter()
+            .nth(out)
+            .flatten()
+            .ok_or_else(|| crate::error::Error::Usage("internal: output not computed".into()))
     }
 
     /// Every node's value on `x` (index = node index).

@@ -58,10 +58,16 @@ pub fn dual_pass(
         match node.kind {
             NodeKind::Input => {
                 let center = set.center();
-                let l = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?).context(ctx_err)?;
+                let l = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?)
+                    .context(ctx_err)?;
                 let nrm = match set {
-                    InputSet::Box { radius, .. } => sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?).context(ctx_err)?)
-                        .context(ctx_err)?,
+                    InputSet::Box { radius, .. } => sum_trailing(
+                        &lam.abs()
+                            .context(ctx_err)?
+                            .broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?)
+                            .context(ctx_err)?,
+                    )
+                    .context(ctx_err)?,
                     InputSet::L2 { eps, .. } => {
                         let n = sum_trailing(&lam.sqr().context(ctx_err)?).and_then(|s| s.sqrt()).context(ctx_err)?;
                         n.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?
@@ -94,7 +100,8 @@ pub fn dual_pass(
                         let mid = r.mid.unsqueeze(1).context(ctx_err)?;
                         let r_rad = r.rad.unsqueeze(1).context(ctx_err)?;
                         let t1 = sum_trailing(&lam.broadcast_mul(&mid).context(ctx_err)?).context(ctx_err)?;
-                        let t2 = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&r_rad).context(ctx_err)?).context(ctx_err)?;
+                        let t2 = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&r_rad).context(ctx_err)?)
+                            .context(ctx_err)?;
                         lin = (lin + t1).context(ctx_err)?;
                         rad = (rad + t2).context(ctx_err)?;
                         let back = lam.broadcast_mul(&r.slope.unsqueeze(1).context(ctx_err)?).context(ctx_err)?;

@@ -24,7 +24,12 @@ pub fn certify_batch(model: &Model, set: &InputSet, labels: &[u32]) -> Result<Ce
 }
 
 /// Bounds (exact or projected, see [`bounds::Options`]) and the exact dual objective for the margins.
-pub fn certify_batch_with(model: &Model, set: &InputSet, labels: &[u32], opts: &bounds::Options) -> Result<Certificate> {
+pub fn certify_batch_with(
+    model: &Model,
+    set: &InputSet,
+    labels: &[u32],
+    opts: &bounds::Options,
+) -> Result<Certificate> {
     let bounds = bounds::compute_with(model, set, opts)?;
     let k = model.graph.num_classes();
     let c = margin_objectives(labels, k, set.center())?;

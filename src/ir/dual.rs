@@ -105,7 +105,8 @@ pub fn build(g: &Graph) -> DualGraph {
         if node.kind.op().is_none() {
             objective.push(format!("J -= x·{0} + ε‖{0}‖_*  (dual norm of the input set)", dual_name(g, n)));
         }
-        let d = dag.add_node(DualNode { primal: n, name: dual_name(g, n), shape: node.shape.clone(), terms, objective });
+        let d =
+            dag.add_node(DualNode { primal: n, name: dual_name(g, n), shape: node.shape.clone(), terms, objective });
         map[n.index()] = d;
         order.push(d);
     }

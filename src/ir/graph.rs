@@ -72,7 +72,8 @@ impl Graph {
     }
     /// Consumers of `i` with the operand position they read it at, in definition order.
     pub fn consumers(&self, i: NodeIndex) -> Vec<(NodeIndex, usize)> {
-        let mut v: Vec<_> = self.dag.edges_directed(i, Direction::Outgoing).map(|e| (e.target(), *e.weight())).collect();
+        let mut v: Vec<_> =
+            self.dag.edges_directed(i, Direction::Outgoing).map(|e| (e.target(), *e.weight())).collect();
         v.sort();
         v
     }
@@ -92,9 +93,7 @@ impl Graph {
     pub fn activation_inputs(&self) -> Vec<NodeIndex> {
         let mut v: Vec<NodeIndex> = self
             .order()
-            .filter(|&i| {
-                self.dag[i].kind.op().map(|op| op.role() == crate::ops::Role::Activation).unwrap_or(false)
-            })
+            .filter(|&i| self.dag[i].kind.op().map(|op| op.role() == crate::ops::Role::Activation).unwrap_or(false))
             .filter_map(|i| self.dag[i].inputs.first().copied())
             .collect();
         v.sort();

@@ -8,7 +8,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::graph::{Node, NodeKind};
 use crate::diagnostics::{did_you_mean, Code, Diagnostic};
-use crate::ops::{self, shape::fmt as fmt_shape, Arity, Attrs, Default as PDefault, Min, Op, ParamKind, ShapeError, Value};
+use crate::ops::{
+    self, shape::fmt as fmt_shape, Arity, Attrs, Default as PDefault, Min, Op, ParamKind, ShapeError, Value,
+};
 use crate::syntax::ast::*;
 
 /// The result of lowering: the (possibly partial) DAG and every diagnostic found.
@@ -101,19 +103,25 @@ pub fn lower(file: &File) -> Lowered {
         }
         if let Some(op) = ops::lookup(&b.name.node) {
             lw.report(
-                Diagnostic::new(Code::ShadowedOp, format!("block `{}` shadows the built-in op `{}`", b.name.node, op.name()))
-                    .label(b.name.span, "this block is used instead of the op")
-                    .help("rename the block to keep the built-in op reachable"),
+                Diagnostic::new(
+                    Code::ShadowedOp,
+                    format!("block `{}` shadows the built-in op `{}`", b.name.node, op.name()),
+                )
+                .label(b.name.span, "this block is used instead of the op")
+                .help("rename the block to keep the built-in op reachable"),
             );
         }
         let mut names: HashMap<&str, Span> = HashMap::new();
         for n in b.inputs.iter().chain(b.params.iter().map(|p| &p.name)) {
             if let Some(prev) = names.insert(n.node.as_str(), n.span) {
                 lw.report(
-                    Diagnostic::new(Code::DuplicateBlock, format!("`{}` is declared twice in block `{}`", n.node, b.name.node))
-                        .label(n.span, "declared again here")
-                        .label(prev, "first declared here")
-                        .help("give every block input and parameter its own name"),
+                    Diagnostic::new(
+                        Code::DuplicateBlock,
+                        format!("`{}` is declared twice in block `{}`", n.node, b.name.node),
+                    )
+                    .label(n.span, "declared again here")
+                    .label(prev, "first declared here")
+                    .help("give every block input and parameter its own name"),
                 );
             }
         }
@@ -144,10 +152,13 @@ pub fn lower(file: &File) -> Lowered {
     };
     for extra in &file.networks[1..] {
         lw.report(
-            Diagnostic::new(Code::NoNetwork, format!("more than one network in this file (`{}` and `{}`)", net.name.node, extra.name.node))
-                .label(extra.name.span, "second network")
-                .label(net.name.span, "first network")
-                .help("put each network in its own file; share layers between them with blocks"),
+            Diagnostic::new(
+                Code::NoNetwork,
+                format!("more than one network in this file (`{}` and `{}`)", net.name.node, extra.name.node),
+            )
+            .label(extra.name.span, "second network")
+            .label(net.name.span, "first network")
+            .help("put each network in its own file; share layers between them with blocks"),
         );
     }
     let mut scope = Scope {
@@ -267,8 +278,10 @@ impl<'a> Lowerer<'a> {
         }
         let dims = match &shape.node {
             Literal::List(items) if items.len() == 1 || items.len() == 3 => {
-                let v: Vec<Option<usize>> =
-                    items.iter().map(|i| if let Literal::Int(k) = i.node { (k > 0).then_some(k as usize) } else { None }).collect();
+                let v: Vec<Option<usize>> = items
+                    .iter()
+                    .map(|i| if let Literal::Int(k) = i.node { (k > 0).then_some(k as usize) } else { None })
+                    .collect();
                 v.into_iter().collect::<Option<Vec<usize>>>()
             }
             _ => None,
@@ -279,7 +292,10 @@ impl<'a> Lowerer<'a> {
         if too_large {
             self.report(
                 Diagnostic::new(Code::InputShape, format!("input shape `{}` is too large", short(&shape.node)))
-                    .label(shape.span, format!("at most {MAX_INT_ARG} per dimension and {MAX_NODE_VALUES} values in all"))
+                    .label(
+                        shape.span,
+                        format!("at most {MAX_INT_ARG} per dimension and {MAX_NODE_VALUES} values in all"),
+                    )
                     .help("write the shape of one example without the batch, e.g. `[3, 32, 32]` for CIFAR-10"),
             );
             scope.env.insert(name.node.clone(), (Binding::Poisoned, name.span));
@@ -348,7 +364,8 @@ impl<'a> Lowerer<'a> {
             return None;
         }
         let candidates: Vec<&str> = scope.env.keys().map(|s| s.as_str()).collect();
-        let mut d = Diagnostic::new(Code::UndefinedNode, format!("undefined node `{}`", name.node)).label(name.span, "not defined");
+        let mut d = Diagnostic::new(Code::UndefinedNode, format!("undefined node `{}`", name.node))
+            .label(name.span, "not defined");
         d = match did_you_mean(&name.node, candidates) {
             Some(c) => d.help(format!("did you mean `{c}`?")),
             None if scope.in_block.is_none() && !self.network_has_input => d.help(format!(
@@ -367,7 +384,8 @@ impl<'a> Lowerer<'a> {
         }
         let binding = match expr {
             Expr::Sum(terms) => {
-                let inputs: Vec<(Option<Binding>, Span)> = terms.iter().map(|t| (self.resolve(t, scope), t.span)).collect();
+                let inputs: Vec<(Option<Binding>, Span)> =
+                    terms.iter().map(|t| (self.resolve(t, scope), t.span)).collect();
                 self.op_node(name, &ops::add::Add, Attrs::default(), inputs, span, None, scope)
             }
             Expr::Call { callee, args } => {
@@ -403,15 +421,19 @@ impl<'a> Lowerer<'a> {
                 None => {
                     if let Some(block) = &scope.in_block {
                         let cands: Vec<&str> = scope.params.keys().map(|s| s.as_str()).collect();
-                        let mut d = Diagnostic::new(Code::UnknownParameter, format!("unknown parameter `{n}` in block `{block}`"))
-                            .label(lit.span, "not a parameter of this block");
+                        let mut d = Diagnostic::new(
+                            Code::UnknownParameter,
+                            format!("unknown parameter `{n}` in block `{block}`"),
+                        )
+                        .label(lit.span, "not a parameter of this block");
                         d = match did_you_mean(n, cands) {
                             Some(c) => d.help(format!("did you mean `{c}`?")),
                             None => d.help(format!("declare it in the block signature, e.g. `block {block}(x; {n})`")),
                         };
                         self.report(d);
                     } else {
-                        let what = if scope.env.contains_key(n) { format!("node `{n}`") } else { format!("name `{n}`") };
+                        let what =
+                            if scope.env.contains_key(n) { format!("node `{n}`") } else { format!("name `{n}`") };
                         self.report(
                             Diagnostic::new(Code::ArgumentType, format!("`{pname}` expects {}, found {what}", kind.describe()))
                                 .label(lit.span, format!("expected {}", kind.describe()))
@@ -481,9 +503,16 @@ impl<'a> Lowerer<'a> {
                 }
                 other => {
                     self.report(
-                        Diagnostic::new(Code::ArgumentType, format!("`{}` expects a node as input, found `{other}`", op.name()))
-                            .label(a.value.span, "expected a node name")
-                            .help(format!("the inputs of `{}` come first, e.g. `{}(x, ...)`", op.name(), op.name())),
+                        Diagnostic::new(
+                            Code::ArgumentType,
+                            format!("`{}` expects a node as input, found `{other}`", op.name()),
+                        )
+                        .label(a.value.span, "expected a node name")
+                        .help(format!(
+                            "the inputs of `{}` come first, e.g. `{}(x, ...)`",
+                            op.name(),
+                            op.name()
+                        )),
                     );
                     inputs.push((None, a.value.span));
                     ok = false;
@@ -504,7 +533,10 @@ impl<'a> Lowerer<'a> {
         // Named arguments (and extra positional values, taken in parameter order).
         let specs = op.params();
         let mut given: HashMap<&str, (&Arg, Span)> = HashMap::new();
-        let mut free = specs.iter().map(|p| p.name).filter(|n| !args.iter().any(|a| a.name.as_ref().map(|x| x.node.as_str()) == Some(*n)));
+        let mut free = specs
+            .iter()
+            .map(|p| p.name)
+            .filter(|n| !args.iter().any(|a| a.name.as_ref().map(|x| x.node.as_str()) == Some(*n)));
         for a in extra {
             match free.next() {
                 Some(p) => {
@@ -531,8 +563,9 @@ impl<'a> Lowerer<'a> {
         for a in args.iter().filter(|a| a.name.is_some()) {
             let Some(an) = &a.name else { continue };
             let Some(spec) = specs.iter().find(|p| p.name == an.node) else {
-                let mut d = Diagnostic::new(Code::UnknownArgument, format!("`{}` has no argument `{}`", op.name(), an.node))
-                    .label(an.span, "unknown argument");
+                let mut d =
+                    Diagnostic::new(Code::UnknownArgument, format!("`{}` has no argument `{}`", op.name(), an.node))
+                        .label(an.span, "unknown argument");
                 d = match did_you_mean(&an.node, specs.iter().map(|p| p.name)) {
                     Some(c) => d.help(format!("did you mean `{c}`? {}", param_help(op))),
                     None => d.help(param_help(op)),
@@ -598,9 +631,12 @@ impl<'a> Lowerer<'a> {
             match spec.default {
                 PDefault::Required => {
                     self.report(
-                        Diagnostic::new(Code::MissingArgument, format!("`{}` needs the argument `{}`", op.name(), spec.name))
-                            .label(callee.span, format!("missing `{}`", spec.name))
-                            .help(format!("add `{}=...`; {}", spec.name, param_help(op))),
+                        Diagnostic::new(
+                            Code::MissingArgument,
+                            format!("`{}` needs the argument `{}`", op.name(), spec.name),
+                        )
+                        .label(callee.span, format!("missing `{}`", spec.name))
+                        .help(format!("add `{}=...`; {}", spec.name, param_help(op))),
                     );
                     ok = false;
                 }
@@ -818,9 +854,12 @@ impl<'a> Lowerer<'a> {
                 Literal::Name(n) => self.resolve(&Spanned::new(n.clone(), a.value.span), scope),
                 other => {
                     self.report(
-                        Diagnostic::new(Code::ArgumentType, format!("block input `{}` expects a node, found `{other}`", inp.node))
-                            .label(a.value.span, "expected a node name")
-                            .help("block inputs are tensors; parameters are passed by name after them"),
+                        Diagnostic::new(
+                            Code::ArgumentType,
+                            format!("block input `{}` expects a node, found `{other}`", inp.node),
+                        )
+                        .label(a.value.span, "expected a node name")
+                        .help("block inputs are tensors; parameters are passed by name after them"),
                     );
                     None
                 }
@@ -831,8 +870,9 @@ impl<'a> Lowerer<'a> {
         for a in args.iter().filter(|a| a.name.is_some()) {
             let Some(an) = &a.name else { continue };
             let Some(decl) = block.params.iter().find(|p| p.name.node == an.node) else {
-                let mut d = Diagnostic::new(Code::UnknownParameter, format!("block `{bname}` has no parameter `{}`", an.node))
-                    .label(an.span, "unknown parameter");
+                let mut d =
+                    Diagnostic::new(Code::UnknownParameter, format!("block `{bname}` has no parameter `{}`", an.node))
+                        .label(an.span, "unknown parameter");
                 d = match did_you_mean(&an.node, block.params.iter().map(|p| p.name.node.as_str())) {
                     Some(c) => d.help(format!("did you mean `{c}`?")),
                     None => d.help(format!(
@@ -870,9 +910,12 @@ impl<'a> Lowerer<'a> {
                 },
                 Literal::List(_) => {
                     self.report(
-                        Diagnostic::new(Code::ArgumentType, format!("parameter `{}` expects a number, found a list", an.node))
-                            .label(a.value.span, "expected a number")
-                            .help("block parameters are numbers"),
+                        Diagnostic::new(
+                            Code::ArgumentType,
+                            format!("parameter `{}` expects a number, found a list", an.node),
+                        )
+                        .label(a.value.span, "expected a number")
+                        .help("block parameters are numbers"),
                     );
                     ParamVal::Poisoned
                 }
@@ -890,9 +933,12 @@ impl<'a> Lowerer<'a> {
                         Literal::Float(x) => ParamVal::Val(Value::Float(*x)),
                         _ => {
                             self.report(
-                                Diagnostic::new(Code::ArgumentType, format!("default of `{}` must be a number", decl.name.node))
-                                    .label(lit.span, "expected a number")
-                                    .help("parameter defaults are numbers, e.g. `stride = 1`"),
+                                Diagnostic::new(
+                                    Code::ArgumentType,
+                                    format!("default of `{}` must be a number", decl.name.node),
+                                )
+                                .label(lit.span, "expected a number")
+                                .help("parameter defaults are numbers, e.g. `stride = 1`"),
                             );
                             ParamVal::Poisoned
                         }
@@ -901,9 +947,12 @@ impl<'a> Lowerer<'a> {
                 }
                 None => {
                     self.report(
-                        Diagnostic::new(Code::MissingArgument, format!("block `{bname}` needs the parameter `{}`", decl.name.node))
-                            .label(callee.span, format!("missing `{}`", decl.name.node))
-                            .help(format!("add `{}=...` to the call", decl.name.node)),
+                        Diagnostic::new(
+                            Code::MissingArgument,
+                            format!("block `{bname}` needs the parameter `{}`", decl.name.node),
+                        )
+                        .label(callee.span, format!("missing `{}`", decl.name.node))
+                        .help(format!("add `{}=...` to the call", decl.name.node)),
                     );
                     ok = false;
                 }

@@ -4,7 +4,7 @@
 //! As a fixed affine map: `y = s x + t` with `s = w / sqrt(var + eps)`, `t = b - mean s`. Dual rule: the
 //! diagonal map `nu -> s nu` (it is symmetric); `t` enters the objective like a bias.
 
-use candle_core::{Tensor};
+use candle_core::Tensor;
 
 use super::*;
 use crate::error::{Context, Result};
@@ -78,4 +78,3 @@ impl OpExec for BatchNorm2d {
         Ok(Some(out.context(|| format!("batchnorm2d `{}`", ctx.name))?))
     }
 }
-

@@ -67,13 +67,15 @@ impl OpExec for Conv2d {
         let (k, s, p) = (ctx.attrs.usize("kernel"), ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
         let (n_in, n_out) = (ctx.in_shapes[0][1], ctx.out_shape[1]);
         let op = output_padding(n_in, n_out, k, s, p);
-        let out = crate::kernels::conv_transpose2d(nu, w, s, p, op).context(|| format!("dual of conv2d `{}`", ctx.name))?;
+        let out =
+            crate::kernels::conv_transpose2d(nu, w, s, p, op).context(|| format!("dual of conv2d `{}`", ctx.name))?;
         Ok(vec![out])
     }
     fn bias(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
         let b = ctx.weight("bias")?;
         let c = ctx.out_shape[0];
-        let out = b.reshape((c, 1, 1)).and_then(|b| b.broadcast_as(ctx.out_shape.as_slice())).and_then(|b| b.contiguous());
+        let out =
+            b.reshape((c, 1, 1)).and_then(|b| b.broadcast_as(ctx.out_shape.as_slice())).and_then(|b| b.contiguous());
         Ok(Some(out.context(|| format!("bias of conv2d `{}`", ctx.name))?))
     }
 }

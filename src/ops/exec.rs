@@ -39,7 +39,10 @@ pub struct NodeCtx<'a> {
 impl NodeCtx<'_> {
     pub fn weight(&self, suffix: &str) -> Result<&Tensor> {
         self.weights.get(suffix).ok_or_else(|| {
-            Error::Usage(format!("internal: weights of node `{}` have no `{suffix}` (the loader checks this)", self.name))
+            Error::Usage(format!(
+                "internal: weights of node `{}` have no `{suffix}` (the loader checks this)",
+                self.name
+            ))
         })
     }
 }

@@ -26,10 +26,17 @@ impl Op for Hardtanh {
         PARAMS
     }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
-        if a.float("min_val") >= a.float("max_val") || !a.float("min_val").is_finite() || !a.float("max_val").is_finite() {
+        if a.float("min_val") >= a.float("max_val")
+            || !a.float("min_val").is_finite()
+            || !a.float("max_val").is_finite()
+        {
             return Err(ShapeError::BadValue {
                 param: "max_val",
-                detail: format!("`max_val` ({}) must be greater than `min_val` ({})", a.float("max_val"), a.float("min_val")),
+                detail: format!(
+                    "`max_val` ({}) must be greater than `min_val` ({})",
+                    a.float("max_val"),
+                    a.float("min_val")
+                ),
             });
         }
         Ok(inputs[0].clone())

@@ -31,7 +31,12 @@ impl Op for Linear {
     fn weights(&self, attrs: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
         let n_in = inputs[0].iter().product();
         vec![
-            WeightSpec { suffix: "weight", shape: vec![attrs.usize("out"), n_in], init: Init::FanIn(n_in), trainable: true },
+            WeightSpec {
+                suffix: "weight",
+                shape: vec![attrs.usize("out"), n_in],
+                init: Init::FanIn(n_in),
+                trainable: true,
+            },
             WeightSpec { suffix: "bias", shape: vec![attrs.usize("out")], init: Init::FanIn(n_in), trainable: true },
         ]
     }
@@ -46,7 +51,9 @@ impl OpExec for Linear {
     }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let w = ctx.weight("weight")?;
-        inputs[0].matmul(&w.t().context(|| format!("linear `{}`", ctx.name))?).context(|| format!("linear `{}`", ctx.name))
+        inputs[0]
+            .matmul(&w.t().context(|| format!("linear `{}`", ctx.name))?)
+            .context(|| format!("linear `{}`", ctx.name))
     }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         let w = ctx.weight("weight")?;

@@ -39,11 +39,20 @@ fn one_hot(labels: &[u32], k: usize, like: &Tensor) -> Result<Tensor> {
     for (i, &y) in labels.iter().enumerate() {
         d[i * k + y as usize] = 1.0;
     }
-    Tensor::from_vec(d, (labels.len(), k), like.device()).and_then(|t| t.to_dtype(like.dtype())).context(|| "labels".to_string())
+    Tensor::from_vec(d, (labels.len(), k), like.device())
+        .and_then(|t| t.to_dtype(like.dtype()))
+        .context(|| "labels".to_string())
 }
 
 /// Run PGD; returns the final points `[B, *in]` and whether each example was misclassified at any iterate.
-pub fn pgd(model: &Model, set: &InputSet, labels: &[u32], eps_max: f64, goal: Goal, cfg: &PgdConfig) -> Result<(Tensor, Vec<bool>)> {
+pub fn pgd(
+    model: &Model,
+    set: &InputSet,
+    labels: &[u32],
+    eps_max: f64,
+    goal: Goal,
+    cfg: &PgdConfig,
+) -> Result<(Tensor, Vec<bool>)> {
     let ctx = || "running PGD".to_string();
     let k = model.graph.num_classes();
     let center = set.center();
@@ -99,7 +108,12 @@ pub fn pgd(model: &Model, set: &InputSet, labels: &[u32], eps_max: f64, goal: Go
             let Some(g) = grads.get(var.as_tensor()) else { break };
             let dir = if l2 {
                 let b = labels.len();
-                let n = g.reshape((b, ())).and_then(|t| t.sqr()).and_then(|t| t.sum_keepdim(1)).and_then(|t| t.sqrt()).context(ctx)?;
+                let n = g
+                    .reshape((b, ()))
+                    .and_then(|t| t.sqr())
+                    .and_then(|t| t.sum_keepdim(1))
+                    .and_then(|t| t.sqrt())
+                    .context(ctx)?;
                 let mut s = vec![b];
                 s.extend(std::iter::repeat_n(1, g.rank() - 1));
                 g.broadcast_div(&(n + 1e-12).and_then(|n| n.reshape(s)).context(ctx)?).context(ctx)?

@@ -73,7 +73,8 @@ pub fn stage_outcomes(
             Some((m, s)) => (crate::dual::input_set::normalize(&x, m, s)?, set.normalized(m, s)?),
             None => (x, set),
         };
-        let preds: Vec<u32> = model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
+        let preds: Vec<u32> =
+            model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
         let cert = certify_batch(model, &set, &preds)?;
         let lb = rows(&cert.margin_lb)?;
         for (k, row) in lb.iter().enumerate() {
@@ -103,12 +104,22 @@ fn read_state(out: &Path) -> Result<CascadeState> {
     let p = state_path(out);
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io("cannot read cascade state", &p, e))?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::input(Diagnostic::new(Code::DataInvalid, format!("`{}` is not a valid cascade state: {e}", p.display())).help("was this folder written by `dualnet cascade train`?"))
+        Error::input(
+            Diagnostic::new(Code::DataInvalid, format!("`{}` is not a valid cascade state: {e}", p.display()))
+                .help("was this folder written by `dualnet cascade train`?"),
+        )
     })
 }
 
 /// Train a cascade of `stages` stages into `out` (continuing if `out/cascade.json` exists).
-pub fn cascade_train(cfg: &TrainConfig, graph: &Graph, spec_text: &str, out: &Path, stages: usize, progress: bool) -> Result<CascadeState> {
+pub fn cascade_train(
+    cfg: &TrainConfig,
+    graph: &Graph,
+    spec_text: &str,
+    out: &Path,
+    stages: usize,
+    progress: bool,
+) -> Result<CascadeState> {
     cfg.validate()?;
     if stages == 0 {
         return Err(Error::Usage("`--stages` must be at least 1".into()));
@@ -119,8 +130,16 @@ pub fn cascade_train(cfg: &TrainConfig, graph: &Graph, spec_text: &str, out: &Pa
         s.stages_requested = stages;
         if s.train_examples != train_set.len() {
             return Err(Error::input(
-                Diagnostic::new(Code::BadOption, format!("the cascade in `{}` was trained on {} examples, now {}", out.display(), s.train_examples, train_set.len()))
-                    .help("resume with the same `--limit` and data"),
+                Diagnostic::new(
+                    Code::BadOption,
+                    format!(
+                        "the cascade in `{}` was trained on {} examples, now {}",
+                        out.display(),
+                        s.train_examples,
+                        train_set.len()
+                    ),
+                )
+                .help("resume with the same `--limit` and data"),
             ));
         }
         s
@@ -149,7 +168,10 @@ pub fn cascade_train(cfg: &TrainConfig, graph: &Graph, spec_text: &str, out: &Pa
             state.stopped_early = true;
             save_state(out, &state)?;
             if progress {
-                eprintln!("cascade: every training example is certified after {} stage(s); stopping early", state.stages_done);
+                eprintln!(
+                    "cascade: every training example is certified after {} stage(s); stopping early",
+                    state.stages_done
+                );
             }
             break;
         }
@@ -166,7 +188,8 @@ pub fn cascade_train(cfg: &TrainConfig, graph: &Graph, spec_text: &str, out: &Pa
         let model = load_stage(graph, &dir)?;
         let bar = if progress { ProgressBar::new(subset.len() as u64) } else { ProgressBar::hidden() };
         let normalize = cfg.mean.clone().zip(cfg.std.clone());
-        let outcomes = stage_outcomes(&model, &subset, cfg.eps, cfg.norm, cfg.input_box(), normalize.as_ref(), cfg.batch, &bar)?;
+        let outcomes =
+            stage_outcomes(&model, &subset, cfg.eps, cfg.norm, cfg.input_box(), normalize.as_ref(), cfg.batch, &bar)?;
         bar.finish_and_clear();
         let mut still = Vec::new();
         let mut certified = 0;
@@ -189,7 +212,11 @@ pub fn cascade_train(cfg: &TrainConfig, graph: &Graph, spec_text: &str, out: &Pa
         state.stages_done = k;
         save_state(out, &state)?;
         if progress {
-            eprintln!("cascade stage {k}: certified {certified} of {} training examples; {} remain", subset.len(), state.remaining.len());
+            eprintln!(
+                "cascade stage {k}: certified {certified} of {} training examples; {} remain",
+                subset.len(),
+                state.remaining.len()
+            );
         }
     }
     Ok(state)
@@ -220,7 +247,15 @@ pub struct CascadeSummary {
 }
 
 /// Certify a data set with the cascade in `run`.
-pub fn cascade_certify(run: &Path, data: &Dataset, eps: f64, norm: Norm, bounds: Option<(f64, f64)>, batch: usize, progress: bool) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
+pub fn cascade_certify(
+    run: &Path,
+    data: &Dataset,
+    eps: f64,
+    norm: Norm,
+    bounds: Option<(f64, f64)>,
+    batch: usize,
+    progress: bool,
+) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
     let state = read_state(run)?;
     let spec = run.join("spec.net");
     let graph = crate::cli::load_graph(&spec)?;
@@ -253,7 +288,13 @@ pub fn cascade_certify(run: &Path, data: &Dataset, eps: f64, norm: Norm, bounds:
         robust_by.push(1.0 - robust as f64 / n.max(1) as f64);
     }
     let records: Vec<CascadeRecord> = (0..n)
-        .map(|i| CascadeRecord { index: i, label: data.labels[i] as u32, stage: stage_of[i], prediction: pred[i], certified: stage_of[i].is_some() })
+        .map(|i| CascadeRecord {
+            index: i,
+            label: data.labels[i] as u32,
+            stage: stage_of[i],
+            prediction: pred[i],
+            certified: stage_of[i].is_some(),
+        })
         .collect();
     let nf = n.max(1) as f64;
     let summary = CascadeSummary {

@@ -85,10 +85,15 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
     for chunk in idx.chunks(cfg.batch.max(1)) {
         let part = chunk.len().div_ceil(workers).max(1);
         let results: Vec<Result<Vec<ExampleRecord>>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = chunk.chunks(part).map(|sub| sc.spawn(move || certify_chunk(model, data, sub, cfg))).collect();
+            let handles: Vec<_> =
+                chunk.chunks(part).map(|sub| sc.spawn(move || certify_chunk(model, data, sub, cfg))).collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(crate::error::Error::Usage("internal: a certification worker panicked".into()))))
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::error::Error::Usage("internal: a certification worker panicked".into()))
+                    })
+                })
                 .collect()
         });
         for r in results {
@@ -101,7 +106,11 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         }
         bar.inc(chunk.len() as u64);
         let done = records.len() as f64;
-        bar.set_message(format!("clean err {:.2}%, certified err {:.2}%", 100.0 * wrong as f64 / done, 100.0 * (done - cert_count as f64) / done));
+        bar.set_message(format!(
+            "clean err {:.2}%, certified err {:.2}%",
+            100.0 * wrong as f64 / done,
+            100.0 * (done - cert_count as f64) / done
+        ));
     }
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
@@ -145,7 +154,12 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
         .enumerate()
         .map(|(k, &i)| {
             let y = labels[k];
-            let min_m = margins[k].iter().enumerate().filter(|(j, _)| *j != y as usize).map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
+            let min_m = margins[k]
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != y as usize)
+                .map(|(_, m)| *m)
+                .fold(f64::INFINITY, f64::min);
             let certified = min_m > cfg.safety_margin && preds[k] == y;
             let f = attacked.as_ref().map(|a| a[k] || preds[k] != y);
             ExampleRecord { index: i, label: y, prediction: preds[k], certified, min_margin_lb: min_m, pgd_fooled: f }

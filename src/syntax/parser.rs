@@ -105,7 +105,8 @@ fn expected_words(text: &str, pos: usize, e: &pest::error::Error<Rule>, pest_pos
     let (mut name, mut number, mut eof) = (false, false, false);
     // Right after a name or number, with the offending character glued to it, "more of it" is not worth saying.
     let glued = skip_trivia(text, pos) == pos && pos < text.len();
-    let mid_word = glued && text.get(..pos).and_then(|b| b.chars().next_back()).is_some_and(|c| is_name_char(c) || c == '.');
+    let mid_word =
+        glued && text.get(..pos).and_then(|b| b.chars().next_back()).is_some_and(|c| is_name_char(c) || c == '.');
     if let Some(attempts) = e.parse_attempts() {
         // The token type is not exported by pest; its display is the token itself, `a..z` for a range.
         for t in attempts.expected_tokens() {
@@ -195,16 +196,20 @@ fn syntax_error(text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     .min(text.len());
     if let ErrorVariant::CustomError { message } = &e.variant {
         // pest's own limits (deep nesting): not a token problem.
-        return Diagnostic::new(Code::Syntax, format!("the text is nested too deeply to parse ({})", message.trim_end_matches('.')))
-            .label(Span::new(pest_pos, token_end(text, pest_pos)), "here")
-            .help("nest lists only as deep as a shape needs, e.g. `[1, 28, 28]`");
+        return Diagnostic::new(
+            Code::Syntax,
+            format!("the text is nested too deeply to parse ({})", message.trim_end_matches('.')),
+        )
+        .label(Span::new(pest_pos, token_end(text, pest_pos)), "here")
+        .help("nest lists only as deep as a shape needs, e.g. `[1, 28, 28]`");
     }
     // The furthest position any alternative reached is where the text went wrong; skip the whitespace and
     // comments there to find the offending token.
     let reached = e.parse_attempts().map(|a| a.max_position).unwrap_or(0).clamp(pest_pos, text.len());
     let expected = expected_words(text, reached, &e, pest_pos);
     let start = skip_trivia(text, reached);
-    let label = if expected.is_empty() { "not expected here".to_string() } else { format!("expected {}", one_of(&expected)) };
+    let label =
+        if expected.is_empty() { "not expected here".to_string() } else { format!("expected {}", one_of(&expected)) };
     let mut help = SYNTAX_HELP.to_string();
     if start >= text.len() {
         // End of file: point at the last token, which is where something is missing.
@@ -339,8 +344,10 @@ mod tests {
 
     #[test]
     fn parses_core_form() {
-        let f = parse("# c\nnetwork n {\n input x: [1, 28, 28]\n c = conv2d(x, out=4, kernel=3)\n s = c + c\n output s\n}\n")
-            .expect("parses");
+        let f = parse(
+            "# c\nnetwork n {\n input x: [1, 28, 28]\n c = conv2d(x, out=4, kernel=3)\n s = c + c\n output s\n}\n",
+        )
+        .expect("parses");
         assert_eq!(f.networks.len(), 1);
         assert_eq!(f.networks[0].body.len(), 4);
     }

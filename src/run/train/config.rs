@@ -231,7 +231,10 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
         let mut bad = |field: &str, message: String, help: String| {
-            problems.push(Diagnostic::new(Code::BadOption, message).help(format!("{help} (`{field}:` in the config or `--{}`)", field.replace('_', "-"))));
+            problems.push(
+                Diagnostic::new(Code::BadOption, message)
+                    .help(format!("{help} (`{field}:` in the config or `--{}`)", field.replace('_', "-"))),
+            );
         };
         if self.spec.is_none() {
             bad("spec", "no network to train".into(), "give the `.net` file".into());
@@ -249,24 +252,48 @@ impl TrainConfig {
             bad("limit", "`limit` must be at least 1, got `0`".into(), "leave it out to train on the whole set".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            bad("lr", format!("`lr` must be a positive number, got `{}`", self.lr), "use a learning rate such as 1e-3".into());
+            bad(
+                "lr",
+                format!("`lr` must be a positive number, got `{}`", self.lr),
+                "use a learning rate such as 1e-3".into(),
+            );
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            bad("momentum", format!("`momentum` must be in [0, 1), got `{}`", self.momentum), "use e.g. 0.9, or 0 for none".into());
+            bad(
+                "momentum",
+                format!("`momentum` must be in [0, 1), got `{}`", self.momentum),
+                "use e.g. 0.9, or 0 for none".into(),
+            );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bad("weight_decay", format!("`weight_decay` must be a number >= 0, got `{}`", self.weight_decay), "use e.g. 5e-4, or 0 for none".into());
+            bad(
+                "weight_decay",
+                format!("`weight_decay` must be a number >= 0, got `{}`", self.weight_decay),
+                "use e.g. 5e-4, or 0 for none".into(),
+            );
         }
         if let Some(c) = self.grad_clip {
             if !(c.is_finite() && c > 0.0) {
-                bad("grad_clip", format!("`grad_clip` must be a positive number, got `{c}`"), "give the largest allowed gradient norm, or leave it out".into());
+                bad(
+                    "grad_clip",
+                    format!("`grad_clip` must be a positive number, got `{c}`"),
+                    "give the largest allowed gradient norm, or leave it out".into(),
+                );
             }
         }
         if !(self.eps.is_finite() && self.eps >= 0.0) {
-            bad("eps", format!("`eps` must be a finite number >= 0, got `{}`", self.eps), "ε is in input units (pixels in [0, 1]), e.g. 0.1".into());
+            bad(
+                "eps",
+                format!("`eps` must be a finite number >= 0, got `{}`", self.eps),
+                "ε is in input units (pixels in [0, 1]), e.g. 0.1".into(),
+            );
         }
         if !(self.eps_start.is_finite() && self.eps_start >= 0.0) {
-            bad("eps_start", format!("`eps_start` must be a finite number >= 0, got `{}`", self.eps_start), "the schedule starts here, e.g. 0.01".into());
+            bad(
+                "eps_start",
+                format!("`eps_start` must be a finite number >= 0, got `{}`", self.eps_start),
+                "the schedule starts here, e.g. 0.01".into(),
+            );
         } else if self.eps.is_finite() && self.eps_start > self.eps {
             bad(
                 "eps_start",
@@ -275,25 +302,43 @@ impl TrainConfig {
             );
         }
         if self.bounded && self.norm == Norm::L2 {
-            bad("bounded", "the ℓ2 ball cannot be box-constrained".into(), "set `bounded: false` with `norm: l2`".into());
+            bad(
+                "bounded",
+                "the ℓ2 ball cannot be box-constrained".into(),
+                "set `bounded: false` with `norm: l2`".into(),
+            );
         }
         if self.mode == Mode::Pgd && self.pgd_steps == 0 {
             bad("pgd_steps", "`pgd_steps` must be at least 1 with `mode: pgd`".into(), "use e.g. 40".into());
         }
         match (&self.mean, &self.std) {
             (None, None) => {}
-            (Some(_), None) | (None, Some(_)) => {
-                bad("std", "`mean` and `std` must be given together".into(), "give both per-channel lists, or neither".into())
-            }
+            (Some(_), None) | (None, Some(_)) => bad(
+                "std",
+                "`mean` and `std` must be given together".into(),
+                "give both per-channel lists, or neither".into(),
+            ),
             (Some(m), Some(s)) => {
                 if m.len() != s.len() || m.is_empty() {
-                    bad("std", format!("`mean` has {} values but `std` has {}", m.len(), s.len()), "give one value per input channel in each".into());
+                    bad(
+                        "std",
+                        format!("`mean` has {} values but `std` has {}", m.len(), s.len()),
+                        "give one value per input channel in each".into(),
+                    );
                 }
                 if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-                    bad("std", format!("every `std` value must be positive, got `{v}`"), "give per-channel standard deviations".into());
+                    bad(
+                        "std",
+                        format!("every `std` value must be positive, got `{v}`"),
+                        "give per-channel standard deviations".into(),
+                    );
                 }
                 if let Some(v) = m.iter().find(|v| !v.is_finite()) {
-                    bad("mean", format!("every `mean` value must be finite, got `{v}`"), "give per-channel means".into());
+                    bad(
+                        "mean",
+                        format!("every `mean` value must be finite, got `{v}`"),
+                        "give per-channel means".into(),
+                    );
                 }
             }
         }
@@ -371,9 +416,17 @@ fn yaml_diagnostic(e: &serde_yaml::Error, text: &str, name: &str) -> Diagnostic 
     } else if let Some(variant) = between(&msg, "unknown variant `", "`") {
         let expected = msg.split_once("expected ").map(|(_, x)| x.to_string()).unwrap_or_default();
         let key = msg.split_once(": unknown variant").map(|(k, _)| format!("`{k}`: ")).unwrap_or_default();
-        (format!("{place}: {key}unknown value `{variant}`"), format!("expected {expected}"), "unknown value".to_string())
+        (
+            format!("{place}: {key}unknown value `{variant}`"),
+            format!("expected {expected}"),
+            "unknown value".to_string(),
+        )
     } else {
-        (format!("{place}: {msg}"), "see `dualnet train --help` for every key and its type".to_string(), "here".to_string())
+        (
+            format!("{place}: {msg}"),
+            "see `dualnet train --help` for every key and its type".to_string(),
+            "here".to_string(),
+        )
     };
     let mut d = Diagnostic::new(Code::BadOption, message).help(help).with_source(source);
     if let Some(o) = offset {
@@ -547,7 +600,10 @@ mod tests {
         let c = TrainConfig::default();
         assert_eq!((c.epochs, c.batch, c.test_limit, c.eps_schedule_epochs, c.lr_halve_every), (20, 50, 1000, 10, 10));
         assert_eq!((c.lr, c.eps, c.eps_start, c.momentum, c.weight_decay), (1e-3, 0.1, 0.01, 0.9, 0.0));
-        assert_eq!((c.optimizer, c.mode, c.norm, c.eps_ramp), (Optimizer::Adam, Mode::Robust, Norm::Linf, EpsRamp::Epoch));
+        assert_eq!(
+            (c.optimizer, c.mode, c.norm, c.eps_ramp),
+            (Optimizer::Adam, Mode::Robust, Norm::Linf, EpsRamp::Epoch)
+        );
         assert_eq!((c.proj, c.bounded, c.augment, c.seed, c.pgd_steps), (Some(50), true, false, 0, 40));
         assert_eq!(c.data, "mnist");
         assert!(c.spec.is_none() && c.mean.is_none() && c.std.is_none() && c.grad_clip.is_none());
@@ -606,7 +662,11 @@ mod tests {
         assert!(m.1.contains("line 1") && m.1.contains("batch"), "{}", m.1);
         let e = TrainConfig::from_yaml("optimizer: adamw\n", "run.yaml").unwrap_err();
         let Error::Input(ds) = &e else { panic!() };
-        assert!(ds[0].message.contains("unknown value `adamw`") && ds[0].message.contains("`optimizer`"), "{}", ds[0].message);
+        assert!(
+            ds[0].message.contains("unknown value `adamw`") && ds[0].message.contains("`optimizer`"),
+            "{}",
+            ds[0].message
+        );
         assert!(ds[0].help.as_deref().unwrap_or("").contains("`adam`"), "{:?}", ds[0].help);
         let e = TrainConfig::from_yaml("epochs: [3\n", "run.yaml").unwrap_err();
         assert!(codes(&e)[0].1.starts_with("`run.yaml`"));
@@ -630,10 +690,13 @@ mod tests {
             ..Default::default()
         };
         let e = bad.validate().unwrap_err();
-        let msgs: Vec<String> = codes(&e).into_iter().map(|(c, m)| {
-            assert_eq!(c, Code::BadOption);
-            m
-        }).collect();
+        let msgs: Vec<String> = codes(&e)
+            .into_iter()
+            .map(|(c, m)| {
+                assert_eq!(c, Code::BadOption);
+                m
+            })
+            .collect();
         assert_eq!(msgs.len(), 7, "{msgs:#?}");
         assert!(msgs.iter().any(|m| m == "`epochs` must be at least 1, got `0`"));
         assert!(msgs.iter().any(|m| m.contains("`eps_start` (0.2) is larger than `eps` (0.1)")));
@@ -694,8 +757,25 @@ mod tests {
             o: TrainOverrides,
         }
         let cli = Cli::try_parse_from([
-            "t", "--epochs", "3", "--proj", "0", "--bounded", "false", "--optimizer", "sgd", "--eps-start", "0",
-            "--mean", "0.5,0.4,0.3", "--limit", "0", "--lr", "-1", "--norm", "l2",
+            "t",
+            "--epochs",
+            "3",
+            "--proj",
+            "0",
+            "--bounded",
+            "false",
+            "--optimizer",
+            "sgd",
+            "--eps-start",
+            "0",
+            "--mean",
+            "0.5,0.4,0.3",
+            "--limit",
+            "0",
+            "--lr",
+            "-1",
+            "--norm",
+            "l2",
         ])
         .unwrap();
         let mut c = TrainConfig { limit: Some(10), ..Default::default() };

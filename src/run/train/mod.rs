@@ -1,6 +1,6 @@
 pub mod config;
-pub mod runfolder;
+pub mod interrupt;
 pub mod optim;
 pub mod plot;
-pub mod interrupt;
+pub mod runfolder;
 pub mod trainer;

@@ -47,9 +47,13 @@ fn state_error(message: String, kind: &str) -> Error {
 fn read_like(map: &HashMap<String, Tensor>, key: &str, param: &Tensor, kind: &str) -> Result<Option<Tensor>> {
     let Some(t) = map.get(key) else { return Ok(None) };
     if t.dims() != param.dims() {
-        return Err(state_error(format!("`{key}` in the optimizer state has shape {:?}, the parameter {:?}", t.dims(), param.dims()), kind));
+        return Err(state_error(
+            format!("`{key}` in the optimizer state has shape {:?}, the parameter {:?}", t.dims(), param.dims()),
+            kind,
+        ));
     }
-    let t = t.to_dtype(param.dtype()).and_then(|t| t.to_device(param.device())).context(|| format!("loading `{key}`"))?;
+    let t =
+        t.to_dtype(param.dtype()).and_then(|t| t.to_device(param.device())).context(|| format!("loading `{key}`"))?;
     Ok(Some(t))
 }
 
@@ -407,7 +411,10 @@ mod tests {
             }
             assert_eq!(values(a.params()), values(b.params()));
             // Loading the other optimizer's state fails with a diagnostic.
-            let other = TrainConfig { optimizer: if kind == Optimizer::Adam { Optimizer::Sgd } else { Optimizer::Adam }, ..cfg };
+            let other = TrainConfig {
+                optimizer: if kind == Optimizer::Adam { Optimizer::Sgd } else { Optimizer::Adam },
+                ..cfg
+            };
             let mut c = Optim::from_config(&other, quad_params(&[0.0, 0.0]));
             assert!(matches!(c.load_state(&state), Err(Error::Input(_))));
         }

@@ -314,7 +314,8 @@ fn dashed_line(c: &mut Canvas, a: Point, b: Point, color: [u8; 3], width: u32) {
     let mut t = 0.0;
     while t < len {
         let e = (t + on).min(len);
-        let p = |s: f64| Point::new((a.x as f64 + dx * s / len).round() as i32, (a.y as f64 + dy * s / len).round() as i32);
+        let p =
+            |s: f64| Point::new((a.x as f64 + dx * s / len).round() as i32, (a.y as f64 + dy * s / len).round() as i32);
         line(c, p(t), p(e), color, width);
         t = e + off;
     }
@@ -322,13 +323,17 @@ fn dashed_line(c: &mut Canvas, a: Point, b: Point, color: [u8; 3], width: u32) {
 
 fn rect_fill(c: &mut Canvas, x: i32, y: i32, w: i32, h: i32, color: [u8; 3]) {
     if w > 0 && h > 0 {
-        let _ = Rectangle::new(Point::new(x, y), Size::new(w as u32, h as u32)).into_styled(PrimitiveStyle::with_fill(rgb(color))).draw(c);
+        let _ = Rectangle::new(Point::new(x, y), Size::new(w as u32, h as u32))
+            .into_styled(PrimitiveStyle::with_fill(rgb(color)))
+            .draw(c);
     }
 }
 
 fn rect_stroke(c: &mut Canvas, x: i32, y: i32, w: i32, h: i32, color: [u8; 3]) {
     if w > 0 && h > 0 {
-        let _ = Rectangle::new(Point::new(x, y), Size::new(w as u32, h as u32)).into_styled(PrimitiveStyle::with_stroke(rgb(color), 1)).draw(c);
+        let _ = Rectangle::new(Point::new(x, y), Size::new(w as u32, h as u32))
+            .into_styled(PrimitiveStyle::with_stroke(rgb(color), 1))
+            .draw(c);
     }
 }
 
@@ -453,7 +458,12 @@ impl Panel<'_> {
         let yhi = yticks.last().copied().unwrap_or(hi);
         let ytick_labels: Vec<String> = yticks.iter().map(|t| fmt_tick(*t, ystep)).collect();
         // At least six characters wide, so that stacked panels usually line up.
-        let ytick_w = ytick_labels.iter().map(|s| text_width(tick_font, s)).max().unwrap_or(0).max(text_width(tick_font, "0.0000"));
+        let ytick_w = ytick_labels
+            .iter()
+            .map(|s| text_width(tick_font, s))
+            .max()
+            .unwrap_or(0)
+            .max(text_width(tick_font, "0.0000"));
 
         // Layout: title on top, legend on the right, y label and tick labels on the left, x labels below.
         let legend_w = self.series.iter().map(|s| legend_width(&s.name)).max().unwrap_or(0).max(self.legend_w);
@@ -465,7 +475,15 @@ impl Panel<'_> {
         if pw < 20 || ph < 20 {
             return;
         }
-        text(c, self.title, Point::new((left + right) / 2, r.y + 10), &FONT_10X20, INK, Alignment::Center, Baseline::Top);
+        text(
+            c,
+            self.title,
+            Point::new((left + right) / 2, r.y + 10),
+            &FONT_10X20,
+            INK,
+            Alignment::Center,
+            Baseline::Top,
+        );
         let ymap = |v: f64| bottom - ((v - ylo) / (yhi - ylo) * ph as f64).round() as i32;
 
         // Horizontal grid and y ticks.
@@ -477,18 +495,27 @@ impl Panel<'_> {
         }
         let ylabel_x = r.x + 12 + label_font.character_size.height as i32 / 2;
         text_vertical(c, self.y_label, Point::new(ylabel_x, (top + bottom) / 2), label_font, INK);
-        text(c, self.x_label, Point::new((left + right) / 2, bottom + 30), label_font, INK, Alignment::Center, Baseline::Top);
+        text(
+            c,
+            self.x_label,
+            Point::new((left + right) / 2, bottom + 30),
+            label_font,
+            INK,
+            Alignment::Center,
+            Baseline::Top,
+        );
 
         // X positions and ticks.
         let pad = 12;
         let xpos: Vec<i32> = match self.x {
             XAxis::Numeric(xs) => {
                 let finite: Vec<f64> = xs.iter().copied().filter(|v| v.is_finite()).collect();
-                let (xmin, xmax) = match (finite.iter().copied().reduce(f64::min), finite.iter().copied().reduce(f64::max)) {
-                    (Some(a), Some(b)) if b > a => (a, b),
-                    (Some(a), _) => (a - 1.0, a + 1.0),
-                    _ => (0.0, 1.0),
-                };
+                let (xmin, xmax) =
+                    match (finite.iter().copied().reduce(f64::min), finite.iter().copied().reduce(f64::max)) {
+                        (Some(a), Some(b)) if b > a => (a, b),
+                        (Some(a), _) => (a - 1.0, a + 1.0),
+                        _ => (0.0, 1.0),
+                    };
                 let integer = finite.iter().all(|v| v.fract() == 0.0);
                 let max_ticks = ((pw / 60).max(2)) as usize;
                 let (xticks, xstep) = nice_ticks(xmin, xmax, max_ticks.min(10), integer);
@@ -497,7 +524,15 @@ impl Panel<'_> {
                     let x = xmap(*t);
                     line(c, Point::new(x, top), Point::new(x, bottom), GRID, 1);
                     line(c, Point::new(x, bottom), Point::new(x, bottom + 5), AXIS, 1);
-                    text(c, &fmt_tick(*t, xstep), Point::new(x, bottom + 8), tick_font, INK, Alignment::Center, Baseline::Top);
+                    text(
+                        c,
+                        &fmt_tick(*t, xstep),
+                        Point::new(x, bottom + 8),
+                        tick_font,
+                        INK,
+                        Alignment::Center,
+                        Baseline::Top,
+                    );
                 }
                 xs.iter().map(|v| xmap(*v)).collect()
             }
@@ -562,7 +597,15 @@ impl Panel<'_> {
                         rect_fill(c, x0, y0, (bw.round() as i32 - 2).max(1), (y1 - y0).max(1), color);
                         let label = fmt_value(*v, self.percent);
                         if text_width(tick_font, &label) as f64 <= bw + 4.0 {
-                            text(c, &label, Point::new(x0 + bw as i32 / 2, y0 - 3), tick_font, INK, Alignment::Center, Baseline::Bottom);
+                            text(
+                                c,
+                                &label,
+                                Point::new(x0 + bw as i32 / 2, y0 - 3),
+                                tick_font,
+                                INK,
+                                Alignment::Center,
+                                Baseline::Bottom,
+                            );
                         }
                     }
                 }
@@ -572,7 +615,15 @@ impl Panel<'_> {
         // Frame, and a note when there is nothing to show.
         rect_stroke(c, left, top, pw + 1, ph + 1, AXIS);
         if vals.is_empty() {
-            text(c, "no data yet", Point::new((left + right) / 2, (top + bottom) / 2), label_font, AXIS, Alignment::Center, Baseline::Middle);
+            text(
+                c,
+                "no data yet",
+                Point::new((left + right) / 2, (top + bottom) / 2),
+                label_font,
+                AXIS,
+                Alignment::Center,
+                Baseline::Middle,
+            );
         }
 
         // Legend.

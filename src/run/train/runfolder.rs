@@ -257,7 +257,8 @@ impl RunFolder {
     /// Append one line to `metrics.jsonl` and flush it to disk.
     pub fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
         let path = self.file(METRICS_FILE);
-        let line = serde_json::to_string(m).map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+        let line = serde_json::to_string(m)
+            .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -305,7 +306,8 @@ impl RunFolder {
         let path = self.file(METRICS_FILE);
         let mut text = String::new();
         for m in &kept {
-            let line = serde_json::to_string(m).map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+            let line = serde_json::to_string(m)
+                .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
             text.push_str(&line);
             text.push('\n');
         }

@@ -18,15 +18,15 @@ use super::{interrupt, plot};
 use crate::data::{self, Dataset, Split};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
-use crate::dual::robust::{certified, certify_batch_with, robust_ce_per_example};
 use crate::dual::input_set::normalize;
+use crate::dual::robust::{certified, certify_batch_with, robust_ce_per_example};
 use crate::dual::{InputSet, Model};
-use rand::{Rng, SeedableRng};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
 use crate::run::attack::{pgd, Goal, PgdConfig};
 use crate::run::certify::{certify_dataset, CertifyConfig};
 use crate::weights::Weights;
+use rand::{Rng, SeedableRng};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -74,12 +74,8 @@ pub fn make_vars(model: &mut Model) -> Result<Vec<(String, Var)>> {
 
 /// A copy of the model whose weights are detached (no autograd graph is built when evaluating it).
 fn detached(model: &Model) -> Model {
-    let per_node = model
-        .weights
-        .per_node
-        .iter()
-        .map(|m| m.iter().map(|(k, t)| (k.clone(), t.detach())).collect())
-        .collect();
+    let per_node =
+        model.weights.per_node.iter().map(|m| m.iter().map(|(k, t)| (k.clone(), t.detach())).collect()).collect();
     Model::new(model.graph.clone(), Weights { per_node }, model.dtype, model.device.clone()).with_fixed_weights()
 }
 
@@ -119,8 +115,16 @@ pub fn train_on(
     let folder = RunFolder::create(out, resume)?;
     if train_set.shape.as_slice() != graph.input_shape().as_slice() {
         return Err(Error::input(
-            Diagnostic::new(Code::DataInvalid, format!("`{}` images are {:?} but the spec's input is {:?}", train_set.name, train_set.shape, graph.input_shape()))
-                .help("use a spec whose `input` matches the data set"),
+            Diagnostic::new(
+                Code::DataInvalid,
+                format!(
+                    "`{}` images are {:?} but the spec's input is {:?}",
+                    train_set.name,
+                    train_set.shape,
+                    graph.input_shape()
+                ),
+            )
+            .help("use a spec whose `input` matches the data set"),
         ));
     }
     let device = Device::Cpu;
@@ -189,7 +193,8 @@ pub fn train_on(
             clean_wrong += preds.iter().zip(&labels).filter(|(p, l)| p != l).count();
             let loss = match cfg.mode {
                 Mode::Robust => {
-                    let opts = Options { proj: cfg.projections(), seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize) };
+                    let opts =
+                        Options { proj: cfg.projections(), seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize) };
                     let (lv, grads, wrong) = robust_grads(&model, &set, &labels, &opts, &vars)?;
                     robust_wrong += wrong;
                     Step::Done(lv, grads)
@@ -310,7 +315,12 @@ pub fn train_on(
         }
     }
     model.weights.save(&model.graph, &folder.file("weights.safetensors"))?;
-    Ok(TrainSummary { out: out.to_path_buf(), epochs: cfg.epochs, last: metrics.last().cloned(), best_metric: state.best_metric })
+    Ok(TrainSummary {
+        out: out.to_path_buf(),
+        epochs: cfg.epochs,
+        last: metrics.last().cloned(),
+        best_metric: state.best_metric,
+    })
 }
 
 /// Map of final weights (for callers that keep training in memory, e.g. cascades).
@@ -382,7 +392,10 @@ pub fn robust_grads(
     };
     let results: Vec<Result<(f64, candle_core::backprop::GradStore, usize)>> = std::thread::scope(|sc| {
         let handles: Vec<_> = ranges.iter().enumerate().map(|(k, &(s, n))| sc.spawn(move || one(k, s, n))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Usage("internal: a training worker panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Usage("internal: a training worker panicked".into()))))
+            .collect()
     });
     let mut it = results.into_iter();
     let (mut lv, mut grads, mut wrong) = match it.next() {
