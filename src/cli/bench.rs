@@ -66,6 +66,8 @@ fn step_seconds(
     runs: usize,
 ) -> Result<(f64, f64)> {
     use crate::dual::bounds::Options;
+    // Training-like steps: no matrix cache (the weights are variables).
+    model.matrix_cache = None;
     let vars = crate::run::train::trainer::make_vars(model)?;
     let mut times = Vec::new();
     let mut loss = f64::NAN;
@@ -149,6 +151,7 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
         "train1000" => {
             use crate::run::train::optim::Adam;
             let mut model = small_model(args)?;
+            model.matrix_cache = None;
             let vars = crate::run::train::trainer::make_vars(&mut model)?;
             let mut opt = Adam::new(vars, 0.0);
             let train = data::load("mnist", &args.data_dir, Split::Train)?;

@@ -126,7 +126,7 @@ pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
 pub fn load_model(spec: &Path, weights: &Path, dtype: DType, device: &Device) -> Result<Model> {
     let g = super::load_graph(spec)?;
     let w = Weights::load(&g, weights, dtype, device)?;
-    Ok(Model::new(g, w, dtype, device.clone()))
+    Ok(Model::new(g, w, dtype, device.clone()).with_fixed_weights())
 }
 
 /// Load `x` and `y` from an inputs file and check them against the model.
