@@ -290,10 +290,12 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 op.linear(&ctx, &ts)?
                             } else {
                                 let (j, v) = &present[0];
-                                match v {
-                                    Val::OneHot { idx, b, m } if op_matrix(model, i)?.is_some() => {
-                                        let mat = op_matrix(model, i)?
-                                            .ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
+                                let mat = match v {
+                                    Val::OneHot { .. } => op_matrix(model, i)?,
+                                    Val::Dense(_) => None,
+                                };
+                                match (v, mat) {
+                                    (Val::OneHot { idx, b, m }, Some(mat)) => {
                                         let mut shape = vec![*b, *m];
                                         shape.extend_from_slice(&node.shape);
                                         mat.index_select(idx, 0).and_then(|t| t.reshape(shape)).context(ctx_err)?

@@ -169,7 +169,7 @@ pub fn lower(file: &File) -> Lowered {
         in_block: None,
     };
     lw.network_has_input = net.body.iter().any(|s| matches!(s, Stmt::Input { .. }));
-    let output = lw.body(&net.body, &mut scope, net.name.span);
+    let output = lw.body(&net.body, &mut scope);
     if lw.declared_input.is_none() {
         lw.report(
             Diagnostic::new(Code::MissingInput, format!("network `{}` has no input", net.name.node))
@@ -229,7 +229,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Lower a body; returns the binding named by its `output` statement.
-    fn body(&mut self, body: &'a [Stmt], scope: &mut Scope, owner: Span) -> Option<(Binding, Span)> {
+    fn body(&mut self, body: &'a [Stmt], scope: &mut Scope) -> Option<(Binding, Span)> {
         let mut output: Option<(Binding, Span)> = None;
         for stmt in body {
             match stmt {
@@ -250,7 +250,6 @@ impl<'a> Lowerer<'a> {
                 Stmt::Assign { name, expr, span } => self.assign(name, expr, *span, scope),
             }
         }
-        let _ = owner;
         output
     }
 
@@ -390,7 +389,7 @@ impl<'a> Lowerer<'a> {
             }
             Expr::Call { callee, args } => {
                 if let Some(block) = self.blocks.get(callee.node.as_str()).copied() {
-                    self.instantiate(name, block, callee, args, span, scope)
+                    self.instantiate(name, block, callee, args, scope)
                 } else if let Some(op) = ops::lookup(&callee.node) {
                     self.call_op(name, op, callee, args, span, scope)
                 } else {
@@ -746,9 +745,6 @@ impl<'a> Lowerer<'a> {
         for (pos, i) in idx.iter().enumerate() {
             self.dag.add_edge(*i, n, pos);
         }
-        if !op.has_dual() {
-            // Keep the node (its shape is known, so later checks go on) but the graph is not valid.
-        }
         Binding::Node(n)
     }
 
@@ -819,7 +815,6 @@ impl<'a> Lowerer<'a> {
         block: &'a BlockDef,
         callee: &Ident,
         args: &'a [Arg],
-        span: Span,
         scope: &mut Scope,
     ) -> Binding {
         let bname = block.name.node.clone();
@@ -961,7 +956,6 @@ impl<'a> Lowerer<'a> {
         if !ok {
             return Binding::Poisoned;
         }
-        let _ = span;
         let mut inner = Scope {
             prefix: format!("{}{}.", scope.prefix, name.node),
             env,
@@ -970,7 +964,7 @@ impl<'a> Lowerer<'a> {
             in_block: Some(bname.clone()),
         };
         self.stack.push(bname.clone());
-        let out = self.body(&block.body, &mut inner, block.name.span);
+        let out = self.body(&block.body, &mut inner);
         self.stack.pop();
         match out {
             Some((b, _)) => b,

@@ -85,7 +85,7 @@ pub trait OpExec {
     }
 }
 
-/// Reshape `[N, *s]` for an op that needs rank `r` inputs; returns the tensor unchanged if it already has rank.
+/// The leading (batch) dimension `N` of a `[N, *s]` tensor.
 pub fn lead(t: &Tensor) -> usize {
     t.dims().first().copied().unwrap_or(1)
 }

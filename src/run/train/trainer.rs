@@ -4,7 +4,6 @@
 //! error on a test subset, `metrics.jsonl`, a plot, and atomic checkpoints (`last`, `best`). Ctrl-C saves a
 //! resumable checkpoint mid-epoch; a non-finite loss stops the run keeping the last good checkpoint.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -321,11 +320,6 @@ pub fn train_on(
         last: metrics.last().cloned(),
         best_metric: state.best_metric,
     })
-}
-
-/// Map of final weights (for callers that keep training in memory, e.g. cascades).
-pub fn weights_map(model: &Model) -> HashMap<String, Tensor> {
-    model.weights.to_map(&model.graph)
 }
 
 /// Random crop of the original size from the image zero-padded by 4, and a horizontal flip with probability 1/2
