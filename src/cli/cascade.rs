@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::bounds::SetArgs;
 use super::certify::DataArgs;
-use crate::dual::Norm;
 use crate::error::{Error, Result};
 use crate::run::cascade::{cascade_certify, cascade_train, CascadeRecord, CascadeSummary};
 use crate::run::train::config::{TrainConfig, TrainOverrides};
@@ -40,12 +40,8 @@ pub struct CertifyArgs {
     pub run: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
-    #[arg(long, allow_negative_numbers = true)]
-    pub eps: f64,
-    #[arg(long, value_enum, default_value = "linf")]
-    pub norm: Norm,
-    #[arg(long)]
-    pub bounded: bool,
+    #[command(flatten)]
+    pub set: SetArgs,
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
     #[arg(long)]
@@ -93,20 +89,26 @@ pub fn run(cmd: &Command) -> Result<()> {
             Ok(())
         }
         Command::Certify(a) => {
-            if !a.eps.is_finite() || a.eps < 0.0 {
-                return Err(Error::Usage(format!("`--eps` must be a finite number >= 0, got `{}`", a.eps)));
-            }
+            a.set.validate()?;
             let data = a.data.load()?;
-            let bounds = a.bounded.then_some((0.0, 1.0));
-            let (records, s) = cascade_certify(&a.run, &data, a.eps, a.norm, bounds, a.batch, !a.quiet)?;
+            let (records, s) = cascade_certify(
+                &a.run,
+                &data,
+                a.set.eps,
+                a.set.norm,
+                a.set.bounds(),
+                a.set.dtype.dtype(),
+                a.batch,
+                !a.quiet,
+            )?;
             println!(
                 "cascade {} ({} stages) on {} examples, {} eps {}{}:",
                 a.run.display(),
                 s.stages,
                 s.examples,
-                a.norm,
-                a.eps,
-                if a.bounded { " (box)" } else { "" }
+                a.set.norm,
+                a.set.eps,
+                if a.set.bounded { " (box)" } else { "" }
             );
             println!("  clean error             {:>7.2}%", 100.0 * s.clean_err);
             println!("  certified robust error  {:>7.2}%", 100.0 * s.certified_robust_err);

@@ -86,9 +86,9 @@ pub fn stage_outcomes(
     Ok(out)
 }
 
-fn load_stage(graph: &Graph, dir: &Path) -> Result<Model> {
-    let w = Weights::load(graph, &dir.join("weights.safetensors"), DType::F32, &Device::Cpu)?;
-    Ok(Model::new(graph.clone(), w, DType::F32, Device::Cpu).with_fixed_weights())
+fn load_stage(graph: &Graph, dir: &Path, dtype: DType) -> Result<Model> {
+    let w = Weights::load(graph, &dir.join("weights.safetensors"), dtype, &Device::Cpu)?;
+    Ok(Model::new(graph.clone(), w, dtype, Device::Cpu).with_fixed_weights())
 }
 
 fn state_path(out: &Path) -> PathBuf {
@@ -185,7 +185,7 @@ pub fn cascade_train(
         if !dir.join("weights.safetensors").is_file() {
             train_on(cfg, graph.clone(), &dir, resume, progress, &subset, &test_set)?;
         }
-        let model = load_stage(graph, &dir)?;
+        let model = load_stage(graph, &dir, DType::F32)?;
         let bar = if progress { ProgressBar::new(subset.len() as u64) } else { ProgressBar::hidden() };
         let normalize = cfg.mean.clone().zip(cfg.std.clone());
         let outcomes =
@@ -253,6 +253,7 @@ pub fn cascade_certify(
     eps: f64,
     norm: Norm,
     bounds: Option<(f64, f64)>,
+    dtype: DType,
     batch: usize,
     progress: bool,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
@@ -268,7 +269,7 @@ pub fn cascade_certify(
     let mut per_stage = Vec::new();
     let mut robust_by = Vec::new();
     for k in 1..=state.stages_done {
-        let model = load_stage(&graph, &run.join(format!("stage{k}")))?;
+        let model = load_stage(&graph, &run.join(format!("stage{k}")), dtype)?;
         let todo: Vec<usize> = (0..n).filter(|&i| stage_of[i].is_none()).collect();
         let subset = data.select(&todo);
         let bar = if progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
