@@ -27,7 +27,7 @@ fn setup(norm: Norm) -> (Model, InputSet) {
 /// Mean relative deviation of projected radii `u - l` from the exact ones, per layer.
 fn deviation(m: &Model, set: &InputSet, k: usize, seed: u64) -> Vec<f64> {
     let exact = compute(m, set).expect("exact");
-    let proj = compute_with(m, set, &Options { proj: Some(k), seed }).expect("proj");
+    let proj = compute_with(m, set, &Options { proj: Some(k), seed, ..Default::default() }).expect("proj");
     exact
         .layers
         .iter()
@@ -70,7 +70,8 @@ fn gradients_reach_every_parameter_through_projections() {
             vars.push(v);
         }
     }
-    let cert = certify_batch_with(&m, &set, &[0, 1, 2, 3], &Options { proj: Some(5), seed: 1 }).expect("cert");
+    let cert = certify_batch_with(&m, &set, &[0, 1, 2, 3], &Options { proj: Some(5), seed: 1, ..Default::default() })
+        .expect("cert");
     let loss = robust_ce_per_example(&cert.margin_lb).expect("ce").mean_all().expect("loss");
     let grads = loss.backward().expect("backward");
     for v in &vars {

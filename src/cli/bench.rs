@@ -74,8 +74,13 @@ fn step_seconds(
     for r in 0..warmup + runs {
         let start = Instant::now();
         let set = InputSet::new(x, &vec![0.1; labels.len()], Norm::Linf, bounded.then_some((0.0, 1.0)))?;
-        let (lv, grads, _) =
-            crate::run::train::trainer::robust_grads(model, &set, labels, &Options { proj, seed: r as u64 }, &vars)?;
+        let (lv, grads, _) = crate::run::train::trainer::robust_grads(
+            model,
+            &set,
+            labels,
+            &Options { proj, seed: r as u64, ..Default::default() },
+            &vars,
+        )?;
         if vars.iter().any(|(_, v)| grads.get(v.as_tensor()).is_none()) {
             return Err(Error::Usage("internal: a parameter got no gradient".into()));
         }
@@ -165,7 +170,7 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                     model,
                     &set,
                     &labels,
-                    &Options { proj: Some(50), seed },
+                    &Options { proj: Some(50), seed, ..Default::default() },
                     &vars,
                 )?;
                 opt.step(&grads, 1e-3)

@@ -31,6 +31,9 @@ enum Weight {
     L1(Tensor),
     /// `eps_b · sqrt(Σ_r A_{b,r,j}^2)`, `eps: [B]`.
     L2(Tensor),
+    /// Grouped input directions ([`super::grouping`]): `Σ_g |A_{b,g,j}| radius_{b, owner(g, j)}`,
+    /// `radius: [B, n_in]`.
+    Grouped { radius: Tensor, grouping: std::sync::Arc<super::grouping::Grouping> },
     /// Random projection (paper Theorem 2): the rows are `k` random combinations already scaled by the
     /// weights, and the term is `scale · median_q |A_{b,q,j}|` — Cauchy rows estimate an ℓ1 norm (scale 1),
     /// Gaussian rows an ℓ2 norm (scale `1/Φ⁻¹(3/4)`).
@@ -45,6 +48,9 @@ pub struct Options {
     /// units over the batch (the reference's rule). `None`: exact bounds.
     pub proj: Option<usize>,
     pub seed: u64,
+    /// Exact bounds push every input direction separately instead of in groups of disjoint support
+    /// ([`super::grouping`]; same result, slower). For tests and comparisons.
+    pub ungrouped: bool,
 }
 
 /// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
@@ -217,6 +223,21 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
     };
     let last_forward = g.activation_inputs().into_iter().filter(|z| !backward.contains(z)).map(|z| z.index()).max();
     let propagate = |i: NodeIndex| last_forward.map(|l| i.index() <= l).unwrap_or(false);
+    let grouping = match opts.proj {
+        Some(_) => None,
+        None if opts.ungrouped => None,
+        None => {
+            let targets: Vec<NodeIndex> = g.activation_inputs().into_iter().filter(|z| !backward.contains(z)).collect();
+            match model.grouping.get() {
+                Some(p) => p.clone(),
+                None => {
+                    let p = super::grouping::plan(model, &targets)?.map(std::sync::Arc::new);
+                    let _ = model.grouping.set(p.clone());
+                    p
+                }
+            }
+        }
+    };
 
     for i in g.order() {
         let node = g.node(i);
@@ -248,6 +269,16 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         .context(ctx_err)?;
                         vals.insert(i, Val::Dense(r));
                         Weight::Median { scale }
+                    }
+                    None if grouping.is_some() => {
+                        let Some(grp) = grouping.clone() else { unreachable!() };
+                        vals.insert(i, Val::Dense(grp.rows(&node.shape, x).context(ctx_err)?));
+                        match set {
+                            InputSet::Box { radius, .. } => {
+                                Weight::Grouped { radius: radius.reshape((b, n_in)).context(ctx_err)?, grouping: grp }
+                            }
+                            InputSet::L2 { eps, .. } => Weight::L2(eps.clone()),
+                        }
                     }
                     _ => {
                         let mut eye_shape = vec![1, n_in];
@@ -391,6 +422,13 @@ fn layer_bounds(
                 w3.broadcast_matmul(&a.abs().context(ctx_err)?).context(ctx_err)?.squeeze(1).context(ctx_err)?
             }
             Weight::Median { scale } => (median_abs(&a).context(ctx_err)? * *scale).context(ctx_err)?,
+            Weight::Grouped { radius, grouping } => {
+                let r = grouping
+                    .owner_radius(z, radius)
+                    .context(ctx_err)?
+                    .ok_or_else(|| crate::error::Error::Usage("internal: input grouping misses a layer".into()))?;
+                a.abs().and_then(|a| a.broadcast_mul(&r)).and_then(|t| t.sum(1)).context(ctx_err)?
+            }
             Weight::L2(eps) => {
                 let norm = a.sqr().and_then(|q| q.sum(1)).and_then(|q| q.sqrt()).context(ctx_err)?; // [Bs, n]
                 norm.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?

@@ -16,11 +16,13 @@ pub struct Model {
     /// Dense matrices of affine ops, cached across batches while the weights are fixed (certification).
     /// `None` (the default) recomputes them per call, as training needs.
     pub matrix_cache: Option<std::sync::Mutex<std::collections::HashMap<usize, Tensor>>>,
+    /// The input-direction grouping of exact bounds (structural: depends on the graph only), planned once.
+    pub grouping: std::sync::OnceLock<Option<std::sync::Arc<super::grouping::Grouping>>>,
 }
 
 impl Model {
     pub fn new(graph: Graph, weights: Weights, dtype: DType, device: Device) -> Self {
-        Model { graph, weights, dtype, device, matrix_cache: None }
+        Model { graph, weights, dtype, device, matrix_cache: None, grouping: Default::default() }
     }
 
     /// Cache per-op matrices across calls; only valid while the weights do not change.

@@ -192,8 +192,11 @@ pub fn train_on(
             clean_wrong += preds.iter().zip(&labels).filter(|(p, l)| p != l).count();
             let loss = match cfg.mode {
                 Mode::Robust => {
-                    let opts =
-                        Options { proj: cfg.projections(), seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize) };
+                    let opts = Options {
+                        proj: cfg.projections(),
+                        seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize),
+                        ..Default::default()
+                    };
                     let (lv, grads, wrong) = robust_grads(&model, &set, &labels, &opts, &vars)?;
                     robust_wrong += wrong;
                     Step::Done(lv, grads)
@@ -372,7 +375,7 @@ pub fn robust_grads(
     let ranges: Vec<(usize, usize)> = (0..b).step_by(part).map(|s| (s, part.min(b - s))).collect();
     let one = |k: usize, s: usize, n: usize| -> Result<(f64, candle_core::backprop::GradStore, usize)> {
         let sub = set.narrow(s, n)?;
-        let o = Options { proj: opts.proj, seed: opts.seed.wrapping_add(0x9E37_79B9 * k as u64) };
+        let o = Options { seed: opts.seed.wrapping_add(0x9E37_79B9 * k as u64), ..*opts };
         let cert = certify_batch_with(model, &sub, &labels[s..s + n], &o)?;
         let lb = crate::cli::bounds::rows(&cert.margin_lb)?;
         let wrong = certified(&lb, &labels[s..s + n]).iter().filter(|c| !**c).count();
