@@ -18,6 +18,7 @@
 //! one. Other devices and dtypes fall back to candle's built-ins.
 
 mod cpu;
+pub mod l1;
 
 use std::borrow::Cow;
 

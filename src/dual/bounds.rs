@@ -103,6 +103,17 @@ enum Val {
     /// being applied to `B*m` one-hot tensors.
     OneHot {
         idx: Tensor,
+        host: std::sync::Arc<Vec<u32>>,
+        b: usize,
+        m: usize,
+    },
+    /// Rows `mat[idx[b*m + r]]` of an op's matrix `[n_in, n_out]` (one-hot rows after the op), kept implicit
+    /// until something needs them dense: a bound reads them with the fused
+    /// [`crate::kernels::l1::gathered_abs_rows`] without building `[B, m, n_out]`.
+    Rows {
+        mat: Tensor,
+        idx: Tensor,
+        host: std::sync::Arc<Vec<u32>>,
         b: usize,
         m: usize,
     },
@@ -117,12 +128,17 @@ struct Source {
 fn dense(v: &Val, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor> {
     match v {
         Val::Dense(t) => Ok(t.clone()),
-        Val::OneHot { idx, b, m } => {
+        Val::OneHot { idx, b, m, .. } => {
             let n: usize = shape.iter().product();
             let eye = Tensor::eye(n, like.dtype(), like.device())?;
             let mut s = vec![*b, *m];
             s.extend_from_slice(shape);
             eye.index_select(idx, 0)?.reshape(s)
+        }
+        Val::Rows { mat, idx, b, m, .. } => {
+            let mut s = vec![*b, *m];
+            s.extend_from_slice(shape);
+            mat.index_select(idx, 0)?.reshape(s)
         }
     }
 }
@@ -323,13 +339,15 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 let (j, v) = &present[0];
                                 let mat = match v {
                                     Val::OneHot { .. } => op_matrix(model, i)?,
-                                    Val::Dense(_) => None,
+                                    Val::Dense(_) | Val::Rows { .. } => None,
                                 };
                                 match (v, mat) {
-                                    (Val::OneHot { idx, b, m }, Some(mat)) => {
-                                        let mut shape = vec![*b, *m];
-                                        shape.extend_from_slice(&node.shape);
-                                        mat.index_select(idx, 0).and_then(|t| t.reshape(shape)).context(ctx_err)?
+                                    (Val::OneHot { idx, host, b, m }, Some(mat)) => {
+                                        s.vals.insert(
+                                            i,
+                                            Val::Rows { mat, idx: idx.clone(), host: host.clone(), b: *b, m: *m },
+                                        );
+                                        continue;
                                     }
                                     _ => {
                                         let t = dense(v, &g.node(*j).shape, x).context(ctx_err)?;
@@ -412,6 +430,11 @@ fn layer_bounds(
     let mut radius = Tensor::zeros((b, n), center.dtype(), center.device()).context(ctx_err)?;
     for s in sources {
         let Some(a) = s.vals.get(&z) else { continue };
+        if let (Val::Rows { mat, host, .. }, Weight::L1(w)) = (a, &s.weight) {
+            let term = crate::kernels::l1::gathered_abs_rows(mat, w, host).context(ctx_err)?;
+            radius = radius.broadcast_add(&term).context(ctx_err)?;
+            continue;
+        }
         let a = dense(a, &node.shape, &center).context(ctx_err)?;
         let (bs, m) = (a.dims()[0], a.dims()[1]);
         let a = a.reshape((bs, m, n)).context(ctx_err)?;
@@ -423,11 +446,11 @@ fn layer_bounds(
             }
             Weight::Median { scale } => (median_abs(&a).context(ctx_err)? * *scale).context(ctx_err)?,
             Weight::Grouped { radius, grouping } => {
-                let r = grouping
-                    .owner_radius(z, radius)
-                    .context(ctx_err)?
+                let owner = grouping
+                    .owners
+                    .get(&z)
                     .ok_or_else(|| crate::error::Error::Usage("internal: input grouping misses a layer".into()))?;
-                a.abs().and_then(|a| a.broadcast_mul(&r)).and_then(|t| t.sum(1)).context(ctx_err)?
+                crate::kernels::l1::grouped_abs(&a, radius, owner).context(ctx_err)?
             }
             Weight::L2(eps) => {
                 let norm = a.sqr().and_then(|q| q.sum(1)).and_then(|q| q.sqrt()).context(ctx_err)?; // [Bs, n]
@@ -463,11 +486,12 @@ fn offset_source(node: NodeIndex, r: &Relaxation, b: usize, shape: &[usize]) -> 
         }
     }
     let dev = rad.device();
+    let host_idx = idx.clone();
     let idx = Tensor::from_vec(idx, (b, m), dev)?;
     let mask = Tensor::from_vec(mask, (b, m), dev)?.to_dtype(rad.dtype())?;
     let w = (rad.gather(&idx, 1)? * mask)?;
     let mut vals = HashMap::new();
-    vals.insert(node, Val::OneHot { idx: idx.flatten_all()?, b, m });
+    vals.insert(node, Val::OneHot { idx: idx.flatten_all()?, host: std::sync::Arc::new(host_idx), b, m });
     Ok(Some(Source { vals, weight: Weight::L1(w) }))
 }
 

@@ -42,7 +42,7 @@ pub struct Grouping {
     pub colour: Vec<usize>,
     /// Per target `z`: `owner_z[g * n_z + j]`, the input direction of group `g` whose support holds unit `j`,
     /// or `n_in` when none does (index of a zero radius).
-    pub owners: HashMap<NodeIndex, Vec<u32>>,
+    pub owners: HashMap<NodeIndex, std::sync::Arc<Vec<u32>>>,
 }
 
 /// Input directions pushed per chunk while finding supports (bounds the planning memory).
@@ -128,7 +128,7 @@ pub fn plan(model: &Model, targets: &[NodeIndex]) -> Result<Option<Grouping>> {
                 own[colour[i] * sizes[t] + j as usize] = i as u32;
             }
         }
-        owners.insert(*z, own);
+        owners.insert(*z, std::sync::Arc::new(own));
     }
     Ok(Some(Grouping { groups, colour, owners }))
 }
@@ -175,18 +175,6 @@ impl Grouping {
         let mut s = vec![1, self.groups];
         s.extend_from_slice(in_shape);
         Tensor::from_vec(data, s, like.device())?.to_dtype(like.dtype())
-    }
-
-    /// `R[b, g, j] = radius[b, owner_z(g, j)]` (0 where no direction of `g` reaches `j`): `radius: [B, n_in]`
-    /// → `[B, G, n_z]`.
-    pub fn owner_radius(&self, z: NodeIndex, radius: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let Some(own) = self.owners.get(&z) else { return Ok(None) };
-        let b = radius.dims()[0];
-        let n_z = own.len() / self.groups.max(1);
-        let zero = Tensor::zeros((b, 1), radius.dtype(), radius.device())?;
-        let ext = Tensor::cat(&[radius, &zero], 1)?;
-        let idx = Tensor::from_slice(own, own.len(), radius.device())?;
-        Ok(Some(ext.index_select(&idx, 1)?.reshape((b, self.groups, n_z))?))
     }
 }
 
