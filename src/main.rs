@@ -3,12 +3,6 @@
 use clap::{Parser, Subcommand};
 use dualnet::cli;
 
-/// jemalloc keeps freed pages for reuse: the dual network allocates and frees tensors of hundreds of MB per
-/// layer, and with the system allocator each one is a fresh `mmap` whose first touch page-faults (~30% of a
-/// training step's time was spent zeroing new pages).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Parser)]
 #[command(
     name = "dualnet",
@@ -51,6 +45,12 @@ fn main() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    // dualnet runs one worker thread per core over the examples of a batch (certify, train); candle's own
+    // elementwise thread pool would make those workers queue on its lock and spin at its barrier (a third of a
+    // training step's time), so elementwise ops run on the calling thread unless the user chose otherwise.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let cli = Cli::parse();
     let code = match &cli.command {
