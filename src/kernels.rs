@@ -19,6 +19,7 @@
 
 mod cpu;
 pub mod l1;
+pub mod median;
 
 use std::borrow::Cow;
 

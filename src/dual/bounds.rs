@@ -56,26 +56,62 @@ pub struct Options {
 /// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
 const GAUSS_MEDIAN_SCALE: f64 = 1.482_602_218_505_602;
 
+/// `[B, k, *shape]` random projections: standard Cauchy (`tan(π(U − ½))`) or standard normal entries, zero
+/// where `keep[b, j]` is false (`keep: [B, n]`, `None` = everywhere). Each example draws from its own generator,
+/// seeded from `rng`, so the result depends only on the seed and is generated in parallel, directly in the
+/// compute dtype.
 fn random_tensor(
     shape: &[usize],
     cauchy: bool,
+    keep: Option<&[bool]>,
     rng: &mut rand::rngs::StdRng,
     like: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    use rand::Rng;
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = if cauchy {
-        (0..n).map(|_| (std::f64::consts::PI * (rng.random::<f64>() - 0.5)).tan()).collect()
-    } else {
-        (0..n).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)).collect()
-    };
-    Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
+    use rand::{Rng, SeedableRng};
+    use rayon::prelude::*;
+    let (b, k) = (shape[0], shape[1]);
+    let n: usize = shape[2..].iter().product();
+    let seeds: Vec<u64> = (0..b).map(|_| rng.random()).collect();
+    fn fill<T: Send + Copy + Default>(
+        b: usize,
+        k: usize,
+        n: usize,
+        seeds: &[u64],
+        cauchy: bool,
+        keep: Option<&[bool]>,
+        conv: fn(f64) -> T,
+    ) -> Vec<T> {
+        let mut v = vec![T::default(); b * k * n];
+        v.par_chunks_mut((k * n).max(1)).enumerate().for_each(|(e, out)| {
+            let mut r = rand::rngs::SmallRng::seed_from_u64(seeds[e]);
+            let keep = keep.map(|m| &m[e * n..][..n]);
+            for row in out.chunks_mut(n.max(1)) {
+                for (j, x) in row.iter_mut().enumerate() {
+                    if keep.map(|m| m[j]).unwrap_or(true) {
+                        *x = conv(if cauchy {
+                            (std::f64::consts::PI * (r.random::<f64>() - 0.5)).tan()
+                        } else {
+                            r.sample::<f64, _>(rand_distr::StandardNormal)
+                        });
+                    }
+                }
+            }
+        });
+        v
+    }
+    match like.dtype() {
+        DType::F64 => Tensor::from_vec(fill(b, k, n, &seeds, cauchy, keep, |x| x), shape, like.device()),
+        dt => Tensor::from_vec(fill(b, k, n, &seeds, cauchy, keep, |x| x as f32), shape, like.device())?.to_dtype(dt),
+    }
 }
 
 /// Median over dim 1 of `|a|`, `a: [B, k, n] -> [B, n]` (the lower middle for even `k`, like `torch.median`);
 /// differentiable through the selected entries.
 pub fn median_abs(a: &Tensor) -> candle_core::Result<Tensor> {
     use rayon::prelude::*;
+    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
+        return crate::kernels::median::median_abs(a);
+    }
     let (b, k, n) = a.dims3()?;
     let t = a.abs()?.transpose(1, 2)?.contiguous()?; // [B, n, k]
                                                      // Indices of the middle order statistic per row, found on the host with a selection (no full sort);
@@ -273,7 +309,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             InputSet::Box { .. } => (true, 1.0),
                             InputSet::L2 { .. } => (false, GAUSS_MEDIAN_SCALE),
                         };
-                        let r = random_tensor(&shape, cauchy, &mut rng, x).context(ctx_err)?;
+                        let r = random_tensor(&shape, cauchy, None, &mut rng, x).context(ctx_err)?;
                         let r = match set {
                             InputSet::Box { radius, .. } => r.broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?),
                             InputSet::L2 { eps, .. } => {
@@ -505,27 +541,16 @@ fn projected_offset_source(
     k: usize,
     rng: &mut rand::rngs::StdRng,
 ) -> candle_core::Result<Option<Source>> {
-    use rand::Rng;
-    let n: usize = shape.iter().product();
     let host: Vec<f64> = r.rad.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
     let count = host.iter().filter(|v| **v > 0.0).count();
     if count <= k {
         return Ok(None);
     }
     // Cauchy draws only where the radius is non-zero (elsewhere the product is 0 anyway).
-    let mut c = vec![0f64; b * k * n];
-    for e in 0..b {
-        for j in 0..n {
-            if host[e * n + j] > 0.0 {
-                for q in 0..k {
-                    c[(e * k + q) * n + j] = (std::f64::consts::PI * (rng.random::<f64>() - 0.5)).tan();
-                }
-            }
-        }
-    }
+    let keep: Vec<bool> = host.iter().map(|v| *v > 0.0).collect();
     let mut s = vec![b, k];
     s.extend_from_slice(shape);
-    let c = Tensor::from_vec(c, s, r.rad.device())?.to_dtype(r.rad.dtype())?;
+    let c = random_tensor(&s, true, Some(&keep), rng, &r.rad)?;
     let inj = c.broadcast_mul(&r.rad.unsqueeze(1)?)?;
     let mut vals = HashMap::new();
     vals.insert(node, Val::Dense(inj));
