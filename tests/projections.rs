@@ -80,3 +80,23 @@ fn gradients_reach_every_parameter_through_projections() {
         assert!(n.is_finite() && n > 0.0, "zero or non-finite gradient");
     }
 }
+
+/// The high-probability variant (Appendix E.1: corrected geometric mean, `Options::high_prob`): each projected
+/// norm is an upper bound with probability ≥ 1 − δ, so with δ = 1e-4 every layer's bounds contain the exact ones
+/// (exact bounds use the tightest relaxations; looser earlier bounds only widen later ones).
+#[test]
+fn high_probability_bounds_contain_the_exact_bounds() {
+    for norm in [Norm::Linf, Norm::L2] {
+        let (m, set) = setup(norm);
+        let exact = compute(&m, &set).expect("exact");
+        for seed in 0..3 {
+            let opts = Options { proj: Some(50), seed, high_prob: Some(1e-4), ..Default::default() };
+            let hp = compute_with(&m, &set, &opts).expect("high-probability bounds");
+            for ((_, l, u), (_, hl, hu)) in exact.layers.iter().zip(&hp.layers) {
+                let below: Vec<f64> = (l - hl).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("l");
+                let above: Vec<f64> = (hu - u).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("u");
+                assert!(below.iter().chain(&above).all(|d| *d >= -1e-9), "{norm}, seed {seed}: not contained");
+            }
+        }
+    }
+}

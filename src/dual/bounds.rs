@@ -37,7 +37,9 @@ enum Weight {
     /// Random projection (paper Theorem 2): the rows are `k` random combinations already scaled by the
     /// weights, and the term is `scale · median_q |A_{b,q,j}|` — Cauchy rows estimate an ℓ1 norm (scale 1),
     /// Gaussian rows an ℓ2 norm (scale `1/Φ⁻¹(3/4)`).
-    Median { scale: f64 },
+    /// `cauchy`: the rows are Cauchy (ℓ1 terms), else Gaussian (ℓ2). With [`Options::high_prob`] the term is
+    /// the corrected geometric mean of [`super::estimator`] instead (an upper bound with probability `1 − δ`).
+    Median { scale: f64, cauchy: bool },
 }
 
 /// How the layer bounds are computed.
@@ -51,6 +53,10 @@ pub struct Options {
     /// Exact bounds push every input direction separately instead of in groups of disjoint support
     /// ([`super::grouping`]; same result, slower). For tests and comparisons.
     pub ungrouped: bool,
+    /// `Some(δ)`: projected terms use the geometric-mean estimator corrected so that each estimate bounds its
+    /// norm with probability at least `1 − δ` (the paper's Appendix E.1; for certification with projections).
+    /// `None`: the median estimator (training).
+    pub high_prob: Option<f64>,
 }
 
 /// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
@@ -320,7 +326,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         }
                         .context(ctx_err)?;
                         vals.insert(i, Val::Dense(r));
-                        Weight::Median { scale }
+                        Weight::Median { scale, cauchy }
                     }
                     None if grouping.is_some() => {
                         let Some(grp) = grouping.clone() else { unreachable!() };
@@ -402,7 +408,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             let (l, u) = if backward.contains(&z) {
                                 backward_bounds(model, set, &out.relax, z, b)?
                             } else {
-                                layer_bounds(model, &centers, &sources, z, b)?
+                                layer_bounds(model, &centers, &sources, z, b, opts.high_prob)?
                             };
                             out.layers.push((z, l, u));
                         }
@@ -458,6 +464,7 @@ fn layer_bounds(
     sources: &[Source],
     z: NodeIndex,
     b: usize,
+    high_prob: Option<f64>,
 ) -> Result<(Tensor, Tensor)> {
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
@@ -480,7 +487,15 @@ fn layer_bounds(
                 let w3 = w.unsqueeze(1).context(ctx_err)?;
                 w3.broadcast_matmul(&a.abs().context(ctx_err)?).context(ctx_err)?.squeeze(1).context(ctx_err)?
             }
-            Weight::Median { scale } => (median_abs(&a).context(ctx_err)? * *scale).context(ctx_err)?,
+            Weight::Median { scale, cauchy } => match high_prob {
+                None => (median_abs(&a).context(ctx_err)? * *scale).context(ctx_err)?,
+                Some(delta) => {
+                    let c = super::estimator::correction(m, delta, *cauchy);
+                    // (Π_q |a_q|)^{1/k} = exp(mean_q ln |a_q|); exact zeros give 0 (their norm is 0).
+                    let g = a.abs().and_then(|t| t.log()).and_then(|t| t.mean(1)).and_then(|t| t.exp());
+                    (g.context(ctx_err)? * c).context(ctx_err)?
+                }
+            },
             Weight::Grouped { radius, grouping } => {
                 let owner = grouping
                     .owners
@@ -554,7 +569,7 @@ fn projected_offset_source(
     let inj = c.broadcast_mul(&r.rad.unsqueeze(1)?)?;
     let mut vals = HashMap::new();
     vals.insert(node, Val::Dense(inj));
-    Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0 } }))
+    Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0, cauchy: true } }))
 }
 
 /// Bounds of `z` from the dual network run backwards from it with `c = e_j` for each of its units

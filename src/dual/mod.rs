@@ -3,6 +3,7 @@
 //! robust loss and error built on them.
 
 pub mod bounds;
+pub mod estimator;
 pub mod grouping;
 pub mod input_set;
 pub mod model;
