@@ -267,17 +267,30 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
     let mut centers: Vec<Option<Tensor>> = vec![None; n_nodes];
     let mut sources: Vec<Source> = Vec::new();
     let mut out = Bounds { layers: Vec::new(), relax: HashMap::new() };
-    // Exact bounds: a layer much narrower than the input gets its bounds from the dual network run backwards
-    // from it (n_z rows), instead of pushing every input direction forward to it; sources are propagated only
-    // up to the last layer that needs them.
+    // Exact bounds: a layer much narrower than the free directions that would reach it (the input and the dense
+    // offsets of earlier activations) gets its bounds from the dual network run backwards from it (n_z rows)
+    // instead; sources are propagated only up to the last layer that needs them.
     let n_in: usize = g.input_shape().iter().product();
     let backward: Vec<NodeIndex> = match opts.proj {
         Some(_) => Vec::new(),
-        None => g
-            .activation_inputs()
-            .into_iter()
-            .filter(|z| 4 * g.node(*z).shape.iter().product::<usize>() < n_in)
-            .collect(),
+        None => {
+            // Units of every activation, in topological order: their offsets are free directions too. Those of
+            // the activation just before `z` reach it through one op, read as matrix rows (cheap); the others
+            // are pushed forward densely, so they count towards the cost of the forward route.
+            let acts: Vec<(usize, usize)> = g
+                .order()
+                .filter(|&i| g.node(i).kind.op().map(|op| op.role() == Role::Activation).unwrap_or(false))
+                .map(|i| (i.index(), g.node(i).shape.iter().product()))
+                .collect();
+            g.activation_inputs()
+                .into_iter()
+                .filter(|z| {
+                    let before: Vec<usize> = acts.iter().filter(|(a, _)| *a < z.index()).map(|(_, n)| *n).collect();
+                    let dense_offsets: usize = before.iter().rev().skip(1).sum();
+                    4 * g.node(*z).shape.iter().product::<usize>() < n_in + dense_offsets
+                })
+                .collect()
+        }
     };
     let last_forward = g.activation_inputs().into_iter().filter(|z| !backward.contains(z)).map(|z| z.index()).max();
     let propagate = |i: NodeIndex| last_forward.map(|l| i.index() <= l).unwrap_or(false);
