@@ -110,6 +110,11 @@ impl DeviceSpec {
 #[cfg(feature = "cuda")]
 fn open_cuda(n: usize, spec: &DeviceSpec) -> Result<Device> {
     Device::new_cuda(n).map_err(|e| {
+        // The driver's message, without the backtrace candle attaches under RUST_BACKTRACE.
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
         Error::input(
             Diagnostic::new(Code::DeviceUnavailable, format!("cannot open the CUDA device `{spec}`: {e}")).help(
                 "check that `nvidia-smi` lists the GPU and that N is below the number of GPUs; the run-time \

@@ -17,7 +17,7 @@
 //! JSON keys: `{"cert1000": {"seconds", "peak_rss_mb", "examples", "certified_robust_err", "clean_err"},
 //! "step_exact": {"seconds", "peak_rss_mb", "robust_ce", "robust_err"}, "step_proj50": {"seconds", "peak_rss_mb",
 //! "robust_ce"}, "train1000": {"seconds", "peak_rss_mb", "steps"}, "step_large_proj50": {...},
-//! "scaling": {"batch", "rows": [{"width", "proj50_seconds", "exact_seconds"}]}, "threads", "dtype"}`.
+//! "scaling": {"batch", "rows": [{"width", "proj50_seconds", "exact_seconds"}]}, "threads", "dtype", "device"}`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
