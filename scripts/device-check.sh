@@ -19,7 +19,9 @@
 #   - the CUDA binary: dist/dualnet-cuda.xz or dist/dualnet-cuda (scripts/build-cuda.sh), or .device/dualnet-cuda.xz;
 #   - the shared data: ../shared (reference/ and data/mnist/) if it is there, else .device/shared.
 # `scripts/device-check.sh --pack` (run here, after scripts/build-cuda.sh) fills .device/ (git-ignored, about
-# 35 MB) with the compressed binary and the data the check reads, so that only .device needs carrying.
+# 20 MB) with the compressed binary and the data the check reads, so that only .device needs carrying. With this
+# workplace's device tool: run command `scripts/device-check.sh`, carry [".device"], timeout_s 580 (DEADLINE is
+# 500 s of steps; the machine's start is extra).
 #
 # Dry run without a GPU (to test the script itself): DUALNET_BIN=target/release/dualnet DEVICE=cpu QUICK=1
 # scripts/device-check.sh (QUICK shrinks the data: 500 training and 200 test images).
