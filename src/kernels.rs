@@ -23,6 +23,8 @@
 //! kernel, which takes the stride, padding and output padding we pass; gradients (the kernel gradient included)
 //! come from candle's autograd of its own conv ops, whose rules `tests/kernels.rs` checks against these ops for
 //! the model shapes (candle's conv2d backward restores the height only, so square images, as in every spec here).
+//! Likewise [`l1`] composes candle ops on other devices, and the median of projections goes to
+//! `crate::dual::gpu` before reaching [`median`].
 
 mod cpu;
 pub mod l1;
