@@ -90,6 +90,7 @@ codes! {
     InputsInvalid = "E0105", Error, "invalid inputs file";
     BadOption = "E0106", Error, "invalid option value";
     DataInvalid = "E0107", Error, "invalid data file";
+    DeviceUnavailable = "E0108", Error, "device not available";
     UnusedNode = "W0001", Warning, "unused node";
     ShadowedOp = "W0002", Warning, "block shadows a built-in op";
 }

@@ -15,7 +15,16 @@
 //! Autograd: the three ops (conv2d, conv_transpose2d, and the kernel gradient `Σ g ⊗ im2col(x)`) take explicit
 //! output sizes, which makes them exact mutual adjoints for any sizes; each op's `bwd` is built from the other two
 //! ops, so gradients of gradients work as well; only operands that track gradients (`Tensor::track_op`) get
-//! one. Other devices and dtypes fall back to candle's built-ins.
+//! one.
+//!
+//! Devices (`fast_path`): the custom ops above exist for the CPU only (no `cuda_fwd`). Tensors on any other
+//! device (CUDA), and other dtypes, go to candle's built-in `conv2d` / `conv_transpose2d` **on their own device**
+//! — never through the host. On CUDA those are candle's im2col + cuBLAS conv2d and its direct conv_transpose2d
+//! kernel, which takes the stride, padding and output padding we pass; gradients (the kernel gradient included)
+//! come from candle's autograd of its own conv ops, whose rules `tests/kernels.rs` checks against these ops for
+//! the model shapes (candle's conv2d backward restores the height only, so square images, as in every spec here).
+//! Likewise [`l1`] composes candle ops on other devices, and the median of projections goes to
+//! `crate::dual::gpu` before reaching [`median`].
 
 mod cpu;
 pub mod l1;
@@ -70,7 +79,8 @@ pub fn conv_transpose2d(
     conv_transpose2d_to(nu, w, stride, padding, h, wd)
 }
 
-/// Whether the custom CPU kernels handle these operands (else candle's built-in does).
+/// Whether the custom CPU kernels handle these operands: CPU tensors of one float dtype. Everything else goes to
+/// candle's built-in op on the operands' device (the CUDA path).
 fn fast_path(a: &Tensor, w: &Tensor) -> bool {
     a.device().is_cpu() && w.device().is_cpu() && a.dtype() == w.dtype() && matches!(a.dtype(), DType::F32 | DType::F64)
 }

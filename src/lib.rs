@@ -8,6 +8,7 @@
 pub mod check;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod diagnostics;
 pub mod dual;
 pub mod emit;

@@ -151,6 +151,21 @@ impl Weights {
         Ok(Weights { per_node })
     }
 
+    /// The same weights on `device` (a checkpoint is read on the CPU, then moved).
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        let per_node = self
+            .per_node
+            .into_iter()
+            .map(|m| {
+                m.into_iter()
+                    .map(|(k, t)| t.to_device(device).map(|t| (k, t)))
+                    .collect::<candle_core::Result<NodeWeights>>()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .context(|| "moving the weights to the device".to_string())?;
+        Ok(Weights { per_node })
+    }
+
     /// Save atomically as safetensors.
     pub fn save(&self, g: &Graph, path: &Path) -> Result<()> {
         save_tensors(&self.to_map(g), path)

@@ -209,3 +209,45 @@ fn certify_and_attack_agree_with_each_other() {
         }
     }
 }
+
+/// `--device cpu` is the default and gives the same results; a bad device name is a usage error (exit 2).
+#[test]
+fn device_cpu_works_and_bad_names_are_usage_errors() {
+    let (code, default) = bounds(MLP_W, MLP_X, &[]);
+    assert_eq!(code, 0, "{default}");
+    let (code, cpu) = bounds(MLP_W, MLP_X, &["--device", "cpu"]);
+    assert_eq!(code, 0, "{cpu}");
+    assert_eq!(cpu, default);
+    let (code, out) = bounds(MLP_W, MLP_X, &["--device", "tpu"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cuda:N"), "{out}");
+}
+
+/// Without the `cuda` feature, every command that takes `--device` refuses CUDA with E0108 and help on how to
+/// rebuild, before doing any work (a training run folder is not even created).
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_without_the_feature_is_a_coded_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out_dir = tmp.path().join("run");
+    let run_dir = out_dir.to_str().expect("p");
+    let data = ["--data-dir", "../shared/data/mnist", "--limit", "2"];
+    let model = ["--spec", MLP, "--weights", MLP_W];
+    let mut cases: Vec<Vec<&str>> = vec![
+        [&["bounds"][..], &model, &["--inputs", MLP_X, "--eps", "0.1", "--json", "-", "--device", "cuda"]].concat(),
+        [&["certify"][..], &model, &data, &["--eps", "0.1", "--quiet", "--device", "cuda:1"]].concat(),
+        [&["attack"][..], &model, &data, &["--eps", "0.1", "--quiet", "--device", "cuda"]].concat(),
+        [&["train", "--spec", MLP, "--out", run_dir, "--quiet", "--device", "cuda"][..], &data].concat(),
+        [&["cascade", "train", "--spec", MLP, "--out", run_dir, "--stages", "1", "--quiet"][..], &data].concat(),
+        vec!["bench", "--only", "step_proj50", "--device", "cuda"],
+    ];
+    cases[4].extend(["--device", "cuda"]);
+    cases.push([&["cascade", "certify", run_dir, "--eps", "0.1", "--quiet", "--device", "cuda"][..], &data].concat());
+    for args in &cases {
+        let (code, out) = run(args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains("E0108") && out.contains("--features cuda"), "{args:?}: {out}");
+        assert!(out.contains("built without it"), "{args:?}: {out}");
+    }
+    assert!(!out_dir.exists(), "a refused run must not leave a run folder");
+}

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::Device;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
@@ -61,7 +60,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.restarts == 0 {
         return Err(Error::Usage("`--batch` and `--restarts` must be at least 1".into()));
     }
-    let model = args.model.load(args.set.dtype.dtype(), &Device::Cpu)?;
+    let model = args.model.load(args.set.dtype.dtype())?;
     let data = args.data.load()?;
     super::check_data_shape(&model, &data)?;
     let cfg = PgdConfig { steps: args.steps, step_size: args.step_size, restarts: args.restarts, seed: args.seed };

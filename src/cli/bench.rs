@@ -1,5 +1,6 @@
-//! `dualnet bench [--json OUT] [--only NAME] [--data-dir D] [--reference-dir R]`: the speed and memory figures
-//! of the bounds issue, each measured in its own process so that peak memory is per configuration.
+//! `dualnet bench [--json OUT] [--only NAME] [--data-dir D] [--reference-dir R] [--device cpu|cuda[:N]]`: the
+//! speed and memory figures of the bounds issue, each measured in its own process so that peak memory is per
+//! configuration.
 //!
 //! - `cert1000`: exact certification of the first 1000 MNIST test images, `mnist_small_trained` weights,
 //!   ℓ∞ ε = 0.1 with the [0, 1] box, batch 50, f32 (reference: 45.4 s, 2.1 GB; target ≤ 20 s, ≤ 1 GB).
@@ -16,7 +17,7 @@
 //! JSON keys: `{"cert1000": {"seconds", "peak_rss_mb", "examples", "certified_robust_err", "clean_err"},
 //! "step_exact": {"seconds", "peak_rss_mb", "robust_ce", "robust_err"}, "step_proj50": {"seconds", "peak_rss_mb",
 //! "robust_ce"}, "train1000": {"seconds", "peak_rss_mb", "steps"}, "step_large_proj50": {...},
-//! "scaling": {"batch", "rows": [{"width", "proj50_seconds", "exact_seconds"}]}, "threads", "dtype"}`.
+//! "scaling": {"batch", "rows": [{"width", "proj50_seconds", "exact_seconds"}]}, "threads", "dtype", "device"}`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use serde_json::{json, Value};
 
 use super::bounds::load_model;
 use crate::data::{self, Split};
+use crate::device::DeviceSpec;
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 use crate::run::certify::{certify_dataset, CertifyConfig};
@@ -50,6 +52,9 @@ pub struct Args {
     /// Run only these configurations (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub configs: Option<Vec<String>>,
+    /// Where to compute: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 const CONFIGS: &[&str] = &["cert1000", "step_exact", "step_proj50", "train1000", "step_large_proj50", "scaling"];
@@ -93,28 +98,30 @@ fn step_seconds(
     Ok((times.get(times.len() / 2).copied().unwrap_or(f64::NAN), loss))
 }
 
-fn spec_model(text: &str, seed: u64) -> Result<Model> {
+fn spec_model(text: &str, seed: u64, device: &Device) -> Result<Model> {
     let checked = crate::check::check_source("bench.net", text);
     let g = checked.graph.ok_or_else(|| Error::Input(checked.diagnostics))?;
-    let w = crate::weights::Weights::init(&g, seed, DType::F32, &Device::Cpu)?;
-    Ok(Model::new(g, w, DType::F32, Device::Cpu))
+    let w = crate::weights::Weights::init(&g, seed, DType::F32, device)?;
+    Ok(Model::new(g, w, DType::F32, device.clone()))
 }
 
-fn first(data: &crate::data::Dataset, n: usize) -> Result<(candle_core::Tensor, Vec<u32>)> {
+fn first(data: &crate::data::Dataset, n: usize, device: &Device) -> Result<(candle_core::Tensor, Vec<u32>)> {
     let idx: Vec<usize> = (0..n.min(data.len())).collect();
-    let (x, y) = data.batch(&idx, &Device::Cpu, DType::F32)?;
+    let (x, y) = data.batch(&idx, device, DType::F32)?;
     Ok((x, y.to_vec1().context(|| "labels".to_string())?))
 }
 
-fn small_model(args: &Args) -> Result<Model> {
+fn small_model(args: &Args, device: &Device) -> Result<Model> {
     let dir = args.reference_dir.join("mnist_small_trained");
-    load_model(&dir.join("model.net"), &dir.join("weights.safetensors"), DType::F32, &Device::Cpu)
+    load_model(&dir.join("model.net"), &dir.join("weights.safetensors"), DType::F32, device)
 }
 
 fn run_one(name: &str, args: &Args) -> Result<Value> {
+    let device = args.device.open_seeded(0)?;
+    let device = &device;
     match name {
         "cert1000" => {
-            let model = small_model(args)?;
+            let model = small_model(args, device)?;
             let data = data::load("mnist", &args.data_dir, Split::Test)?.limit(args.limit);
             let cfg = CertifyConfig {
                 eps: 0.1,
@@ -131,38 +138,38 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                       "certified_robust_err": s.certified_robust_err, "clean_err": s.clean_err}))
         }
         "step_exact" => {
-            let mut model = small_model(args)?;
+            let mut model = small_model(args, device)?;
             let test = data::load("mnist", &args.data_dir, Split::Test)?;
-            let (x, labels) = first(&test, 50)?;
+            let (x, labels) = first(&test, 50, device)?;
             let (secs, loss) = step_seconds(&mut model, &x, &labels, None, false, 0, 1)?;
             Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
         }
         "step_proj50" => {
-            let mut model = small_model(args)?;
+            let mut model = small_model(args, device)?;
             let test = data::load("mnist", &args.data_dir, Split::Test)?;
-            let (x, labels) = first(&test, 50)?;
+            let (x, labels) = first(&test, 50, device)?;
             let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 1, 5)?;
             Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
         }
         "step_large_proj50" => {
             let text = std::fs::read_to_string("specs/mnist_large.net")
                 .map_err(|e| Error::io("cannot read", "specs/mnist_large.net", e))?;
-            let mut model = spec_model(&text, 0)?;
+            let mut model = spec_model(&text, 0, device)?;
             let test = data::load("mnist", &args.data_dir, Split::Test)?;
-            let (x, labels) = first(&test, 50)?;
+            let (x, labels) = first(&test, 50, device)?;
             let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 1, 2)?;
             Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
         }
         "train1000" => {
             use crate::run::train::optim::Adam;
-            let mut model = small_model(args)?;
+            let mut model = small_model(args, device)?;
             model.matrix_cache = None;
             let vars = crate::run::train::trainer::make_vars(&mut model)?;
             let mut opt = Adam::new(vars, 0.0);
             let train = data::load("mnist", &args.data_dir, Split::Train)?;
             let step = |model: &Model, opt: &mut Adam, idx: &[usize], seed: u64| -> Result<()> {
                 use crate::dual::bounds::Options;
-                let (x, y) = train.batch(idx, &Device::Cpu, DType::F32)?;
+                let (x, y) = train.batch(idx, device, DType::F32)?;
                 let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
                 let set = InputSet::new(&x, &vec![0.1; labels.len()], Norm::Linf, Some((0.0, 1.0)))?;
                 let vars = opt.params().clone();
@@ -187,15 +194,15 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
             // The paper's scaling claim: with projections the step time grows about linearly with the width,
             // exact bounds about quadratically. Conv nets like mnist_small with channels and hidden units x w.
             let test = data::load("mnist", &args.data_dir, Split::Test)?;
-            let (x, labels) = first(&test, 10)?;
+            let (x, labels) = first(&test, 10, device)?;
             let mut rows = Vec::new();
             for w in [1usize, 2, 4] {
                 let text = format!(
                     "network w{w} {{ input x: [1, 28, 28]  c1 = conv2d(x, out={}, kernel=4, stride=2, padding=1)  r1 = relu(c1)  c2 = conv2d(r1, out={}, kernel=4, stride=2, padding=1)  r2 = relu(c2)  f = flatten(r2)  l1 = linear(f, out={})  r3 = relu(l1)  l2 = linear(r3, out=10)  output l2 }}",
                     16 * w, 32 * w, 100 * w
                 );
-                let (proj, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, Some(50), true, 1, 2)?;
-                let (exact, _) = step_seconds(&mut spec_model(&text, 0)?, &x, &labels, None, true, 0, 1)?;
+                let (proj, _) = step_seconds(&mut spec_model(&text, 0, device)?, &x, &labels, Some(50), true, 1, 2)?;
+                let (exact, _) = step_seconds(&mut spec_model(&text, 0, device)?, &x, &labels, None, true, 0, 1)?;
                 rows.push(json!({"width": w, "proj50_seconds": proj, "exact_seconds": exact}));
             }
             Ok(json!({"batch": 10, "rows": rows, "peak_rss_mb": peak_rss_mb()}))
@@ -209,6 +216,9 @@ pub fn run(args: &Args) -> Result<()> {
         let v = run_one(name, args)?;
         println!("{v}");
         return Ok(());
+    }
+    if let Some(d) = args.device.not_built() {
+        return Err(Error::input(d));
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("cannot find the dualnet binary", "dualnet", e))?;
     let mut results = BTreeMap::new();
@@ -225,6 +235,7 @@ pub fn run(args: &Args) -> Result<()> {
             .arg(&args.data_dir)
             .arg("--reference-dir")
             .arg(&args.reference_dir)
+            .args(["--device", &args.device.to_string()])
             .output()
             .map_err(|e| Error::io("cannot run", &exe, e))?;
         if !out.status.success() {
@@ -269,6 +280,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     all.insert("threads".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
     all.insert("dtype".into(), json!("f32"));
+    all.insert("device".into(), json!(args.device.to_string()));
     if let Some(p) = &args.json {
         let text = serde_json::to_string_pretty(&Value::Object(all)).map_err(|e| Error::Usage(e.to_string()))?;
         crate::weights::write_atomic(p, text.as_bytes())?;

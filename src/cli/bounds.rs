@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use crate::device::DeviceSpec;
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::robust::{certified, certify_batch, robust_ce_per_example};
 use crate::dual::{InputSet, Model, Norm};
@@ -68,11 +69,15 @@ pub struct ModelArgs {
     /// Its weights (safetensors, keys `NODE.weight`, `NODE.bias`, ...).
     #[arg(long)]
     pub weights: PathBuf,
+    /// Where to compute: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 impl ModelArgs {
-    pub fn load(&self, dtype: DType, device: &Device) -> Result<Model> {
-        load_model(&self.spec, &self.weights, dtype, device)
+    /// Open `--device` and load the model onto it.
+    pub fn load(&self, dtype: DType) -> Result<Model> {
+        load_model(&self.spec, &self.weights, dtype, &self.device.open()?)
     }
 }
 
@@ -214,8 +219,7 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
 
 pub fn run(args: &Args) -> Result<()> {
     args.set.validate()?;
-    let device = Device::Cpu;
-    let model = args.model.load(args.set.dtype.dtype(), &device)?;
+    let model = args.model.load(args.set.dtype.dtype())?;
     let (x, labels) = load_inputs(&model, &args.inputs)?;
     let out = compute(&model, &x, &labels, &args.set)?;
     let text = serde_json::to_string(&out).map_err(|e| Error::Usage(format!("serialising results: {e}")))?;

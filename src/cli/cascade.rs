@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::bounds::SetArgs;
 use super::certify::DataArgs;
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::run::cascade::{cascade_certify, cascade_train, CascadeRecord, CascadeSummary};
 use crate::run::train::config::{TrainConfig, TrainOverrides};
@@ -44,6 +45,9 @@ pub struct CertifyArgs {
     pub set: SetArgs,
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
+    /// Where to compute: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[arg(long)]
@@ -90,6 +94,7 @@ pub fn run(cmd: &Command) -> Result<()> {
         }
         Command::Certify(a) => {
             a.set.validate()?;
+            let device = a.device.open()?;
             let data = a.data.load()?;
             let (records, s) = cascade_certify(
                 &a.run,
@@ -98,6 +103,7 @@ pub fn run(cmd: &Command) -> Result<()> {
                 a.set.norm,
                 a.set.bounds(),
                 a.set.dtype.dtype(),
+                &device,
                 a.batch,
                 !a.quiet,
             )?;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use serde::Serialize;
 
 use super::bounds::{ModelArgs, SetArgs};
@@ -82,7 +81,7 @@ pub fn run(args: &Args) -> Result<()> {
         return Err(Error::Usage("`--batch` must be at least 1".into()));
     }
     let dtype = args.set.dtype.dtype();
-    let model = args.model.load(dtype, &Device::Cpu)?;
+    let model = args.model.load(dtype)?;
     let data = args.data.load()?;
     super::check_data_shape(&model, &data)?;
     let cfg = CertifyConfig {
@@ -97,14 +96,15 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let (records, s) = certify_dataset(&model, &data, &cfg)?;
     println!(
-        "{} on {} {} examples, {} eps {}{}, {}:",
+        "{} on {} {} examples, {} eps {}{}, {} on {}:",
         model.graph.name,
         s.examples,
         args.data.data,
         s.norm,
         s.eps,
         if s.bounded { " (box)" } else { "" },
-        s.dtype
+        s.dtype,
+        s.device
     );
     println!("  clean error             {:>7.2}%", 100.0 * s.clean_err);
     println!(

@@ -73,6 +73,10 @@ fn random_tensor(
     rng: &mut rand::rngs::StdRng,
     like: &Tensor,
 ) -> candle_core::Result<Tensor> {
+    if !like.device().is_cpu() {
+        // The device draws from its own generator; `keep` only zeroes entries the caller multiplies by 0.
+        return super::gpu::random_tensor(shape, cauchy, like);
+    }
     use rand::{Rng, SeedableRng};
     use rayon::prelude::*;
     let (b, k) = (shape[0], shape[1]);
@@ -114,6 +118,9 @@ fn random_tensor(
 /// Median over dim 1 of `|a|`, `a: [B, k, n] -> [B, n]` (the lower middle for even `k`, like `torch.median`);
 /// differentiable through the selected entries.
 pub fn median_abs(a: &Tensor) -> candle_core::Result<Tensor> {
+    if !a.device().is_cpu() {
+        return super::gpu::median_abs(a);
+    }
     use rayon::prelude::*;
     if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
         return crate::kernels::median::median_abs(a);
@@ -569,6 +576,13 @@ fn projected_offset_source(
     k: usize,
     rng: &mut rand::rngs::StdRng,
 ) -> candle_core::Result<Option<Source>> {
+    if !r.rad.device().is_cpu() {
+        let src = |t| Source {
+            vals: HashMap::from([(node, Val::Dense(t))]),
+            weight: Weight::Median { scale: 1.0, cauchy: true },
+        };
+        return Ok(super::gpu::projected_offsets(&r.rad, k)?.map(src));
+    }
     let host: Vec<f64> = r.rad.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
     let count = host.iter().filter(|v| **v > 0.0).count();
     if count <= k {

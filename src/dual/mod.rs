@@ -4,6 +4,7 @@
 
 pub mod bounds;
 pub mod estimator;
+mod gpu;
 pub mod grouping;
 pub mod input_set;
 pub mod model;

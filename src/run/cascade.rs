@@ -86,9 +86,9 @@ pub fn stage_outcomes(
     Ok(out)
 }
 
-fn load_stage(graph: &Graph, dir: &Path, dtype: DType) -> Result<Model> {
-    let w = Weights::load(graph, &dir.join("weights.safetensors"), dtype, &Device::Cpu)?;
-    Ok(Model::new(graph.clone(), w, dtype, Device::Cpu).with_fixed_weights())
+fn load_stage(graph: &Graph, dir: &Path, dtype: DType, device: &Device) -> Result<Model> {
+    let w = Weights::load(graph, &dir.join("weights.safetensors"), dtype, device)?;
+    Ok(Model::new(graph.clone(), w, dtype, device.clone()).with_fixed_weights())
 }
 
 fn state_path(out: &Path) -> PathBuf {
@@ -125,6 +125,7 @@ pub fn cascade_train(
         return Err(Error::Usage("`--stages` must be at least 1".into()));
     }
     let (train_set, test_set) = load_data(cfg)?;
+    let device = cfg.device.open()?;
     let mut state = if state_path(out).is_file() {
         let mut s = read_state(out)?;
         s.stages_requested = stages;
@@ -185,7 +186,7 @@ pub fn cascade_train(
         if !dir.join("weights.safetensors").is_file() {
             train_on(cfg, graph.clone(), &dir, resume, progress, &subset, &test_set)?;
         }
-        let model = load_stage(graph, &dir, DType::F32)?;
+        let model = load_stage(graph, &dir, DType::F32, &device)?;
         let bar = if progress { ProgressBar::new(subset.len() as u64) } else { ProgressBar::hidden() };
         let normalize = cfg.mean.clone().zip(cfg.std.clone());
         let outcomes =
@@ -246,7 +247,8 @@ pub struct CascadeSummary {
     pub train_robust_err_by_stages: Vec<f64>,
 }
 
-/// Certify a data set with the cascade in `run`.
+/// Certify a data set with the cascade in `run`, on `device`.
+#[allow(clippy::too_many_arguments)]
 pub fn cascade_certify(
     run: &Path,
     data: &Dataset,
@@ -254,6 +256,7 @@ pub fn cascade_certify(
     norm: Norm,
     bounds: Option<(f64, f64)>,
     dtype: DType,
+    device: &Device,
     batch: usize,
     progress: bool,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
@@ -269,7 +272,7 @@ pub fn cascade_certify(
     let mut per_stage = Vec::new();
     let mut robust_by = Vec::new();
     for k in 1..=state.stages_done {
-        let model = load_stage(&graph, &run.join(format!("stage{k}")), dtype)?;
+        let model = load_stage(&graph, &run.join(format!("stage{k}")), dtype, device)?;
         let todo: Vec<usize> = (0..n).filter(|&i| stage_of[i].is_none()).collect();
         let subset = data.select(&todo);
         let bar = if progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };

@@ -47,6 +47,8 @@ pub struct Summary {
     pub norm: Norm,
     pub bounded: bool,
     pub dtype: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
     pub safety_margin: f64,
     pub clean_err: f64,
     pub certified_robust_err: f64,
@@ -79,9 +81,10 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
     let mut records = Vec::with_capacity(n);
     let (mut cert_count, mut wrong, mut fooled) = (0usize, 0usize, 0usize);
     let idx: Vec<usize> = (0..n).collect();
-    // Each batch is split across worker threads (one per core): candle's kernels parallelise poorly at these
-    // sizes, while independent examples parallelise perfectly (exact bounds are per example).
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    // On the CPU each batch is split across worker threads (one per core): candle's kernels parallelise poorly at
+    // these sizes, while independent examples parallelise perfectly (exact bounds are per example). On a GPU the
+    // whole batch runs in one thread.
+    let workers = crate::device::workers(&model.device);
     for chunk in idx.chunks(cfg.batch.max(1)) {
         let part = chunk.len().div_ceil(workers).max(1);
         let results: Vec<Result<Vec<ExampleRecord>>> = std::thread::scope(|sc| {
@@ -121,6 +124,7 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         norm: cfg.norm,
         bounded: cfg.bounds.is_some(),
         dtype: format!("{:?}", model.dtype).to_lowercase(),
+        device: crate::device::name(&model.device),
         safety_margin: cfg.safety_margin,
         clean_err: wrong as f64 / nf,
         certified_robust_err: (n - cert_count) as f64 / nf,

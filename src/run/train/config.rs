@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceSpec;
 use crate::diagnostics::{did_you_mean, Code, Diagnostic, SourceFile};
 use crate::dual::input_set::Norm;
 use crate::error::{Error, Result};
@@ -117,6 +118,8 @@ pub struct TrainConfig {
     pub mean: Option<Vec<f64>>,
     /// Per-channel standard deviation inputs are divided by (default: none; given together with `mean`).
     pub std: Option<Vec<f64>>,
+    /// Where to train: `cpu` (default), `cuda` or `cuda:N` (needs a build with the `cuda` feature).
+    pub device: DeviceSpec,
 }
 
 impl Default for TrainConfig {
@@ -149,6 +152,7 @@ impl Default for TrainConfig {
             augment: false,
             mean: None,
             std: None,
+            device: DeviceSpec::Cpu,
         }
     }
 }
@@ -182,6 +186,7 @@ pub const FIELDS: &[&str] = &[
     "augment",
     "mean",
     "std",
+    "device",
 ];
 
 impl TrainConfig {
@@ -342,6 +347,7 @@ impl TrainConfig {
                 }
             }
         }
+        problems.extend(self.device.not_built());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -527,6 +533,9 @@ pub struct TrainOverrides {
     /// Per-channel input standard deviation, comma separated.
     #[arg(long, value_delimiter = ',', num_args = 1.., allow_negative_numbers = true)]
     pub std: Option<Vec<f64>>,
+    /// Where to train: `cpu`, `cuda` or `cuda:N` [default: cpu].
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
 }
 
 impl TrainOverrides {
@@ -581,6 +590,7 @@ impl TrainOverrides {
         if let Some(s) = &self.std {
             cfg.std = Some(s.clone());
         }
+        set(&mut cfg.device, &self.device);
     }
 }
 
@@ -607,7 +617,8 @@ mod tests {
         assert_eq!((c.proj, c.bounded, c.augment, c.seed, c.pgd_steps), (Some(50), true, false, 0, 40));
         assert_eq!(c.data, "mnist");
         assert!(c.spec.is_none() && c.mean.is_none() && c.std.is_none() && c.grad_clip.is_none());
-        assert_eq!(FIELDS.len(), 27);
+        assert_eq!(c.device, DeviceSpec::Cpu);
+        assert_eq!(FIELDS.len(), 28);
     }
 
     #[test]
@@ -624,8 +635,9 @@ mod tests {
         c.eps_ramp = EpsRamp::Step;
         c.ramp_steps = Some(1234);
         c.lr = 3.5e-4;
+        c.device = DeviceSpec::Cuda(1);
         let y = c.to_yaml();
-        assert!(y.contains("optimizer: sgd") && y.contains("norm: l2"), "{y}");
+        assert!(y.contains("optimizer: sgd") && y.contains("norm: l2") && y.contains("device: cuda:1"), "{y}");
         let back = TrainConfig::from_yaml(&y, "config.yaml").unwrap();
         assert_eq!(back, c);
         // Every field is in the YAML and in FIELDS.
@@ -776,6 +788,8 @@ mod tests {
             "-1",
             "--norm",
             "l2",
+            "--device",
+            "cuda:2",
         ])
         .unwrap();
         let mut c = TrainConfig { limit: Some(10), ..Default::default() };
@@ -783,7 +797,9 @@ mod tests {
         assert_eq!((c.epochs, c.proj, c.bounded, c.optimizer, c.eps_start), (3, None, false, Optimizer::Sgd, 0.0));
         assert_eq!((c.limit, c.lr, c.norm, c.batch), (None, -1.0, Norm::L2, 50));
         assert_eq!(c.mean, Some(vec![0.5, 0.4, 0.3]));
+        assert_eq!(c.device, DeviceSpec::Cuda(2));
         assert!(Cli::try_parse_from(["t", "--bounded", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["t", "--device", "tpu"]).is_err());
         let mut d = TrainConfig::default();
         TrainOverrides::default().apply(&mut d);
         assert_eq!(d, TrainConfig::default());

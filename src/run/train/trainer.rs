@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::config::{Mode, TrainConfig};
@@ -126,7 +126,7 @@ pub fn train_on(
             .help("use a spec whose `input` matches the data set"),
         ));
     }
-    let device = Device::Cpu;
+    let device = cfg.device.open_seeded(cfg.seed)?;
     let dtype = DType::F32;
     let mut cfg = cfg.clone();
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch);
@@ -134,7 +134,8 @@ pub fn train_on(
 
     let (weights, optim_state, mut state) = if resume && folder.has_checkpoint("last") {
         let (w, o, s) = folder.load_checkpoint("last")?;
-        let w = Weights::from_map(&graph, w, &folder.file("last.safetensors").display().to_string(), dtype)?;
+        let w = Weights::from_map(&graph, w, &folder.file("last.safetensors").display().to_string(), dtype)?
+            .to_device(&device)?;
         (w, Some(o), s)
     } else {
         (Weights::init(&graph, cfg.seed, dtype, &device)?, None, TrainState { seed: cfg.seed, ..TrainState::default() })
@@ -370,7 +371,7 @@ pub fn robust_grads(
     vars: &[(String, Var)],
 ) -> Result<(f64, candle_core::backprop::GradStore, usize)> {
     let b = labels.len();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, b.max(1));
+    let workers = crate::device::workers(&model.device).clamp(1, b.max(1));
     let part = b.div_ceil(workers).max(1);
     let ranges: Vec<(usize, usize)> = (0..b).step_by(part).map(|s| (s, part.min(b - s))).collect();
     let one = |k: usize, s: usize, n: usize| -> Result<(f64, candle_core::backprop::GradStore, usize)> {
