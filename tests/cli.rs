@@ -251,3 +251,29 @@ fn device_cuda_without_the_feature_is_a_coded_error() {
     }
     assert!(!out_dir.exists(), "a refused run must not leave a run folder");
 }
+
+/// `certify --proj K --delta D`: projected bounds with the high-probability estimator; the summary says so, no
+/// example it certifies is broken by PGD, and `--proj` without `--delta` (or a δ outside (0, 1)) is refused.
+#[test]
+fn projected_certification_needs_delta_and_is_labelled() {
+    let w = "../shared/reference/mnist_small_trained/weights.safetensors";
+    let base = ["certify", "--spec", "specs/mnist_small.net", "--weights", w, "--data-dir", "../shared/data/mnist"];
+    let tmp = tempfile::tempdir().expect("tmp");
+    let j = tmp.path().join("p.json");
+    let args = [&base[..], &["--limit", "20", "--eps", "0.02", "--bounded", "--attack", "--quiet"][..]].concat();
+    let (code, out) =
+        run(&[&args[..], &["--proj", "50", "--delta", "0.01", "--json", j.to_str().expect("p")][..]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("projected, k = 50"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).expect("json")).expect("json");
+    assert!(v["summary"]["bounds"].as_str().expect("bounds").starts_with("projected"));
+    for e in v["examples"].as_array().expect("examples") {
+        if e["certified"].as_bool() == Some(true) {
+            assert_eq!(e["pgd_fooled"].as_bool(), Some(false), "PGD broke a certified example: {e}");
+        }
+    }
+    let (code, out) = run(&[&args[..], &["--proj", "50"][..]].concat());
+    assert_eq!(code, 2, "{out}");
+    let (code, out) = run(&[&args[..], &["--proj", "50", "--delta", "1.5"][..]].concat());
+    assert_eq!(code, 2, "{out}");
+}

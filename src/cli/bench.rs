@@ -132,6 +132,7 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                 attack: None,
                 progress: false,
                 normalize: None,
+                proj: None,
             };
             let (_, s) = certify_dataset(&model, &data, &cfg)?;
             Ok(json!({"seconds": s.seconds, "peak_rss_mb": peak_rss_mb(), "examples": s.examples,

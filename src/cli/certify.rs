@@ -1,5 +1,5 @@
 //! `dualnet certify --spec S --weights W --data mnist --data-dir D [--split test] [--limit N] --eps E
-//! [--norm linf|l2] [--bounded] [--dtype f32|f64] [--batch 50] [--attack] [--json OUT]`.
+//! [--norm linf|l2] [--bounded] [--dtype f32|f64] [--batch 50] [--attack] [--json OUT] [--proj K --delta D]`.
 
 use std::path::PathBuf;
 
@@ -67,6 +67,13 @@ pub struct Args {
     pub mean: Option<Vec<f64>>,
     #[arg(long, value_delimiter = ',', requires = "mean")]
     pub std: Option<Vec<f64>>,
+    /// Layer bounds from K random projections (linear cost, for models too large for exact bounds) with the
+    /// high-probability estimator: needs `--delta`. Without it the bounds are exact.
+    #[arg(long, requires = "delta")]
+    pub proj: Option<usize>,
+    /// With `--proj`: each projected layer bound holds with probability at least 1 − δ (0 < δ < 1).
+    #[arg(long, requires = "proj")]
+    pub delta: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +86,16 @@ pub fn run(args: &Args) -> Result<()> {
     args.set.validate()?;
     if args.batch == 0 {
         return Err(Error::Usage("`--batch` must be at least 1".into()));
+    }
+    if let Some(k) = args.proj {
+        if k == 0 {
+            return Err(Error::Usage("`--proj` must be at least 1".into()));
+        }
+    }
+    if let Some(d) = args.delta {
+        if !(d > 0.0 && d < 1.0) {
+            return Err(Error::Usage(format!("`--delta` must lie in (0, 1), got {d}")));
+        }
     }
     let dtype = args.set.dtype.dtype();
     let model = args.model.load(dtype)?;
@@ -93,6 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
         attack: args.attack.then_some(PgdConfig { steps: args.attack_steps, ..PgdConfig::default() }),
         progress: !args.quiet,
         normalize: args.mean.clone().zip(args.std.clone()),
+        proj: args.proj.zip(args.delta),
     };
     let (records, s) = certify_dataset(&model, &data, &cfg)?;
     println!(
@@ -108,8 +126,9 @@ pub fn run(args: &Args) -> Result<()> {
     );
     println!("  clean error             {:>7.2}%", 100.0 * s.clean_err);
     println!(
-        "  certified robust error  {:>7.2}%   (exact bounds, safety margin {})",
+        "  certified robust error  {:>7.2}%   (bounds: {}, safety margin {})",
         100.0 * s.certified_robust_err,
+        s.bounds,
         s.safety_margin
     );
     if let Some(p) = s.pgd_err {

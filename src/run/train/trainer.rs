@@ -268,6 +268,7 @@ pub fn train_on(
             attack: None,
             progress,
             normalize: cfg.mean.clone().zip(cfg.std.clone()),
+            proj: None,
         };
         let (test_clean, test_cert) = if test_set.is_empty() {
             (f64::NAN, None)
