@@ -98,6 +98,24 @@ fn step_seconds(
     Ok((times.get(times.len() / 2).copied().unwrap_or(f64::NAN), loss))
 }
 
+/// Median time of a plain (non-robust) cross-entropy step: forward, loss, backward.
+fn plain_step_seconds(model: &mut Model, x: &candle_core::Tensor, labels: &[u32], runs: usize) -> Result<f64> {
+    model.matrix_cache = None;
+    let _vars = crate::run::train::trainer::make_vars(model)?;
+    let y = candle_core::Tensor::new(labels, x.device()).context(|| "labels".to_string())?;
+    let mut times = Vec::new();
+    for _ in 0..runs + 1 {
+        let start = Instant::now();
+        let logits = model.forward(x)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y).context(|| "cross-entropy".to_string())?;
+        loss.backward().context(|| "backward pass".to_string())?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let mut t = times[1..].to_vec();
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t.get(t.len() / 2).copied().unwrap_or(f64::NAN))
+}
+
 fn spec_model(text: &str, seed: u64, device: &Device) -> Result<Model> {
     let checked = crate::check::check_source("bench.net", text);
     let g = checked.graph.ok_or_else(|| Error::Input(checked.diagnostics))?;
@@ -202,9 +220,10 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                     "network w{w} {{ input x: [1, 28, 28]  c1 = conv2d(x, out={}, kernel=4, stride=2, padding=1)  r1 = relu(c1)  c2 = conv2d(r1, out={}, kernel=4, stride=2, padding=1)  r2 = relu(c2)  f = flatten(r2)  l1 = linear(f, out={})  r3 = relu(l1)  l2 = linear(r3, out=10)  output l2 }}",
                     16 * w, 32 * w, 100 * w
                 );
+                let plain = plain_step_seconds(&mut spec_model(&text, 0, device)?, &x, &labels, 5)?;
                 let (proj, _) = step_seconds(&mut spec_model(&text, 0, device)?, &x, &labels, Some(50), true, 1, 2)?;
                 let (exact, _) = step_seconds(&mut spec_model(&text, 0, device)?, &x, &labels, None, true, 0, 1)?;
-                rows.push(json!({"width": w, "proj50_seconds": proj, "exact_seconds": exact}));
+                rows.push(json!({"width": w, "plain_seconds": plain, "proj50_seconds": proj, "exact_seconds": exact}));
             }
             Ok(json!({"batch": 10, "rows": rows, "peak_rss_mb": peak_rss_mb()}))
         }
@@ -265,13 +284,18 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     if let Some(rows) = results.get("scaling").and_then(|v| v["rows"].as_array()) {
-        println!("\nscaling (batch 10, box, eps 0.1): width  proj50 s/step  exact s/step");
+        println!("\nscaling (batch 10, box, eps 0.1; s/step, and in units of a plain cross-entropy step)");
+        println!("  width  plain s   proj50 s  (x plain)   exact s  (x plain)");
         for r in rows {
+            let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
             println!(
-                "                                   x{:<4} {:>12.3} {:>12.3}",
+                "  x{:<5} {:>7.3} {:>10.3} {:>10.1} {:>9.3} {:>10.1}",
                 r["width"],
-                r["proj50_seconds"].as_f64().unwrap_or(f64::NAN),
-                r["exact_seconds"].as_f64().unwrap_or(f64::NAN)
+                f("plain_seconds"),
+                f("proj50_seconds"),
+                f("proj50_seconds") / f("plain_seconds"),
+                f("exact_seconds"),
+                f("exact_seconds") / f("plain_seconds")
             );
         }
     }

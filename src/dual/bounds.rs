@@ -192,8 +192,12 @@ fn dense(v: &Val, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor>
     }
 }
 
-/// Largest op matrix (`n_in * n_out` entries) built for the one-hot shortcut.
-const MAX_MATRIX: usize = 1 << 25;
+/// Largest op matrix (`n_in * n_out` entries, 1 GB in f32) built for the one-hot shortcut; beyond it the one-hot
+/// rows are pushed through the op densely.
+const MAX_MATRIX: usize = 1 << 28;
+
+/// Rows of the identity pushed through the op per chunk while building its matrix (bounds the transient input).
+const MATRIX_CHUNK: usize = 2048;
 
 /// The matrix `[n_in, n_out]` of a single-input affine op's linear part (row `i` = the op applied to `e_i`).
 fn op_matrix(model: &Model, i: NodeIndex) -> Result<Option<Tensor>> {
@@ -211,10 +215,16 @@ fn op_matrix(model: &Model, i: NodeIndex) -> Result<Option<Tensor>> {
         }
     }
     let ctx_err = || format!("matrix of `{}`", node.name);
-    let mut s = vec![n_in];
-    s.extend_from_slice(in_shape);
-    let eye = Tensor::eye(n_in, model.dtype, &model.device).and_then(|e| e.reshape(s)).context(ctx_err)?;
-    let mat = op.linear(&model.ctx(i), &[eye])?.reshape((n_in, n_out)).context(ctx_err)?;
+    let eye = Tensor::eye(n_in, model.dtype, &model.device).context(ctx_err)?;
+    let mut parts = Vec::new();
+    for start in (0..n_in).step_by(MATRIX_CHUNK) {
+        let rows = MATRIX_CHUNK.min(n_in - start);
+        let mut s = vec![rows];
+        s.extend_from_slice(in_shape);
+        let e = eye.narrow(0, start, rows).and_then(|e| e.reshape(s)).context(ctx_err)?;
+        parts.push(op.linear(&model.ctx(i), &[e])?.reshape((rows, n_out)).context(ctx_err)?);
+    }
+    let mat = Tensor::cat(&parts, 0).context(ctx_err)?;
     if let Some(cache) = &model.matrix_cache {
         if let Ok(mut c) = cache.lock() {
             c.insert(i.index(), mat.clone());
