@@ -197,7 +197,7 @@ fn dense(v: &Val, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor>
 const MAX_MATRIX: usize = 1 << 28;
 
 /// Rows of the identity pushed through the op per chunk while building its matrix (bounds the transient input).
-const MATRIX_CHUNK: usize = 2048;
+const MATRIX_CHUNK: usize = 512;
 
 /// The matrix `[n_in, n_out]` of a single-input affine op's linear part (row `i` = the op applied to `e_i`).
 fn op_matrix(model: &Model, i: NodeIndex) -> Result<Option<Tensor>> {
@@ -215,13 +215,17 @@ fn op_matrix(model: &Model, i: NodeIndex) -> Result<Option<Tensor>> {
         }
     }
     let ctx_err = || format!("matrix of `{}`", node.name);
-    let eye = Tensor::eye(n_in, model.dtype, &model.device).context(ctx_err)?;
     let mut parts = Vec::new();
     for start in (0..n_in).step_by(MATRIX_CHUNK) {
         let rows = MATRIX_CHUNK.min(n_in - start);
         let mut s = vec![rows];
         s.extend_from_slice(in_shape);
-        let e = eye.narrow(0, start, rows).and_then(|e| e.reshape(s)).context(ctx_err)?;
+        // Rows start..start+rows of the identity, without building the whole n_in × n_in identity.
+        let mut one_hot = vec![0f32; rows * n_in];
+        for r in 0..rows {
+            one_hot[r * n_in + start + r] = 1.0;
+        }
+        let e = Tensor::from_vec(one_hot, s, &model.device).and_then(|e| e.to_dtype(model.dtype)).context(ctx_err)?;
         parts.push(op.linear(&model.ctx(i), &[e])?.reshape((rows, n_out)).context(ctx_err)?);
     }
     let mat = Tensor::cat(&parts, 0).context(ctx_err)?;
