@@ -291,27 +291,9 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
     // Exact bounds: a layer much narrower than the free directions that would reach it (the input and the dense
     // offsets of earlier activations) gets its bounds from the dual network run backwards from it (n_z rows)
     // instead; sources are propagated only up to the last layer that needs them.
-    let n_in: usize = g.input_shape().iter().product();
     let backward: Vec<NodeIndex> = match opts.proj {
         Some(_) => Vec::new(),
-        None => {
-            // Units of every activation, in topological order: their offsets are free directions too. Those of
-            // the activation just before `z` reach it through one op, read as matrix rows (cheap); the others
-            // are pushed forward densely, so they count towards the cost of the forward route.
-            let acts: Vec<(usize, usize)> = g
-                .order()
-                .filter(|&i| g.node(i).kind.op().map(|op| op.role() == Role::Activation).unwrap_or(false))
-                .map(|i| (i.index(), g.node(i).shape.iter().product()))
-                .collect();
-            g.activation_inputs()
-                .into_iter()
-                .filter(|z| {
-                    let before: Vec<usize> = acts.iter().filter(|(a, _)| *a < z.index()).map(|(_, n)| *n).collect();
-                    let dense_offsets: usize = before.iter().rev().skip(1).sum();
-                    4 * g.node(*z).shape.iter().product::<usize>() < n_in + dense_offsets
-                })
-                .collect()
-        }
+        None => backward_layers(model),
     };
     let last_forward = g.activation_inputs().into_iter().filter(|z| !backward.contains(z)).map(|z| z.index()).max();
     let propagate = |i: NodeIndex| last_forward.map(|l| i.index() <= l).unwrap_or(false);
@@ -489,6 +471,62 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
         }
     }
     Ok(out)
+}
+
+/// Activation inputs whose exact bounds come from the dual network run backwards from them: those much
+/// narrower than the free directions that would reach them going forward (the input and the dense offsets of
+/// earlier activations; the offsets of the activation just before `z` reach it through one op, read as matrix
+/// rows, and do not count).
+pub fn backward_layers(model: &Model) -> Vec<NodeIndex> {
+    let g = &model.graph;
+    let n_in: usize = g.input_shape().iter().product();
+    let acts: Vec<(usize, usize)> = g
+        .order()
+        .filter(|&i| g.node(i).kind.op().map(|op| op.role() == Role::Activation).unwrap_or(false))
+        .map(|i| (i.index(), g.node(i).shape.iter().product()))
+        .collect();
+    g.activation_inputs()
+        .into_iter()
+        .filter(|z| 4 * g.node(*z).shape.iter().product::<usize>() < n_in + dense_offsets(&acts, *z))
+        .collect()
+}
+
+fn dense_offsets(acts: &[(usize, usize)], z: NodeIndex) -> usize {
+    let before: Vec<usize> = acts.iter().filter(|(a, _)| *a < z.index()).map(|(_, n)| *n).collect();
+    before.iter().rev().skip(1).sum()
+}
+
+/// A rough upper estimate of the memory exact bounds need per example (bytes): the largest `[directions, n]`
+/// value any route builds (forward: the input or its groups plus dense offsets, times the layer's units; backward:
+/// the layer's units times the widest node before it), times three live copies (value, scaled, absolute).
+pub fn exact_bytes_per_example(model: &Model) -> usize {
+    let g = &model.graph;
+    let n_in: usize = g.input_shape().iter().product();
+    let elem = model.dtype.size_in_bytes();
+    let acts: Vec<(usize, usize)> = g
+        .order()
+        .filter(|&i| g.node(i).kind.op().map(|op| op.role() == Role::Activation).unwrap_or(false))
+        .map(|i| (i.index(), g.node(i).shape.iter().product()))
+        .collect();
+    let groups = model.grouping.get().and_then(|p| p.as_ref().map(|p| p.groups)).unwrap_or(n_in);
+    let back = backward_layers(model);
+    let widest_before = |z: NodeIndex| -> usize {
+        g.order()
+            .filter(|i| i.index() <= z.index())
+            .map(|i| g.node(i).shape.iter().product::<usize>())
+            .max()
+            .unwrap_or(1)
+    };
+    g.activation_inputs()
+        .into_iter()
+        .map(|z| {
+            let n_z: usize = g.node(z).shape.iter().product();
+            let cells =
+                if back.contains(&z) { n_z * widest_before(z) } else { (groups + dense_offsets(&acts, z)) * n_z };
+            3 * cells * elem
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// `center ∓ Σ_s dual_norm(A_s)` at node `z`, each `[B, *shape_z]`.

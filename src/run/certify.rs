@@ -91,11 +91,30 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
     // these sizes, while independent examples parallelise perfectly (exact bounds are per example). On a GPU the
     // whole batch runs in one thread.
     let workers = crate::device::workers(&model.device);
+    // Exact bounds of wide conv nets need about a GB per example (mnist_large): each worker certifies its share
+    // in passes small enough that all workers together stay within half the available memory.
+    let per_pass = match (cfg.proj, model.device.is_cpu(), crate::run::memory::available_bytes()) {
+        (None, true, Some(avail)) => {
+            let need = crate::dual::bounds::exact_bytes_per_example(model).max(1);
+            (avail / 2 / workers / need).max(1)
+        }
+        _ => usize::MAX,
+    };
     for chunk in idx.chunks(cfg.batch.max(1)) {
         let part = chunk.len().div_ceil(workers).max(1);
         let results: Vec<Result<Vec<ExampleRecord>>> = std::thread::scope(|sc| {
-            let handles: Vec<_> =
-                chunk.chunks(part).map(|sub| sc.spawn(move || certify_chunk(model, data, sub, cfg))).collect();
+            let handles: Vec<_> = chunk
+                .chunks(part)
+                .map(|sub| {
+                    sc.spawn(move || -> Result<Vec<ExampleRecord>> {
+                        let mut out = Vec::with_capacity(sub.len());
+                        for pass in sub.chunks(per_pass.min(sub.len()).max(1)) {
+                            out.extend(certify_chunk(model, data, pass, cfg)?);
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
             handles
                 .into_iter()
                 .map(|h| {
