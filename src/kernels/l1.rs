@@ -26,37 +26,27 @@ trait Real: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std
     fn sign(self) -> Self;
 }
 
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
-    fn sign(self) -> Self {
-        if self > 0.0 {
-            1.0
-        } else if self < 0.0 {
-            -1.0
-        } else {
-            0.0
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn sign(self) -> Self {
+                if self > 0.0 {
+                    1.0
+                } else if self < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
         }
-    }
+    };
 }
-
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-    fn sign(self) -> Self {
-        if self > 0.0 {
-            1.0
-        } else if self < 0.0 {
-            -1.0
-        } else {
-            0.0
-        }
-    }
-}
+real!(f32);
+real!(f64);
 
 fn fast(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64))
