@@ -29,6 +29,7 @@
 mod cpu;
 pub mod l1;
 pub mod median;
+pub mod scale;
 
 use std::borrow::Cow;
 

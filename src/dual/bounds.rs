@@ -435,11 +435,14 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         let r = op.relax(&ctx, &l, &u)?;
                         let cz = centers[z.index()].clone().unwrap_or_else(|| x.clone());
                         centers[i.index()] = Some((r.slope.mul(&cz).context(ctx_err)? + &r.mid).context(ctx_err)?);
-                        let slope1 = r.slope.unsqueeze(1).context(ctx_err)?;
+                        // Dense values are [Bs, m, *shape]; the slopes [B, *shape] scale each example's rows.
                         for s in sources.iter_mut().filter(|_| propagate(i)) {
                             if let Some(v) = s.vals.get(&z) {
                                 let nv = dense(v, &g.node(z).shape, x)
-                                    .and_then(|v| v.broadcast_mul(&slope1))
+                                    .and_then(|v| match v.dims()[0] == b {
+                                        true => crate::kernels::scale::scale_rows(&v, &r.slope),
+                                        false => v.broadcast_mul(&r.slope.unsqueeze(1)?),
+                                    })
                                     .context(ctx_err)?;
                                 s.vals.insert(i, Val::Dense(nv));
                             }
@@ -645,7 +648,7 @@ fn projected_offset_source(
     let mut s = vec![b, k];
     s.extend_from_slice(shape);
     let c = random_tensor(&s, true, Some(&keep), rng, &r.rad)?;
-    let inj = c.broadcast_mul(&r.rad.unsqueeze(1)?)?;
+    let inj = crate::kernels::scale::scale_rows(&c, &r.rad)?;
     let mut vals = HashMap::new();
     vals.insert(node, Val::Dense(inj));
     Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0, cauchy: true } }))

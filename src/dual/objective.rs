@@ -104,7 +104,7 @@ pub fn dual_pass(
                             .context(ctx_err)?;
                         lin = (lin + t1).context(ctx_err)?;
                         rad = (rad + t2).context(ctx_err)?;
-                        let back = lam.broadcast_mul(&r.slope.unsqueeze(1).context(ctx_err)?).context(ctx_err)?;
+                        let back = crate::kernels::scale::scale_rows(&lam, &r.slope).context(ctx_err)?;
                         accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
                     }
                     Role::Unsupported => return Err(Error::Usage(format!("`{}` has no dual rule", op.name()))),

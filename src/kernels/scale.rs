@@ -1,0 +1,149 @@
+//! Per-example diagonal scaling of many dual vectors: `y[b, q, j] = x[b, q, j] · s[b, j]`, `x: [B, m, *shape]`,
+//! `s: [B, *shape]` (an activation's slopes `d` applied to every source direction, paper eq. (4); or offset radii
+//! applied to random projections). One pass forward; backward `∂x = g ⊙ s` (the same op) and
+//! `∂s[b, j] = Σ_q g[b, q, j] x[b, q, j]` (one pass), instead of candle's broadcast multiply whose backward
+//! materialises `g ⊙ x` and reduces it over the strided middle axis. CPU f32/f64; other devices and dtypes use
+//! `broadcast_mul`.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::elems;
+
+/// `x ⊙ s` broadcast over dim 1: `x: [B, m, *shape]`, `s: [B, *shape]` (or `[B, 1, *shape]`).
+pub fn scale_rows(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let s = if s.rank() == x.rank() { s.squeeze(1)? } else { s.clone() };
+    let fast = x.device().is_cpu()
+        && s.device().is_cpu()
+        && x.dtype() == s.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.rank() >= 2
+        && x.dims()[0] == s.dims()[0]
+        && x.dims()[2..] == s.dims()[1..];
+    if !fast {
+        return x.broadcast_mul(&s.unsqueeze(1)?);
+    }
+    x.apply_op2(&s, ScaleRows)
+}
+
+struct ScaleRows;
+
+fn dims(x: &Layout) -> (usize, usize, usize) {
+    let d = x.dims();
+    (d[0], d[1], d[2..].iter().product())
+}
+
+fn fwd<T: Copy + Send + Sync + std::ops::Mul<Output = T> + Default>(
+    x: &[T],
+    s: &[T],
+    b: usize,
+    m: usize,
+    n: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); b * m * n];
+    out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(e, o)| {
+        let se = &s[e * n..][..n];
+        for (q, row) in o.chunks_mut(n.max(1)).enumerate() {
+            let xr = &x[(e * m + q) * n..][..n];
+            for ((y, &a), &c) in row.iter_mut().zip(xr).zip(se) {
+                *y = a * c;
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp2 for ScaleRows {
+    fn name(&self) -> &'static str {
+        "dualnet-scale-rows"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, m, n) = dims(l1);
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(s)) => CpuStorage::F32(fwd(&elems(x, l1), &elems(s, l2), b, m, n)),
+            (CpuStorage::F64(x), CpuStorage::F64(s)) => CpuStorage::F64(fwd(&elems(x, l1), &elems(s, l2), b, m, n)),
+            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, s: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = match x.track_op() {
+            true => Some(g.apply_op2_no_bwd(s, &ScaleRows)?),
+            false => None,
+        };
+        let gs = match s.track_op() {
+            true => Some(g.apply_op2_no_bwd(x, &RowDot)?),
+            false => None,
+        };
+        Ok((gx, gs))
+    }
+}
+
+/// `Σ_q g[b, q, j] x[b, q, j]`: `[B, m, *shape]` twice → `[B, *shape]`.
+struct RowDot;
+
+fn row_dot<T: Copy + Send + Sync + std::ops::Mul<Output = T> + std::ops::AddAssign + Default>(
+    g: &[T],
+    x: &[T],
+    b: usize,
+    m: usize,
+    n: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); b * n];
+    out.par_chunks_mut(n.max(1)).enumerate().for_each(|(e, acc)| {
+        for q in 0..m {
+            let (gr, xr) = (&g[(e * m + q) * n..][..n], &x[(e * m + q) * n..][..n]);
+            for ((a, &u), &v) in acc.iter_mut().zip(gr).zip(xr) {
+                *a += u * v;
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp2 for RowDot {
+    fn name(&self) -> &'static str {
+        "dualnet-scale-rows-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, m, n) = dims(l1);
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32(row_dot(&elems(g, l1), &elems(x, l2), b, m, n)),
+            (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64(row_dot(&elems(g, l1), &elems(x, l2), b, m, n)),
+            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
+        };
+        let mut shape = vec![b];
+        shape.extend_from_slice(&l1.dims()[2..]);
+        Ok((out, Shape::from(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Value and both gradients against `broadcast_mul` (f64).
+    #[test]
+    fn matches_broadcast_mul() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1., (3, 4, 2, 5), &dev)?)?;
+        let s = Var::from_tensor(&Tensor::randn(0f64, 1., (3, 2, 5), &dev)?)?;
+        let g = Tensor::randn(0f64, 1., (3, 4, 2, 5), &dev)?;
+        let ours = scale_rows(x.as_tensor(), s.as_tensor())?;
+        let plain = x.broadcast_mul(&s.unsqueeze(1)?)?;
+        let diff =
+            |a: &Tensor, b: &Tensor| -> Result<f64> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>() };
+        assert!(diff(&ours, &plain)? < 1e-12);
+        let g1 = (ours * &g)?.sum_all()?.backward()?;
+        let g2 = (plain * &g)?.sum_all()?.backward()?;
+        for v in [&x, &s] {
+            let (a, b) = (g1.get(v.as_tensor()).expect("grad"), g2.get(v.as_tensor()).expect("grad"));
+            assert!(diff(a, b)? < 1e-12);
+        }
+        Ok(())
+    }
+}
