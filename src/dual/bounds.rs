@@ -483,14 +483,18 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
 pub fn backward_layers(model: &Model) -> Vec<NodeIndex> {
     let g = &model.graph;
     let n_in: usize = g.input_shape().iter().product();
-    let acts: Vec<(usize, usize)> = g
-        .order()
-        .filter(|&i| g.node(i).kind.op().map(|op| op.role() == Role::Activation).unwrap_or(false))
-        .map(|i| (i.index(), g.node(i).shape.iter().product()))
-        .collect();
+    let acts = activation_units(g);
     g.activation_inputs()
         .into_iter()
         .filter(|z| 4 * g.node(*z).shape.iter().product::<usize>() < n_in + dense_offsets(&acts, *z))
+        .collect()
+}
+
+/// `(node index, units)` of every activation, in topological order.
+fn activation_units(g: &crate::ir::Graph) -> Vec<(usize, usize)> {
+    g.order()
+        .filter(|&i| g.node(i).kind.op().map(|op| op.role() == Role::Activation).unwrap_or(false))
+        .map(|i| (i.index(), g.node(i).shape.iter().product()))
         .collect()
 }
 
@@ -506,11 +510,7 @@ pub fn exact_bytes_per_example(model: &Model) -> usize {
     let g = &model.graph;
     let n_in: usize = g.input_shape().iter().product();
     let elem = model.dtype.size_in_bytes();
-    let acts: Vec<(usize, usize)> = g
-        .order()
-        .filter(|&i| g.node(i).kind.op().map(|op| op.role() == Role::Activation).unwrap_or(false))
-        .map(|i| (i.index(), g.node(i).shape.iter().product()))
-        .collect();
+    let acts = activation_units(g);
     let groups = model.grouping.get().and_then(|p| p.as_ref().map(|p| p.groups)).unwrap_or(n_in);
     let back = backward_layers(model);
     let widest_before = |z: NodeIndex| -> usize {
