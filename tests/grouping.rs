@@ -72,7 +72,8 @@ fn grouping_applies_to_strided_conv_nets() {
     // Input pixel (r, c) reaches c1 rows within 1 of r/2 and c2 rows within 1 of r/4: a period-12 colouring
     // would do; the greedy one must not need more than 144 of the 256 directions.
     assert!(p.groups <= 144, "{} groups", p.groups);
-    // Directions of one group never share a unit.
+    // The owner tables cover every group × unit of each target (equality with the ungrouped bounds is checked
+    // below).
     for (z, own) in &p.owners {
         let n_z: usize = m.graph.node(*z).shape.iter().product();
         assert_eq!(own.len(), p.groups * n_z);

@@ -118,29 +118,11 @@ fn random_tensor(
 /// Median over dim 1 of `|a|`, `a: [B, k, n] -> [B, n]` (the lower middle for even `k`, like `torch.median`);
 /// differentiable through the selected entries.
 pub fn median_abs(a: &Tensor) -> candle_core::Result<Tensor> {
-    if !a.device().is_cpu() {
-        return super::gpu::median_abs(a);
-    }
-    use rayon::prelude::*;
     if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
         return crate::kernels::median::median_abs(a);
     }
-    let (b, k, n) = a.dims3()?;
-    let t = a.abs()?.transpose(1, 2)?.contiguous()?; // [B, n, k]
-                                                     // Indices of the middle order statistic per row, found on the host with a selection (no full sort);
-                                                     // the gather below carries the gradient to the selected entries.
-    let host: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-    let mid = (k - 1) / 2;
-    let idx: Vec<u32> = host
-        .par_chunks(k)
-        .map(|row| {
-            let mut order: Vec<u32> = (0..k as u32).collect();
-            order.select_nth_unstable_by(mid, |&i, &j| row[i as usize].total_cmp(&row[j as usize]));
-            order[mid]
-        })
-        .collect();
-    let idx = Tensor::from_vec(idx, (b, n, 1), a.device())?;
-    t.gather(&idx, 2)?.squeeze(2)
+    // Other devices and dtypes: a sort on the tensor's own device.
+    super::gpu::median_abs(a)
 }
 
 /// A source's value at one node.

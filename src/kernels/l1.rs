@@ -122,15 +122,15 @@ impl CustomOp2 for Gathered {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[_, n], &[b, m]) = (l1.dims(), l2.dims()) else { bail!("{}: expects [N, n] and [B, m]", self.name()) };
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(w)) => {
-                CpuStorage::F32(gathered_fwd(&elems(a, l1), &elems(w, l2), &self.idx, b, m, n))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(w)) => {
-                CpuStorage::F64(gathered_fwd(&elems(a, l1), &elems(w, l2), &self.idx, b, m, n))
-            }
-            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
-        };
+        let out = super::dispatch(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |a: &[f32], w: &[f32]| gathered_fwd(a, w, &self.idx, b, m, n),
+            |a: &[f64], w: &[f64]| gathered_fwd(a, w, &self.idx, b, m, n),
+        )?;
         Ok((out, Shape::from((b, n))))
     }
 
@@ -197,15 +197,15 @@ impl CustomOp2 for GatheredGradM {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[rows, n], &[b, mn]) = (l1.dims(), l2.dims()) else { bail!("{}: bad operands", self.name()) };
         let m = mn - n;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(wg)) => {
-                CpuStorage::F32(gathered_grad_m(&elems(a, l1), &elems(wg, l2), &self.idx, b, m, n))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(wg)) => {
-                CpuStorage::F64(gathered_grad_m(&elems(a, l1), &elems(wg, l2), &self.idx, b, m, n))
-            }
-            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
-        };
+        let out = super::dispatch(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |a: &[f32], wg: &[f32]| gathered_grad_m(a, wg, &self.idx, b, m, n),
+            |a: &[f64], wg: &[f64]| gathered_grad_m(a, wg, &self.idx, b, m, n),
+        )?;
         Ok((out, Shape::from((rows, n))))
     }
 }
@@ -235,15 +235,15 @@ impl CustomOp2 for GatheredGradW {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[_, n], &[b, _]) = (l1.dims(), l2.dims()) else { bail!("{}: bad operands", self.name()) };
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(g)) => {
-                CpuStorage::F32(gathered_grad_w(&elems(a, l1), &elems(g, l2), &self.idx, self.m, n))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(g)) => {
-                CpuStorage::F64(gathered_grad_w(&elems(a, l1), &elems(g, l2), &self.idx, self.m, n))
-            }
-            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
-        };
+        let out = super::dispatch(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |a: &[f32], g: &[f32]| gathered_grad_w(a, g, &self.idx, self.m, n),
+            |a: &[f64], g: &[f64]| gathered_grad_w(a, g, &self.idx, self.m, n),
+        )?;
         Ok((out, Shape::from((b, self.m))))
     }
 }
@@ -345,15 +345,15 @@ impl CustomOp2 for GroupedGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let &[bs, g, n] = l1.dims() else { bail!("{}: expects [B, G, n]", self.name()) };
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(gr)) => {
-                CpuStorage::F32(self.inner.grad(&elems(y, l1), &elems(gr, l2), bs, g, n))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(gr)) => {
-                CpuStorage::F64(self.inner.grad(&elems(y, l1), &elems(gr, l2), bs, g, n))
-            }
-            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
-        };
+        let out = super::dispatch(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |y: &[f32], gr: &[f32]| self.inner.grad(y, gr, bs, g, n),
+            |y: &[f64], gr: &[f64]| self.inner.grad(y, gr, bs, g, n),
+        )?;
         Ok((out, Shape::from((bs, g, n))))
     }
 }

@@ -131,15 +131,15 @@ impl candle_core::CustomOp2 for MedianAbsGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let &[b, k, n] = l1.dims() else { bail!("{}: expects [B, k, n]", self.name()) };
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(g)) => {
-                CpuStorage::F32(bwd(&elems(a, l1), &elems(g, l2), &self.arg, k, n))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(g)) => {
-                CpuStorage::F64(bwd(&elems(a, l1), &elems(g, l2), &self.arg, k, n))
-            }
-            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
-        };
+        let out = super::dispatch(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |a: &[f32], g: &[f32]| bwd(a, g, &self.arg, k, n),
+            |a: &[f64], g: &[f64]| bwd(a, g, &self.arg, k, n),
+        )?;
         Ok((out, Shape::from((b, k, n))))
     }
 }

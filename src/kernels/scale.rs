@@ -5,10 +5,8 @@
 //! materialises `g ⊙ x` and reduces it over the strided middle axis. CPU f32/f64; other devices and dtypes use
 //! `broadcast_mul`.
 
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-use super::elems;
 
 /// `x ⊙ s` broadcast over dim 1: `x: [B, m, *shape]`, `s: [B, *shape]` (or `[B, 1, *shape]`).
 pub fn scale_rows(x: &Tensor, s: &Tensor) -> Result<Tensor> {
@@ -60,11 +58,15 @@ impl CustomOp2 for ScaleRows {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, m, n) = dims(l1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(s)) => CpuStorage::F32(fwd(&elems(x, l1), &elems(s, l2), b, m, n)),
-            (CpuStorage::F64(x), CpuStorage::F64(s)) => CpuStorage::F64(fwd(&elems(x, l1), &elems(s, l2), b, m, n)),
-            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
-        };
+        let out = super::dispatch(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |x: &[f32], s: &[f32]| fwd(x, s, b, m, n),
+            |x: &[f64], s: &[f64]| fwd(x, s, b, m, n),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -110,11 +112,15 @@ impl CustomOp2 for RowDot {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, m, n) = dims(l1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32(row_dot(&elems(g, l1), &elems(x, l2), b, m, n)),
-            (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64(row_dot(&elems(g, l1), &elems(x, l2), b, m, n)),
-            _ => bail!("{}: operands must both be f32 or both f64", self.name()),
-        };
+        let out = super::dispatch(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |g: &[f32], x: &[f32]| row_dot(g, x, b, m, n),
+            |g: &[f64], x: &[f64]| row_dot(g, x, b, m, n),
+        )?;
         let mut shape = vec![b];
         shape.extend_from_slice(&l1.dims()[2..]);
         Ok((out, Shape::from(shape)))
