@@ -11,7 +11,10 @@
 //!
 //! Shapes: a source's value at node `n` is `[Bs, m, *shape_n]` where `m` counts its free directions (input
 //! pixels, or one per crossing unit) and `Bs` is 1 while the value is the same for every example (the input
-//! identity before the first activation) and `B` afterwards. A source carries its dual-norm weights: `[B, m]`
+//! identity before the first activation) and `B` afterwards. Dense values are stored merged, `[Bs·m, *shape_n]`
+//! (rows `b·m .. (b+1)·m` belong to example `b`): that is the batch layout the ops take, so the propagation,
+//! the slope scaling and the median read and write it directly and no reshape node enters autograd (each one
+//! would cost a zero-fill and an add of its full size in the backward pass). A source carries its dual-norm weights: `[B, m]`
 //! radii for ℓ1-type terms (ℓ∞/box input and activation offsets) or `[B]` ε for the ℓ2 input ball.
 
 use std::collections::HashMap;
@@ -62,7 +65,7 @@ pub struct Options {
 /// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
 const GAUSS_MEDIAN_SCALE: f64 = 1.482_602_218_505_602;
 
-/// `[B, k, *shape]` random projections: standard Cauchy (`tan(π(U − ½))`) or standard normal entries, zero
+/// `[B·k, *shape]` (merged; `shape = [B, k, *shape]` gives the sizes) random projections: standard Cauchy (`tan(π(U − ½))`) or standard normal entries, zero
 /// where `keep[b, j]` is false (`keep: [B, n]`, `None` = everywhere). Each example draws from its own generator,
 /// seeded from `rng`, so the result depends only on the seed and is generated in parallel, directly in the
 /// compute dtype.
@@ -75,7 +78,9 @@ fn random_tensor(
 ) -> candle_core::Result<Tensor> {
     if !like.device().is_cpu() {
         // The device draws from its own generator; `keep` only zeroes entries the caller multiplies by 0.
-        return super::gpu::random_tensor(shape, cauchy, like);
+        let mut merged = vec![shape[0] * shape[1]];
+        merged.extend_from_slice(&shape[2..]);
+        return super::gpu::random_tensor(&merged, cauchy, like);
     }
     use rand::{Rng, SeedableRng};
     use rayon::prelude::*;
@@ -99,7 +104,7 @@ fn random_tensor(
                 for (j, x) in row.iter_mut().enumerate() {
                     if keep.map(|m| m[j]).unwrap_or(true) {
                         *x = conv(if cauchy {
-                            (std::f64::consts::PI * (r.random::<f64>() - 0.5)).tan()
+                            cauchy_draw(&mut r)
                         } else {
                             r.sample::<f64, _>(rand_distr::StandardNormal)
                         });
@@ -109,9 +114,26 @@ fn random_tensor(
         });
         v
     }
+    let mut merged = vec![b * k];
+    merged.extend_from_slice(&shape[2..]);
     match like.dtype() {
-        DType::F64 => Tensor::from_vec(fill(b, k, n, &seeds, cauchy, keep, |x| x), shape, like.device()),
-        dt => Tensor::from_vec(fill(b, k, n, &seeds, cauchy, keep, |x| x as f32), shape, like.device())?.to_dtype(dt),
+        DType::F64 => Tensor::from_vec(fill(b, k, n, &seeds, cauchy, keep, |x| x), merged, like.device()),
+        dt => Tensor::from_vec(fill(b, k, n, &seeds, cauchy, keep, |x| x as f32), merged, like.device())?.to_dtype(dt),
+    }
+}
+
+/// A standard Cauchy draw as the ratio `u / v` of a point uniform in the unit disk (its angle is uniform, and
+/// the cotangent of a uniform angle is Cauchy): two 32-bit uniforms from one `u64`, accepted with probability
+/// π/4 — several times cheaper than `tan(π(U − ½))`.
+fn cauchy_draw(r: &mut impl rand::Rng) -> f64 {
+    const SCALE: f64 = 1.0 / (1u64 << 31) as f64;
+    loop {
+        let bits = r.next_u64();
+        let u = (bits as u32 as i32) as f64 * SCALE;
+        let v = ((bits >> 32) as u32 as i32) as f64 * SCALE;
+        if v != 0.0 && u * u + v * v <= 1.0 {
+            return u / v;
+        }
     }
 }
 
@@ -125,29 +147,28 @@ pub fn median_abs(a: &Tensor) -> candle_core::Result<Tensor> {
     super::gpu::median_abs(a)
 }
 
+/// [`median_abs`] of a merged value `[B·k, *shape]` → `[B, n]`.
+fn median_abs_merged(a: &Tensor, b: usize) -> candle_core::Result<Tensor> {
+    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
+        return crate::kernels::median::median_abs_merged(a, b);
+    }
+    let n = a.elem_count() / a.dims()[0].max(1);
+    super::gpu::median_abs(&a.reshape((b, a.dims()[0] / b.max(1), n))?)
+}
+
 /// A source's value at one node.
 #[derive(Clone)]
 enum Val {
-    Dense(Tensor),
+    /// `[bs·m, *shape]`, merged (see the module doc).
+    Dense { t: Tensor, bs: usize, m: usize },
     /// Rows that are unit vectors `e_{idx[b*m + r]}` of the node's flattened shape (an activation's offsets at
     /// their injection point). Kept implicit: the next affine op reads the rows of its own matrix instead of
     /// being applied to `B*m` one-hot tensors.
-    OneHot {
-        idx: Tensor,
-        host: std::sync::Arc<Vec<u32>>,
-        b: usize,
-        m: usize,
-    },
+    OneHot { idx: Tensor, host: std::sync::Arc<Vec<u32>>, b: usize, m: usize },
     /// Rows `mat[idx[b*m + r]]` of an op's matrix `[n_in, n_out]` (one-hot rows after the op), kept implicit
     /// until something needs them dense: a bound reads them with the fused
     /// [`crate::kernels::l1::gathered_abs_rows`] without building `[B, m, n_out]`.
-    Rows {
-        mat: Tensor,
-        idx: Tensor,
-        host: std::sync::Arc<Vec<u32>>,
-        b: usize,
-        m: usize,
-    },
+    Rows { mat: Tensor, idx: Tensor, host: std::sync::Arc<Vec<u32>>, b: usize, m: usize },
 }
 
 struct Source {
@@ -155,23 +176,38 @@ struct Source {
     weight: Weight,
 }
 
-/// Dense `[B, m, *shape]` form of a value at a node of `shape`.
-fn dense(v: &Val, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor> {
+/// Dense merged form `([bs·m, *shape], bs, m)` of a value at a node of `shape`.
+fn dense(v: &Val, shape: &[usize], like: &Tensor) -> candle_core::Result<(Tensor, usize, usize)> {
     match v {
-        Val::Dense(t) => Ok(t.clone()),
+        Val::Dense { t, bs, m } => Ok((t.clone(), *bs, *m)),
         Val::OneHot { idx, b, m, .. } => {
             let n: usize = shape.iter().product();
             let eye = Tensor::eye(n, like.dtype(), like.device())?;
-            let mut s = vec![*b, *m];
+            let mut s = vec![*b * *m];
             s.extend_from_slice(shape);
-            eye.index_select(idx, 0)?.reshape(s)
+            Ok((eye.index_select(idx, 0)?.reshape(s)?, *b, *m))
         }
         Val::Rows { mat, idx, b, m, .. } => {
-            let mut s = vec![*b, *m];
+            let mut s = vec![*b * *m];
             s.extend_from_slice(shape);
-            mat.index_select(idx, 0)?.reshape(s)
+            Ok((mat.index_select(idx, 0)?.reshape(s)?, *b, *m))
         }
     }
+}
+
+/// `[bs·m, *shape]` → `[bs, m, *shape]` (a view).
+fn split_lead(t: &Tensor, bs: usize, m: usize) -> candle_core::Result<Tensor> {
+    let mut shape = vec![bs, m];
+    shape.extend_from_slice(&t.dims()[1..]);
+    t.reshape(shape)
+}
+
+/// `[bs, m, *shape]` → `[bs·m, *shape]` (a view of a contiguous tensor).
+fn merge_lead(t: &Tensor) -> candle_core::Result<Tensor> {
+    let d = t.dims();
+    let mut shape = vec![d[0] * d[1]];
+    shape.extend_from_slice(&d[2..]);
+    t.reshape(shape)
 }
 
 /// Largest op matrix (`n_in * n_out` entries, 1 GB in f32) built for the one-hot shortcut; beyond it the one-hot
@@ -231,20 +267,6 @@ impl Bounds {
     pub fn of(&self, z: NodeIndex) -> Option<(&Tensor, &Tensor)> {
         self.layers.iter().find(|(n, _, _)| *n == z).map(|(_, l, u)| (l, u))
     }
-}
-
-fn merge_lead(t: &Tensor) -> candle_core::Result<Tensor> {
-    let d = t.dims();
-    let mut shape = vec![d[0] * d[1]];
-    shape.extend_from_slice(&d[2..]);
-    t.reshape(shape)
-}
-
-fn split_lead(t: &Tensor, bs: usize, m: usize) -> candle_core::Result<Tensor> {
-    let d = t.dims();
-    let mut shape = vec![bs, m];
-    shape.extend_from_slice(&d[1..]);
-    t.reshape(shape)
 }
 
 /// Compute all layer bounds for `set` (exact: every source is pushed forward in full).
@@ -315,20 +337,23 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         };
                         let r = random_tensor(&shape, cauchy, None, &mut rng, x).context(ctx_err)?;
                         let r = match set {
-                            InputSet::Box { radius, .. } => r.broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?),
+                            InputSet::Box { radius, .. } => crate::kernels::scale::scale_rows_merged(&r, radius),
                             InputSet::L2 { eps, .. } => {
                                 let mut es = vec![b, 1];
                                 es.extend(std::iter::repeat_n(1, node.shape.len()));
-                                r.broadcast_mul(&eps.reshape(es).context(ctx_err)?)
+                                split_lead(&r, b, k)
+                                    .and_then(|r| r.broadcast_mul(&eps.reshape(es)?))
+                                    .and_then(|r| merge_lead(&r))
                             }
                         }
                         .context(ctx_err)?;
-                        vals.insert(i, Val::Dense(r));
+                        vals.insert(i, Val::Dense { t: r, bs: b, m: k });
                         Weight::Median { scale, cauchy }
                     }
                     None if grouping.is_some() => {
                         let Some(grp) = grouping.clone() else { unreachable!() };
-                        vals.insert(i, Val::Dense(grp.rows(&node.shape, x).context(ctx_err)?));
+                        let rows = grp.rows(&node.shape, x).and_then(|r| merge_lead(&r)).context(ctx_err)?;
+                        vals.insert(i, Val::Dense { t: rows, bs: 1, m: grp.groups });
                         match set {
                             InputSet::Box { radius, .. } => {
                                 Weight::Grouped { radius: radius.reshape((b, n_in)).context(ctx_err)?, grouping: grp }
@@ -337,12 +362,12 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         }
                     }
                     _ => {
-                        let mut eye_shape = vec![1, n_in];
+                        let mut eye_shape = vec![n_in];
                         eye_shape.extend_from_slice(&node.shape);
                         let eye = Tensor::eye(n_in, x.dtype(), x.device())
                             .and_then(|e| e.reshape(eye_shape))
                             .context(ctx_err)?;
-                        vals.insert(i, Val::Dense(eye));
+                        vals.insert(i, Val::Dense { t: eye, bs: 1, m: n_in });
                         match set {
                             InputSet::Box { radius, .. } => Weight::L1(radius.reshape((b, n_in)).context(ctx_err)?),
                             InputSet::L2 { eps, .. } => Weight::L2(eps.clone()),
@@ -368,18 +393,36 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 continue;
                             }
                             let v = if node.inputs.len() > 1 {
-                                // A sum: absent operands contribute zero; leading dims broadcast.
-                                let ts: Vec<Tensor> = present
+                                // A sum: absent operands contribute zero. Operands shared by the batch (bs = 1)
+                                // are broadcast to the others' `bs` (all have the source's `m`).
+                                let ds: Vec<(Tensor, usize, usize)> = present
                                     .iter()
                                     .map(|(j, v)| dense(v, &g.node(*j).shape, x))
                                     .collect::<candle_core::Result<_>>()
                                     .context(ctx_err)?;
-                                op.linear(&ctx, &ts)?
+                                let bs = ds.iter().map(|d| d.1).max().unwrap_or(1);
+                                let m = ds[0].2;
+                                let ts: Vec<Tensor> = ds
+                                    .into_iter()
+                                    .map(|(t, tb, tm)| match tb == bs {
+                                        true => Ok(t),
+                                        false => {
+                                            let mut full = vec![bs, tm];
+                                            full.extend_from_slice(&t.dims()[1..]);
+                                            split_lead(&t, tb, tm)
+                                                .and_then(|t| t.broadcast_as(full))
+                                                .and_then(|t| t.contiguous())
+                                                .and_then(|t| merge_lead(&t))
+                                        }
+                                    })
+                                    .collect::<candle_core::Result<_>>()
+                                    .context(ctx_err)?;
+                                Val::Dense { t: op.linear(&ctx, &ts)?, bs, m }
                             } else {
                                 let (j, v) = &present[0];
                                 let mat = match v {
                                     Val::OneHot { .. } => op_matrix(model, i)?,
-                                    Val::Dense(_) | Val::Rows { .. } => None,
+                                    Val::Dense { .. } | Val::Rows { .. } => None,
                                 };
                                 match (v, mat) {
                                     (Val::OneHot { idx, host, b, m }, Some(mat)) => {
@@ -390,14 +433,12 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                         continue;
                                     }
                                     _ => {
-                                        let t = dense(v, &g.node(*j).shape, x).context(ctx_err)?;
-                                        let (bs, m) = (t.dims()[0], t.dims()[1]);
-                                        let y = op.linear(&ctx, &[merge_lead(&t).context(ctx_err)?])?;
-                                        split_lead(&y, bs, m).context(ctx_err)?
+                                        let (t, bs, m) = dense(v, &g.node(*j).shape, x).context(ctx_err)?;
+                                        Val::Dense { t: op.linear(&ctx, &[t])?, bs, m }
                                     }
                                 }
                             };
-                            s.vals.insert(i, Val::Dense(v));
+                            s.vals.insert(i, v);
                         }
                     }
                     Role::Activation => {
@@ -417,16 +458,18 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                         let r = op.relax(&ctx, &l, &u)?;
                         let cz = centers[z.index()].clone().unwrap_or_else(|| x.clone());
                         centers[i.index()] = Some((r.slope.mul(&cz).context(ctx_err)? + &r.mid).context(ctx_err)?);
-                        // Dense values are [Bs, m, *shape]; the slopes [B, *shape] scale each example's rows.
+                        // Dense values are [Bs·m, *shape]; the slopes [B, *shape] scale each example's rows.
                         for s in sources.iter_mut().filter(|_| propagate(i)) {
                             if let Some(v) = s.vals.get(&z) {
-                                let nv = dense(v, &g.node(z).shape, x)
-                                    .and_then(|v| match v.dims()[0] == b {
-                                        true => crate::kernels::scale::scale_rows(&v, &r.slope),
-                                        false => v.broadcast_mul(&r.slope.unsqueeze(1)?),
-                                    })
-                                    .context(ctx_err)?;
-                                s.vals.insert(i, Val::Dense(nv));
+                                let (t, bs, m) = dense(v, &g.node(z).shape, x).context(ctx_err)?;
+                                let nv = match bs == b {
+                                    true => crate::kernels::scale::scale_rows_merged(&t, &r.slope),
+                                    false => split_lead(&t, bs, m)
+                                        .and_then(|t| t.broadcast_mul(&r.slope.unsqueeze(1)?))
+                                        .and_then(|t| merge_lead(&t)),
+                                }
+                                .context(ctx_err)?;
+                                s.vals.insert(i, Val::Dense { t: nv, bs: b, m });
                             }
                         }
                         let src = match opts.proj {
@@ -535,8 +578,12 @@ fn layer_bounds(
             radius = radius.broadcast_add(&term).context(ctx_err)?;
             continue;
         }
-        let a = dense(a, &node.shape, &center).context(ctx_err)?;
-        let (bs, m) = (a.dims()[0], a.dims()[1]);
+        let (a, bs, m) = dense(a, &node.shape, &center).context(ctx_err)?;
+        if let (Weight::Median { scale, .. }, None) = (&s.weight, high_prob) {
+            let term = (median_abs_merged(&a, bs).context(ctx_err)? * *scale).context(ctx_err)?;
+            radius = radius.broadcast_add(&term).context(ctx_err)?;
+            continue;
+        }
         let a = a.reshape((bs, m, n)).context(ctx_err)?;
         let term = match &s.weight {
             Weight::L1(w) => {
@@ -614,11 +661,11 @@ fn projected_offset_source(
     rng: &mut rand::rngs::StdRng,
 ) -> candle_core::Result<Option<Source>> {
     if !r.rad.device().is_cpu() {
-        let src = |t| Source {
-            vals: HashMap::from([(node, Val::Dense(t))]),
+        let Some(t) = super::gpu::projected_offsets(&r.rad, k)? else { return Ok(None) };
+        return Ok(Some(Source {
+            vals: HashMap::from([(node, Val::Dense { t: merge_lead(&t)?, bs: b, m: k })]),
             weight: Weight::Median { scale: 1.0, cauchy: true },
-        };
-        return Ok(super::gpu::projected_offsets(&r.rad, k)?.map(src));
+        }));
     }
     let host: Vec<f64> = r.rad.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
     let count = host.iter().filter(|v| **v > 0.0).count();
@@ -630,9 +677,9 @@ fn projected_offset_source(
     let mut s = vec![b, k];
     s.extend_from_slice(shape);
     let c = random_tensor(&s, true, Some(&keep), rng, &r.rad)?;
-    let inj = crate::kernels::scale::scale_rows(&c, &r.rad)?;
+    let inj = crate::kernels::scale::scale_rows_merged(&c, &r.rad)?;
     let mut vals = HashMap::new();
-    vals.insert(node, Val::Dense(inj));
+    vals.insert(node, Val::Dense { t: inj, bs: b, m: k });
     Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0, cauchy: true } }))
 }
 
@@ -663,4 +710,25 @@ fn backward_bounds(
     let l = (&lin - &rad).and_then(|t| t.reshape(out_shape.clone())).context(ctx_err)?;
     let u = (&lin + &rad).and_then(|t| t.reshape(out_shape)).context(ctx_err)?;
     Ok((l, u))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Standard Cauchy: P(|X| ≤ 1) = 1/2 and P(X ≤ −1) = P(X ≥ 1) = 1/4, P(|X| ≤ tan(π/8)) = 1/4. With 200,000
+    /// draws each frequency is within 0.005 of its value (about 5 standard deviations).
+    #[test]
+    fn cauchy_draws_have_cauchy_quantiles() {
+        let mut r = rand::rngs::SmallRng::seed_from_u64(3);
+        let v: Vec<f64> = (0..200_000).map(|_| cauchy_draw(&mut r)).collect();
+        let freq = |f: &dyn Fn(f64) -> bool| v.iter().filter(|&&x| f(x)).count() as f64 / v.len() as f64;
+        assert!((freq(&|x| x.abs() <= 1.0) - 0.5).abs() < 0.005);
+        assert!((freq(&|x| x <= -1.0) - 0.25).abs() < 0.005);
+        assert!((freq(&|x| x >= 1.0) - 0.25).abs() < 0.005);
+        let t = (std::f64::consts::PI / 8.0).tan();
+        assert!((freq(&|x| x.abs() <= t) - 0.25).abs() < 0.005);
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
 }

@@ -1,9 +1,12 @@
 //! The median estimator of random projections (paper Theorem 2): `median_q |a[b, q, j]|` over the `k`
 //! projections, `a: [B, k, n] → [B, n]`, the lower middle `(k − 1)/2`-th order statistic for even `k` (like
-//! `torch.median`). One pass per example on the CPU: the `k` entries of a column are gathered into a small
-//! buffer and the middle one found by selection (no sort, no `|a|`, transposed or host copies of the
-//! `[B, k, n]` operand). The gradient goes to the selected entry: `∂a[b, q*, j] = sign(a[b, q*, j]) g[b, j]`,
-//! zero elsewhere; the selected `q*` are kept from the forward pass.
+//! `torch.median`). One pass per example on the CPU, [`LANES`] columns at a time: their `k` rows of `|a|` are
+//! loaded contiguously into a small buffer and a **selection network** (Batcher's odd–even merge sort for the
+//! next power of two, cut to the comparators that can move the middle position, see [`median_network`]) runs on
+//! all lanes at once with branch-free min/max; the selected `q*` is then found by equality (the first row whose
+//! `|a|` equals the median). No sort, no transposed or host copies of the `[B, k, n]` operand. The gradient goes
+//! to the selected entry: `∂a[b, q*, j] = sign(a[b, q*, j]) g[b, j]`, zero elsewhere; the `q*` are kept from
+//! the forward pass. (A NaN entry gives a NaN-free but arbitrary middle value; training stops on a NaN loss.)
 
 use std::sync::Mutex;
 
@@ -12,8 +15,54 @@ use rayon::prelude::*;
 
 use super::elems;
 
-trait Ord2: Copy + Send + Sync + Default {
-    fn cmp_abs(a: Self, b: Self) -> std::cmp::Ordering;
+/// Columns per network pass (one AVX register of f32 or two of f64).
+const LANES: usize = 8;
+
+/// Comparators `(i, j)`, `i < j`, of a network that puts the `(k − 1)/2`-th smallest of `k` values at position
+/// `(k − 1)/2`: Batcher's odd–even merge sort of `p = 2^⌈log₂ k⌉` entries, without the comparators that touch a
+/// position `≥ k` (think of those as +∞ pads: a comparator against a pad never moves anything) and without
+/// those whose outputs never reach the middle position (pruned backwards from it). For k = 50: 543 → 325.
+pub fn median_network(k: usize) -> Vec<(usize, usize)> {
+    let p = k.next_power_of_two();
+    let mut net = Vec::new();
+    let mut q = 1;
+    while q < p {
+        let mut d = q;
+        while d >= 1 {
+            let mut j = d % q;
+            while j + d < p {
+                for i in 0..d.min(p - j - d) {
+                    if (i + j) / (2 * q) == (i + j + d) / (2 * q) && i + j + d < k {
+                        net.push((i + j, i + j + d));
+                    }
+                }
+                j += 2 * d;
+            }
+            d /= 2;
+        }
+        q *= 2;
+    }
+    let mut needed = vec![false; k];
+    if k > 0 {
+        needed[(k - 1) / 2] = true;
+    }
+    let mut kept: Vec<(usize, usize)> = net
+        .into_iter()
+        .rev()
+        .filter(|&(i, j)| {
+            let keep = needed[i] || needed[j];
+            if keep {
+                needed[i] = true;
+                needed[j] = true;
+            }
+            keep
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
+trait Ord2: Copy + Send + Sync + Default + PartialOrd {
     fn abs(self) -> Self;
     fn signed(self, g: Self) -> Self;
 }
@@ -21,9 +70,6 @@ trait Ord2: Copy + Send + Sync + Default {
 macro_rules! ord2 {
     ($t:ty) => {
         impl Ord2 for $t {
-            fn cmp_abs(a: Self, b: Self) -> std::cmp::Ordering {
-                a.abs().total_cmp(&b.abs())
-            }
             fn abs(self) -> Self {
                 <$t>::abs(self)
             }
@@ -44,31 +90,56 @@ ord2!(f64);
 
 /// `median_q |a[:, q, :]|`, `[B, k, n] → [B, n]`, differentiable (CPU, f32/f64).
 pub fn median_abs(a: &Tensor) -> Result<Tensor> {
-    let (_, k, _) = a.dims3()?;
+    let (b, k, _) = a.dims3()?;
     if k == 0 {
         bail!("median over zero projections")
     }
-    a.apply_op1(MedianAbs { arg: Mutex::new(None) })
+    a.apply_op1(MedianAbs { b, k, arg: Mutex::new(None) })
+}
+
+/// The same for `a` in merged layout `[B·k, *shape]` (the `k` rows of example `b` are rows `b·k .. (b+1)·k`):
+/// `→ [B, n]`, `n = Π shape`. No reshape node reaches autograd.
+pub fn median_abs_merged(a: &Tensor, b: usize) -> Result<Tensor> {
+    let rows = a.dims().first().copied().unwrap_or(0);
+    if b == 0 || rows == 0 || rows % b != 0 {
+        bail!("median over projections: {rows} rows do not split into {b} examples")
+    }
+    a.apply_op1(MedianAbs { b, k: rows / b, arg: Mutex::new(None) })
 }
 
 struct MedianAbs {
+    b: usize,
+    k: usize,
     /// `q*` per output entry, from the last forward pass (for the backward pass).
     arg: Mutex<Option<Vec<u32>>>,
 }
 
 fn fwd<T: Ord2>(a: &[T], b: usize, k: usize, n: usize) -> (Vec<T>, Vec<u32>) {
     let mid = (k - 1) / 2;
+    let net = median_network(k);
     let mut out = vec![T::default(); b * n];
     let mut arg = vec![0u32; b * n];
     out.par_chunks_mut(n.max(1)).zip(arg.par_chunks_mut(n.max(1))).enumerate().for_each(|(e, (o, ar))| {
         let ab = &a[e * k * n..][..k * n];
-        let mut buf: Vec<(T, u32)> = Vec::with_capacity(k);
-        for j in 0..n {
-            buf.clear();
-            buf.extend((0..k).map(|q| (ab[q * n + j], q as u32)));
-            let (_, &mut (v, q), _) = buf.select_nth_unstable_by(mid, |x, y| T::cmp_abs(x.0, y.0));
-            o[j] = v.abs();
-            ar[j] = q;
+        let mut buf = vec![[T::default(); LANES]; k];
+        for j0 in (0..n).step_by(LANES) {
+            let w = LANES.min(n - j0);
+            for (q, lane) in buf.iter_mut().enumerate() {
+                let row = &ab[q * n + j0..][..w];
+                for (x, &v) in lane.iter_mut().zip(row) {
+                    *x = v.abs();
+                }
+            }
+            for &(i, j) in &net {
+                let (x, y) = (buf[i], buf[j]);
+                buf[i] = std::array::from_fn(|l| if y[l] < x[l] { y[l] } else { x[l] });
+                buf[j] = std::array::from_fn(|l| if y[l] < x[l] { x[l] } else { y[l] });
+            }
+            for l in 0..w {
+                let m = buf[mid][l];
+                o[j0 + l] = m;
+                ar[j0 + l] = (0..k).find(|&q| ab[q * n + j0 + l].abs() == m).unwrap_or(0) as u32;
+            }
         }
     });
     (out, arg)
@@ -91,7 +162,8 @@ impl CustomOp1 for MedianAbs {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let &[b, k, n] = l.dims() else { bail!("{}: expects [B, k, n]", self.name()) };
+        let (b, k) = (self.b, self.k);
+        let n = l.shape().elem_count() / (b * k);
         let (out, arg) = match s {
             CpuStorage::F32(a) => {
                 let (o, arg) = fwd(&elems(a, l), b, k, n);
@@ -115,12 +187,14 @@ impl CustomOp1 for MedianAbs {
             Err(_) => None,
         };
         let Some(arg) = arg else { bail!("{}: backward before forward", self.name()) };
-        Ok(Some(a.apply_op2_no_bwd(g, &MedianAbsGrad { arg })?))
+        Ok(Some(a.apply_op2_no_bwd(g, &MedianAbsGrad { b: self.b, k: self.k, arg })?))
     }
 }
 
-/// `∂a` of [`MedianAbs`]: operands `a [B, k, n]` and `g [B, n]`.
+/// `∂a` of [`MedianAbs`]: operands `a` (`[B, k, n]` or merged) and `g [B, n]`; the result has `a`'s shape.
 struct MedianAbsGrad {
+    b: usize,
+    k: usize,
     arg: Vec<u32>,
 }
 
@@ -130,7 +204,8 @@ impl candle_core::CustomOp2 for MedianAbsGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let &[b, k, n] = l1.dims() else { bail!("{}: expects [B, k, n]", self.name()) };
+        let k = self.k;
+        let n = l1.shape().elem_count() / (self.b * k);
         let out = super::dispatch(
             self.name(),
             s1,
@@ -140,7 +215,7 @@ impl candle_core::CustomOp2 for MedianAbsGrad {
             |a: &[f32], g: &[f32]| bwd(a, g, &self.arg, k, n),
             |a: &[f64], g: &[f64]| bwd(a, g, &self.arg, k, n),
         )?;
-        Ok((out, Shape::from((b, k, n))))
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -176,5 +251,30 @@ mod tests {
         }
         let _ = DType::F32;
         Ok(())
+    }
+
+    /// The pruned network selects the middle of every k up to 70 (against a sort), on random values with ties,
+    /// and is the size the doc states for k = 50.
+    #[test]
+    fn network_selects_the_middle() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for k in 1..=70usize {
+            let net = median_network(k);
+            assert!(net.iter().all(|&(i, j)| i < j && j < k));
+            for _ in 0..50 {
+                let mut v: Vec<f32> = (0..k).map(|_| (rng.random_range(0..20) as f32) * 0.5).collect();
+                let mut sorted = v.clone();
+                sorted.sort_by(f32::total_cmp);
+                for &(i, j) in &net {
+                    if v[j] < v[i] {
+                        v.swap(i, j);
+                    }
+                }
+                assert_eq!(v[(k - 1) / 2], sorted[(k - 1) / 2], "k = {k}");
+            }
+        }
+        assert!(median_network(64).len() > median_network(50).len());
+        assert_eq!(median_network(50).len(), 325);
     }
 }

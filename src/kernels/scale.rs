@@ -21,14 +21,37 @@ pub fn scale_rows(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     if !fast {
         return x.broadcast_mul(&s.unsqueeze(1)?);
     }
-    x.apply_op2(&s, ScaleRows)
+    x.apply_op2(&s, ScaleRows { b: s.dims()[0] })
 }
 
-struct ScaleRows;
+/// The same for `x` in merged layout `[B·m, *shape]` (rows `b·m .. (b+1)·m` belong to example `b`), `s: [B,
+/// *shape]`; the result has `x`'s shape. No reshape node reaches autograd.
+pub fn scale_rows_merged(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let b = s.dims().first().copied().unwrap_or(0);
+    let rows = x.dims().first().copied().unwrap_or(0);
+    if b == 0 || x.rank() == 0 || rows % b != 0 || x.dims()[1..] != s.dims()[1..] {
+        candle_core::bail!("scale_rows: {:?} rows do not match the scales {:?}", x.dims(), s.dims())
+    }
+    let fast = x.device().is_cpu()
+        && s.device().is_cpu()
+        && x.dtype() == s.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !fast {
+        let mut split = vec![b, rows / b];
+        split.extend_from_slice(&x.dims()[1..]);
+        return x.reshape(split)?.broadcast_mul(&s.unsqueeze(1)?)?.reshape(x.shape());
+    }
+    x.apply_op2(s, ScaleRows { b })
+}
 
-fn dims(x: &Layout) -> (usize, usize, usize) {
-    let d = x.dims();
-    (d[0], d[1], d[2..].iter().product())
+/// `b`: examples; `x` holds `b · m · n` entries and `s` `b · n`, whatever their shapes.
+struct ScaleRows {
+    b: usize,
+}
+
+fn dims(b: usize, x: &Layout, s: &Layout) -> (usize, usize, usize) {
+    let n = s.shape().elem_count() / b.max(1);
+    (b, x.shape().elem_count() / (b * n).max(1), n)
 }
 
 fn fwd<T: Copy + Send + Sync + std::ops::Mul<Output = T> + Default>(
@@ -57,7 +80,7 @@ impl CustomOp2 for ScaleRows {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, m, n) = dims(l1);
+        let (b, m, n) = dims(self.b, l1, l2);
         let out = super::dispatch(
             self.name(),
             s1,
@@ -72,19 +95,21 @@ impl CustomOp2 for ScaleRows {
 
     fn bwd(&self, x: &Tensor, s: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let gx = match x.track_op() {
-            true => Some(g.apply_op2_no_bwd(s, &ScaleRows)?),
+            true => Some(g.apply_op2_no_bwd(s, &ScaleRows { b: self.b })?),
             false => None,
         };
         let gs = match s.track_op() {
-            true => Some(g.apply_op2_no_bwd(x, &RowDot)?),
+            true => Some(g.apply_op2_no_bwd(x, &RowDot { s: s.shape().clone() })?),
             false => None,
         };
         Ok((gx, gs))
     }
 }
 
-/// `Σ_q g[b, q, j] x[b, q, j]`: `[B, m, *shape]` twice → `[B, *shape]`.
-struct RowDot;
+/// `Σ_q g[b, q, j] x[b, q, j]`: `[B, m, *shape]` (or merged) twice → `s` of shape `[B, *shape]`.
+struct RowDot {
+    s: Shape,
+}
 
 fn row_dot<T: Copy + Send + Sync + std::ops::Mul<Output = T> + std::ops::AddAssign + Default>(
     g: &[T],
@@ -111,7 +136,9 @@ impl CustomOp2 for RowDot {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, m, n) = dims(l1);
+        let b = self.s.dims().first().copied().unwrap_or(1);
+        let n = self.s.elem_count() / b.max(1);
+        let m = l1.shape().elem_count() / (b * n).max(1);
         let out = super::dispatch(
             self.name(),
             s1,
@@ -121,9 +148,7 @@ impl CustomOp2 for RowDot {
             |g: &[f32], x: &[f32]| row_dot(g, x, b, m, n),
             |g: &[f64], x: &[f64]| row_dot(g, x, b, m, n),
         )?;
-        let mut shape = vec![b];
-        shape.extend_from_slice(&l1.dims()[2..]);
-        Ok((out, Shape::from(shape)))
+        Ok((out, self.s.clone()))
     }
 }
 
