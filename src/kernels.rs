@@ -29,6 +29,7 @@
 mod cpu;
 pub mod l1;
 pub mod median;
+pub mod rowsum;
 pub mod scale;
 
 use std::borrow::Cow;
@@ -152,6 +153,27 @@ fn dims4(l: &Layout, op: &str, what: &str) -> Result<(usize, usize, usize, usize
 }
 
 /// Runs `f` on the two operands as f32 or f64 slices.
+/// Plain floating-point element types: every bit pattern is a value.
+pub trait Float: Copy + Send + Sync + 'static + sealed::Sealed {}
+impl Float for f32 {}
+impl Float for f64 {}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A vector of `len` elements for the output of a kernel that **writes every element before anything reads
+/// it**, without the zero fill (a full pass over tens of MB per call: most of the time of a kernel that does one
+/// multiply per element).
+pub fn output_vec<T: Float>(len: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: the capacity is `len`; `T` is f32 or f64 (sealed), for which any bits are a valid value; every
+    // caller writes each element before the vector is read.
+    unsafe { v.set_len(len) };
+    v
+}
+
 fn dispatch(
     op: &str,
     s1: &CpuStorage,

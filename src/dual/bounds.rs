@@ -87,7 +87,7 @@ fn random_tensor(
     let (b, k) = (shape[0], shape[1]);
     let n: usize = shape[2..].iter().product();
     let seeds: Vec<u64> = (0..b).map(|_| rng.random()).collect();
-    fn fill<T: Send + Copy + Default>(
+    fn fill<T: crate::kernels::Float + Default>(
         b: usize,
         k: usize,
         n: usize,
@@ -96,19 +96,18 @@ fn random_tensor(
         keep: Option<&[bool]>,
         conv: fn(f64) -> T,
     ) -> Vec<T> {
-        let mut v = vec![T::default(); b * k * n];
+        // Every element is written below.
+        let mut v: Vec<T> = crate::kernels::output_vec(b * k * n);
         v.par_chunks_mut((k * n).max(1)).enumerate().for_each(|(e, out)| {
             let mut r = rand::rngs::SmallRng::seed_from_u64(seeds[e]);
             let keep = keep.map(|m| &m[e * n..][..n]);
             for row in out.chunks_mut(n.max(1)) {
                 for (j, x) in row.iter_mut().enumerate() {
-                    if keep.map(|m| m[j]).unwrap_or(true) {
-                        *x = conv(if cauchy {
-                            cauchy_draw(&mut r)
-                        } else {
-                            r.sample::<f64, _>(rand_distr::StandardNormal)
-                        });
-                    }
+                    *x = match keep.map(|m| m[j]).unwrap_or(true) {
+                        true if cauchy => conv(cauchy_draw(&mut r)),
+                        true => conv(r.sample::<f64, _>(rand_distr::StandardNormal)),
+                        false => T::default(),
+                    };
                 }
             }
         });

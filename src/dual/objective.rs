@@ -18,6 +18,7 @@ use super::input_set::InputSet;
 use super::model::Model;
 use crate::error::{Context, Error, Result};
 use crate::ir::NodeKind;
+use crate::kernels::rowsum::weighted_row_sums;
 use crate::ops::Role;
 
 fn sum_trailing(t: &Tensor) -> candle_core::Result<Tensor> {
@@ -58,16 +59,9 @@ pub fn dual_pass(
         match node.kind {
             NodeKind::Input => {
                 let center = set.center();
-                let l = sum_trailing(&lam.broadcast_mul(&center.unsqueeze(1).context(ctx_err)?).context(ctx_err)?)
-                    .context(ctx_err)?;
+                let l = weighted_row_sums(&lam, center, false).context(ctx_err)?;
                 let nrm = match set {
-                    InputSet::Box { radius, .. } => sum_trailing(
-                        &lam.abs()
-                            .context(ctx_err)?
-                            .broadcast_mul(&radius.unsqueeze(1).context(ctx_err)?)
-                            .context(ctx_err)?,
-                    )
-                    .context(ctx_err)?,
+                    InputSet::Box { radius, .. } => weighted_row_sums(&lam, radius, true).context(ctx_err)?,
                     InputSet::L2 { eps, .. } => {
                         let n = sum_trailing(&lam.sqr().context(ctx_err)?).and_then(|s| s.sqrt()).context(ctx_err)?;
                         n.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?
@@ -81,8 +75,7 @@ pub fn dual_pass(
                 match op.role() {
                     Role::Affine => {
                         if let Some(bias) = op.bias(&ctx)? {
-                            let t = sum_trailing(&lam.broadcast_mul(&bias).context(ctx_err)?).context(ctx_err)?;
-                            lin = (lin + t).context(ctx_err)?;
+                            lin = (lin + weighted_row_sums(&lam, &bias, false).context(ctx_err)?).context(ctx_err)?;
                         }
                         let mut flat_shape = vec![b * k];
                         flat_shape.extend_from_slice(&node.shape);
@@ -97,11 +90,8 @@ pub fn dual_pass(
                     }
                     Role::Activation => {
                         let r = relax.get(&i).ok_or_else(|| Error::Usage("internal: relaxation missing".into()))?;
-                        let mid = r.mid.unsqueeze(1).context(ctx_err)?;
-                        let r_rad = r.rad.unsqueeze(1).context(ctx_err)?;
-                        let t1 = sum_trailing(&lam.broadcast_mul(&mid).context(ctx_err)?).context(ctx_err)?;
-                        let t2 = sum_trailing(&lam.abs().context(ctx_err)?.broadcast_mul(&r_rad).context(ctx_err)?)
-                            .context(ctx_err)?;
+                        let t1 = weighted_row_sums(&lam, &r.mid, false).context(ctx_err)?;
+                        let t2 = weighted_row_sums(&lam, &r.rad, true).context(ctx_err)?;
                         lin = (lin + t1).context(ctx_err)?;
                         rad = (rad + t2).context(ctx_err)?;
                         let back = crate::kernels::scale::scale_rows(&lam, &r.slope).context(ctx_err)?;

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 /// The element types the kernels run on (those `gemm` supports that the dual network uses).
-pub(crate) trait Elem: Copy + PartialEq + Send + Sync + 'static + std::ops::AddAssign {
+pub(crate) trait Elem: super::Float + PartialEq + std::ops::AddAssign {
     const ZERO: Self;
     const ONE: Self;
     /// Runs `f` with the calling thread's scratch buffers for this type.
@@ -478,10 +478,13 @@ fn sized<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 
 /// `conv2d` of `n` images: `x [n, c_in, h, w]`, `w [c_out, c_in, kh, kw]` → `[n, c_out, ho, wo]`.
 pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
-    let mut out = zeroed(n * g.out_img());
     if n == 0 || g.degenerate() {
-        return out;
+        return zeroed(n * g.out_img());
     }
+    // Every output element is written once by `scatter` below (the chunks cover all images).
+    let mut out = super::output_vec(n * g.out_img());
+    #[cfg(target_os = "linux")]
+    advise_huge_pages(&out);
     let (rows, pl) = (g.rows(), Planes::new(g));
     let plan = Plan::new(n, pl.bytes_per_img::<T>());
     let par = plan.gemm_par();

@@ -62,7 +62,7 @@ pub fn median_network(k: usize) -> Vec<(usize, usize)> {
     kept
 }
 
-trait Ord2: Copy + Send + Sync + Default + PartialOrd {
+trait Ord2: super::Float + Default + PartialOrd {
     fn abs(self) -> Self;
     fn signed(self, g: Self) -> Self;
 }
@@ -117,7 +117,8 @@ struct MedianAbs {
 fn fwd<T: Ord2>(a: &[T], b: usize, k: usize, n: usize) -> (Vec<T>, Vec<u32>) {
     let mid = (k - 1) / 2;
     let net = median_network(k);
-    let mut out = vec![T::default(); b * n];
+    // Every element is written below.
+    let mut out: Vec<T> = super::output_vec(b * n);
     let mut arg = vec![0u32; b * n];
     out.par_chunks_mut(n.max(1)).zip(arg.par_chunks_mut(n.max(1))).enumerate().for_each(|(e, (o, ar))| {
         let ab = &a[e * k * n..][..k * n];

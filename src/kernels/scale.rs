@@ -54,14 +54,9 @@ fn dims(b: usize, x: &Layout, s: &Layout) -> (usize, usize, usize) {
     (b, x.shape().elem_count() / (b * n).max(1), n)
 }
 
-fn fwd<T: Copy + Send + Sync + std::ops::Mul<Output = T> + Default>(
-    x: &[T],
-    s: &[T],
-    b: usize,
-    m: usize,
-    n: usize,
-) -> Vec<T> {
-    let mut out = vec![T::default(); b * m * n];
+fn fwd<T: super::Float + std::ops::Mul<Output = T>>(x: &[T], s: &[T], b: usize, m: usize, n: usize) -> Vec<T> {
+    // Every element is written below.
+    let mut out = super::output_vec(b * m * n);
     out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(e, o)| {
         let se = &s[e * n..][..n];
         for (q, row) in o.chunks_mut(n.max(1)).enumerate() {
