@@ -5,6 +5,7 @@
 //! bounds, certification, attacks and training. Method: Wong, Schmidt, Metzen, Kolter, "Scaling provable
 //! adversarial defenses", NeurIPS 2018.
 
+pub mod alloc;
 pub mod check;
 pub mod cli;
 pub mod data;

@@ -39,6 +39,10 @@ enum Command {
     Ops,
 }
 
+/// Large freed blocks are reused instead of going back to the system (see `dualnet::alloc`).
+#[global_allocator]
+static GLOBAL: dualnet::alloc::CachingAlloc = dualnet::alloc::CachingAlloc::new();
+
 fn main() {
     // candle sizes its thread pools from RAYON_NUM_THREADS, else from a /proc/cpuinfo scan on every call; set it
     // once (to the cores this process may use) unless the user chose.
