@@ -5,7 +5,7 @@
 //! above its mmap threshold (32 MB at most, see `main.rs`) with a fresh `mmap` and returns it with `munmap`, so a
 //! `[1250, 32, 28, 28]` f32 tensor (125 MB, `mnist_large`) costs 30,000 page faults and the kernel's zeroing of
 //! every page, each step, each time. Blocks from 32 MB up are kept here instead (up to [`SLOTS`] blocks and an
-//! eighth of the physical memory in total; beyond that they go back to the system) and handed out again
+//! sixteenth of the physical memory in total; beyond that they go back to the system) and handed out again
 //! without touching the kernel. Smaller blocks, and everything else, go straight to the system allocator.
 //!
 //! The cache is a fixed array behind a `Mutex` (which neither allocates nor recurses into the allocator).
@@ -40,7 +40,7 @@ impl CachingAlloc {
         CachingAlloc { slots: Mutex::new([EMPTY; SLOTS]), cached: AtomicUsize::new(0), cap: AtomicUsize::new(0) }
     }
 
-    /// Bytes the cache may hold: an eighth of the physical memory (computed once, without allocating).
+    /// Bytes the cache may hold: a sixteenth of the physical memory (computed once, without allocating).
     fn cap(&self) -> usize {
         match self.cap.load(Ordering::Relaxed) {
             0 => {
@@ -50,7 +50,7 @@ impl CachingAlloc {
                 #[cfg(not(unix))]
                 let (pages, page) = (0i64, 0i64);
                 let phys = if pages > 0 && page > 0 { pages as usize * page as usize } else { 8 << 30 };
-                let cap = (phys / 8).max(1);
+                let cap = (phys / 16).max(1);
                 self.cap.store(cap, Ordering::Relaxed);
                 cap
             }
