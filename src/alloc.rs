@@ -4,7 +4,7 @@
 //! Why: a bound pass allocates and frees the same tensor sizes every training step. glibc serves every block
 //! above its mmap threshold (32 MB at most, see `main.rs`) with a fresh `mmap` and returns it with `munmap`, so a
 //! `[1250, 32, 28, 28]` f32 tensor (125 MB, `mnist_large`) costs 30,000 page faults and the kernel's zeroing of
-//! every page, each step, each time. Blocks from 32 MB up are kept here instead (up to [`SLOTS`] blocks and an
+//! every page, each step, each time. Blocks from 32 MB up are kept here instead (up to [`SLOTS`] blocks and a
 //! sixteenth of the physical memory in total; beyond that they go back to the system) and handed out again
 //! without touching the kernel. Smaller blocks, and everything else, go straight to the system allocator.
 //!
