@@ -14,8 +14,9 @@
 //! identity before the first activation) and `B` afterwards. Dense values are stored merged, `[Bs·m, *shape_n]`
 //! (rows `b·m .. (b+1)·m` belong to example `b`): that is the batch layout the ops take, so the propagation,
 //! the slope scaling and the median read and write it directly and no reshape node enters autograd (each one
-//! would cost a zero-fill and an add of its full size in the backward pass). A source carries its dual-norm weights: `[B, m]`
-//! radii for ℓ1-type terms (ℓ∞/box input and activation offsets) or `[B]` ε for the ℓ2 input ball.
+//! would cost a zero fill and an add of its full size in the backward pass). A source carries its dual-norm
+//! weights: `[B, m]` radii for ℓ1-type terms (ℓ∞/box input and activation offsets) or `[B]` ε for the ℓ2 input
+//! ball.
 
 use std::collections::HashMap;
 
@@ -65,10 +66,10 @@ pub struct Options {
 /// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
 const GAUSS_MEDIAN_SCALE: f64 = 1.482_602_218_505_602;
 
-/// `[B·k, *shape]` (merged; `shape = [B, k, *shape]` gives the sizes) random projections: standard Cauchy (`tan(π(U − ½))`) or standard normal entries, zero
-/// where `keep[b, j]` is false (`keep: [B, n]`, `None` = everywhere). Each example draws from its own generator,
-/// seeded from `rng`, so the result depends only on the seed and is generated in parallel, directly in the
-/// compute dtype.
+/// `[B·k, *shape]` random projections (merged layout; `shape = [B, k, *shape]` gives the sizes): standard Cauchy
+/// ([`cauchy_draw`]) or standard normal entries, zero where `keep[b, j]` is false (`keep: [B, n]`, `None` =
+/// everywhere). Each example draws from its own generator, seeded from `rng`, so the result depends only on the
+/// seed and is generated in parallel, directly in the compute dtype.
 fn random_tensor(
     shape: &[usize],
     cauchy: bool,
@@ -579,6 +580,7 @@ fn layer_bounds(
         }
         let (a, bs, m) = dense(a, &node.shape, &center).context(ctx_err)?;
         if let (Weight::Median { scale, .. }, None) = (&s.weight, high_prob) {
+            // The training path: the median reads the merged value itself (no reshape node in autograd).
             let term = (median_abs_merged(&a, bs).context(ctx_err)? * *scale).context(ctx_err)?;
             radius = radius.broadcast_add(&term).context(ctx_err)?;
             continue;
@@ -590,15 +592,15 @@ fn layer_bounds(
                 let w3 = w.unsqueeze(1).context(ctx_err)?;
                 w3.broadcast_matmul(&a.abs().context(ctx_err)?).context(ctx_err)?.squeeze(1).context(ctx_err)?
             }
-            Weight::Median { scale, cauchy } => match high_prob {
-                None => (median_abs(&a).context(ctx_err)? * *scale).context(ctx_err)?,
-                Some(delta) => {
-                    let c = super::estimator::correction(m, delta, *cauchy);
-                    // (Π_q |a_q|)^{1/k} = exp(mean_q ln |a_q|); exact zeros give 0 (their norm is 0).
-                    let g = a.abs().and_then(|t| t.log()).and_then(|t| t.mean(1)).and_then(|t| t.exp());
-                    (g.context(ctx_err)? * c).context(ctx_err)?
-                }
-            },
+            Weight::Median { cauchy, .. } => {
+                // High-probability certification (the median case returned above).
+                let delta = high_prob
+                    .ok_or_else(|| crate::error::Error::Usage("internal: median term without its estimator".into()))?;
+                let c = super::estimator::correction(m, delta, *cauchy);
+                // (Π_q |a_q|)^{1/k} = exp(mean_q ln |a_q|); exact zeros give 0 (their norm is 0).
+                let g = a.abs().and_then(|t| t.log()).and_then(|t| t.mean(1)).and_then(|t| t.exp());
+                (g.context(ctx_err)? * c).context(ctx_err)?
+            }
             Weight::Grouped { radius, grouping } => {
                 let owner = grouping
                     .owners
