@@ -26,17 +26,39 @@
 //! Likewise [`l1`] composes candle ops on other devices, and the median of projections goes to
 //! `crate::dual::gpu` before reaching [`median`].
 
+/// Runs a CPU kernel on operands that are all f32 or all f64, each read through its layout with [`elems`]:
+/// `dispatch!(name; s1, l1; s2, l2 => |a, b| kernel(a, b, ...))`. The body is written once and compiled for both
+/// dtypes (it must return the `Vec` of the output); mixed or other dtypes are an error naming the op.
+macro_rules! dispatch {
+    ($op:expr; $($s:expr, $l:expr);+ => |$($a:ident),+| $body:expr) => {{
+        use candle_core::CpuStorage as S;
+        match ($($s,)+) {
+            ($(S::F32($a),)+) => {
+                $(let $a: &[f32] = &$crate::kernels::elems($a, $l);)+
+                Ok::<S, candle_core::Error>(S::F32($body))
+            }
+            ($(S::F64($a),)+) => {
+                $(let $a: &[f64] = &$crate::kernels::elems($a, $l);)+
+                Ok(S::F64($body))
+            }
+            _ => candle_core::bail!("{}: operands must all be f32 or all f64", $op),
+        }
+    }};
+}
+
 mod cpu;
 pub mod l1;
 pub mod median;
 pub mod rowsum;
 pub mod scale;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::borrow::Cow;
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use cpu::{Elem, Geom};
+use cpu::Geom;
 
 /// `conv2d` with stride `stride` and zero padding `padding` on each side, dilation 1, one group.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
@@ -113,7 +135,7 @@ fn weight_grad(x: &Tensor, g: &Tensor, s: usize, p: usize, kh: usize, kw: usize)
 }
 
 /// The elements of a (possibly strided) CPU operand, in row-major order.
-fn elems<'a, T: Copy>(data: &'a [T], l: &Layout) -> Cow<'a, [T]> {
+pub(crate) fn elems<'a, T: Copy>(data: &'a [T], l: &Layout) -> Cow<'a, [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Cow::Borrowed(&data[a..b]),
         None => Cow::Owned(strided(data, l)),
@@ -174,30 +196,6 @@ pub fn output_vec<T: Float>(len: usize) -> Vec<T> {
     v
 }
 
-fn dispatch(
-    op: &str,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-    f32: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
-    f64: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
-) -> Result<CpuStorage> {
-    match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32(&elems(a, l1), &elems(b, l2)))),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64(&elems(a, l1), &elems(b, l2)))),
-        _ => bail!("{op}: operands must both be f32 or both f64"),
-    }
-}
-
-fn run<T: Elem>(
-    kernel: fn(&[T], &[T], usize, &Geom) -> Vec<T>,
-    n: usize,
-    g: Geom,
-) -> impl FnOnce(&[T], &[T]) -> Vec<T> {
-    move |a, b| kernel(a, b, n, &g)
-}
-
 /// `x [N, C_in, H, W] ⋆ w [C_out, C_in, KH, KW] → [N, C_out, ho, wo]`.
 struct Conv2d {
     s: usize,
@@ -216,7 +214,7 @@ impl CustomOp2 for Conv2d {
         let (c_out, c_in_w, kh, kw) = dims4(l2, self.name(), "kernel")?;
         check(c_in, c_in_w, self.s, self.name())?;
         let g = Geom { c_in, h, w, c_out, ho: self.ho, wo: self.wo, kh, kw, s: self.s, p: self.p };
-        let out = dispatch(self.name(), s1, l1, s2, l2, run(cpu::conv2d, n, g), run(cpu::conv2d, n, g))?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |x, w| cpu::conv2d(x, w, n, &g))?;
         Ok((out, Shape::from((n, c_out, self.ho, self.wo))))
     }
 
@@ -247,8 +245,7 @@ impl CustomOp2 for ConvTranspose2d {
         let (c_out_w, c_in, kh, kw) = dims4(l2, self.name(), "kernel")?;
         check(c_out, c_out_w, self.s, self.name())?;
         let g = Geom { c_in, h: self.h, w: self.w, c_out, ho, wo, kh, kw, s: self.s, p: self.p };
-        let out =
-            dispatch(self.name(), s1, l1, s2, l2, run(cpu::conv_transpose2d, n, g), run(cpu::conv_transpose2d, n, g))?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |nu, w| cpu::conv_transpose2d(nu, w, n, &g))?;
         Ok((out, Shape::from((n, c_in, self.h, self.w))))
     }
 
@@ -284,7 +281,7 @@ impl CustomOp2 for WeightGrad {
             bail!("{}: stride must be at least 1", self.name())
         }
         let g = Geom { c_in, h, w, c_out, ho, wo, kh: self.kh, kw: self.kw, s: self.s, p: self.p };
-        let out = dispatch(self.name(), s1, l1, s2, l2, run(cpu::weight_grad, n, g), run(cpu::weight_grad, n, g))?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |x, gy| cpu::weight_grad(x, gy, n, &g))?;
         Ok((out, Shape::from((c_out, c_in, self.kh, self.kw))))
     }
 
@@ -306,10 +303,7 @@ mod tests {
         Tensor::randn(0f64, 1., shape, &Device::Cpu)?.to_dtype(dt)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
-    }
+    use super::testing::max_diff;
 
     /// The kernel-gradient op against candle's gradient, and its own backward (the second derivative of a conv)
     /// against candle's conv2d / conv_transpose2d.

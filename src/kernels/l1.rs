@@ -122,15 +122,7 @@ impl CustomOp2 for Gathered {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[_, n], &[b, m]) = (l1.dims(), l2.dims()) else { bail!("{}: expects [N, n] and [B, m]", self.name()) };
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |a: &[f32], w: &[f32]| gathered_fwd(a, w, &self.idx, b, m, n),
-            |a: &[f64], w: &[f64]| gathered_fwd(a, w, &self.idx, b, m, n),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |a, w| gathered_fwd(a, w, &self.idx, b, m, n))?;
         Ok((out, Shape::from((b, n))))
     }
 
@@ -197,15 +189,7 @@ impl CustomOp2 for GatheredGradM {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[rows, n], &[b, mn]) = (l1.dims(), l2.dims()) else { bail!("{}: bad operands", self.name()) };
         let m = mn - n;
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |a: &[f32], wg: &[f32]| gathered_grad_m(a, wg, &self.idx, b, m, n),
-            |a: &[f64], wg: &[f64]| gathered_grad_m(a, wg, &self.idx, b, m, n),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |a, wg| gathered_grad_m(a, wg, &self.idx, b, m, n))?;
         Ok((out, Shape::from((rows, n))))
     }
 }
@@ -235,15 +219,7 @@ impl CustomOp2 for GatheredGradW {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[_, n], &[b, _]) = (l1.dims(), l2.dims()) else { bail!("{}: bad operands", self.name()) };
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |a: &[f32], g: &[f32]| gathered_grad_w(a, g, &self.idx, self.m, n),
-            |a: &[f64], g: &[f64]| gathered_grad_w(a, g, &self.idx, self.m, n),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |a, g| gathered_grad_w(a, g, &self.idx, self.m, n))?;
         Ok((out, Shape::from((b, self.m))))
     }
 }
@@ -345,15 +321,7 @@ impl CustomOp2 for GroupedGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let &[bs, g, n] = l1.dims() else { bail!("{}: expects [B, G, n]", self.name()) };
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |y: &[f32], gr: &[f32]| self.inner.grad(y, gr, bs, g, n),
-            |y: &[f64], gr: &[f64]| self.inner.grad(y, gr, bs, g, n),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |y, gr| self.inner.grad(y, gr, bs, g, n))?;
         Ok((out, Shape::from((bs, g, n))))
     }
 }
@@ -363,10 +331,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
-    }
+    use crate::kernels::testing::max_diff;
 
     fn grad(store: &candle_core::backprop::GradStore, v: &Var) -> Result<Tensor> {
         store.get(v.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no grad".into()))

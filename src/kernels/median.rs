@@ -207,15 +207,7 @@ impl candle_core::CustomOp2 for MedianAbsGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let k = self.k;
         let n = l1.shape().elem_count() / (self.b * k);
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |a: &[f32], g: &[f32]| bwd(a, g, &self.arg, k, n),
-            |a: &[f64], g: &[f64]| bwd(a, g, &self.arg, k, n),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |a, g| bwd(a, g, &self.arg, k, n))?;
         Ok((out, l1.shape().clone()))
     }
 }

@@ -11,7 +11,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{elems, Float};
+use super::Float;
 
 /// `Σ_j f(λ[b, q, j]) · w[b or ·, j]`, `[B, K]`; `abs` picks `f = |·|`.
 pub fn weighted_row_sums(lam: &Tensor, w: &Tensor, abs: bool) -> Result<Tensor> {
@@ -115,15 +115,7 @@ impl CustomOp2 for RowSums {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (d, abs) = (self.dims, self.abs);
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |lam: &[f32], w: &[f32]| fwd(lam, w, d, abs),
-            |lam: &[f64], w: &[f64]| fwd(lam, w, d, abs),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |lam, w| fwd(lam, w, d, abs))?;
         Ok((out, Shape::from((d.b, d.k))))
     }
 
@@ -179,15 +171,7 @@ impl CustomOp3 for GradLam {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (d, abs) = (self.dims, self.abs);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {
-                CpuStorage::F32(grad_lam(&elems(a, l1), &elems(b, l2), &elems(c, l3), d, abs))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => {
-                CpuStorage::F64(grad_lam(&elems(a, l1), &elems(b, l2), &elems(c, l3), d, abs))
-            }
-            _ => bail!("{}: operands must all be f32 or all f64", self.name()),
-        };
+        let out = dispatch!(self.name(); s1, l1; s2, l2; s3, l3 => |lam, w, g| grad_lam(lam, w, g, d, abs))?;
         Ok((out, l1.shape().clone()))
     }
 }
@@ -235,15 +219,7 @@ impl CustomOp2 for GradW {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (d, abs) = (self.dims, self.abs);
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |lam: &[f32], g: &[f32]| grad_w(lam, g, d, abs),
-            |lam: &[f64], g: &[f64]| grad_w(lam, g, d, abs),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |lam, g| grad_w(lam, g, d, abs))?;
         Ok((out, self.shape.clone()))
     }
 }
@@ -251,6 +227,7 @@ impl CustomOp2 for GradW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testing::assert_same_value_and_grads;
     use candle_core::{Device, Var};
 
     /// Value and both gradients against the candle composition, per-example and shared weights, `f = id` and
@@ -262,8 +239,6 @@ mod tests {
         let mask = Tensor::randn(0f64, 1., (3, 4, 2, 5), &dev)?.ge(0.0)?.to_dtype(DType::F64)?;
         let lam = Var::from_tensor(&(raw * mask)?)?;
         let g = Tensor::randn(0f64, 1., (3, 4), &dev)?;
-        let diff =
-            |a: &Tensor, b: &Tensor| -> Result<f64> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>() };
         for shared in [false, true] {
             let w = match shared {
                 true => Var::from_tensor(&Tensor::randn(0f64, 1., (2, 5), &dev)?)?,
@@ -274,13 +249,8 @@ mod tests {
                 let f = if abs { lam.as_tensor().abs()? } else { lam.as_tensor().clone() };
                 let wb = if shared { w.unsqueeze(0)?.unsqueeze(0)? } else { w.unsqueeze(1)? };
                 let plain = f.broadcast_mul(&wb)?.reshape((3, 4, 10))?.sum(2)?;
-                assert!(diff(&ours, &plain)? < 1e-12);
-                let g1 = (ours * &g)?.sum_all()?.backward()?;
-                let g2 = (plain * &g)?.sum_all()?.backward()?;
-                for v in [&lam, &w] {
-                    let (a, b) = (g1.get(v.as_tensor()).expect("grad"), g2.get(v.as_tensor()).expect("grad"));
-                    assert!(diff(a, b)? < 1e-12, "shared {shared} abs {abs}");
-                }
+                let what = format!("shared {shared} abs {abs}");
+                assert_same_value_and_grads(&ours, &plain, &g, &[&lam, &w], 1e-12, &what)?;
             }
         }
         assert!(weighted_row_sums(lam.as_tensor(), &Tensor::zeros((3, 5), DType::F64, &dev)?, true).is_err());

@@ -76,15 +76,7 @@ impl CustomOp2 for ScaleRows {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, m, n) = dims(self.b, l1, l2);
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |x: &[f32], s: &[f32]| fwd(x, s, b, m, n),
-            |x: &[f64], s: &[f64]| fwd(x, s, b, m, n),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |x, s| fwd(x, s, b, m, n))?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -134,15 +126,7 @@ impl CustomOp2 for RowDot {
         let b = self.s.dims().first().copied().unwrap_or(1);
         let n = self.s.elem_count() / b.max(1);
         let m = l1.shape().elem_count() / (b * n).max(1);
-        let out = super::dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |g: &[f32], x: &[f32]| row_dot(g, x, b, m, n),
-            |g: &[f64], x: &[f64]| row_dot(g, x, b, m, n),
-        )?;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |g, x| row_dot(g, x, b, m, n))?;
         Ok((out, self.s.clone()))
     }
 }
@@ -161,15 +145,6 @@ mod tests {
         let g = Tensor::randn(0f64, 1., (3, 4, 2, 5), &dev)?;
         let ours = scale_rows(x.as_tensor(), s.as_tensor())?;
         let plain = x.broadcast_mul(&s.unsqueeze(1)?)?;
-        let diff =
-            |a: &Tensor, b: &Tensor| -> Result<f64> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>() };
-        assert!(diff(&ours, &plain)? < 1e-12);
-        let g1 = (ours * &g)?.sum_all()?.backward()?;
-        let g2 = (plain * &g)?.sum_all()?.backward()?;
-        for v in [&x, &s] {
-            let (a, b) = (g1.get(v.as_tensor()).expect("grad"), g2.get(v.as_tensor()).expect("grad"));
-            assert!(diff(a, b)? < 1e-12);
-        }
-        Ok(())
+        crate::kernels::testing::assert_same_value_and_grads(&ours, &plain, &g, &[&x, &s], 1e-12, "scale_rows")
     }
 }
