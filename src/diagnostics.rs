@@ -1,4 +1,4 @@
-//! Diagnostics as data, rendered apart (design.md §4).
+//! Diagnostics as data, rendered apart.
 //!
 //! A [`Diagnostic`] carries a stable [`Code`], a lowercase message, labelled spans and help. It is rendered with
 //! miette (graphical, for people) or as JSON (for tools). Each code has a page under `docs/codes/` and a spec under
@@ -91,8 +91,14 @@ codes! {
     BadOption = "E0106", Error, "invalid option value";
     DataInvalid = "E0107", Error, "invalid data file";
     DeviceUnavailable = "E0108", Error, "device not available";
+    DataMissing = "E0109", Error, "data files not found";
+    NonFinite = "E0110", Error, "number is not finite";
+    OutsideBox = "E0111", Error, "input lies outside its box";
+    TooLarge = "E0112", Error, "work exceeds the available memory";
+    Contradiction = "E0900", Error, "internal error: a certificate was contradicted";
     UnusedNode = "W0001", Warning, "unused node";
     ShadowedOp = "W0002", Warning, "block shadows a built-in op";
+    LargeModel = "W0003", Warning, "model weights exceed the available memory";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

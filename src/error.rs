@@ -17,6 +17,10 @@ pub enum Error {
     /// A tensor operation failed; `context` says what the user was doing.
     #[error("{context}: {source}")]
     Tensor { context: String, source: candle_core::Error },
+    /// A bug: results that contradict each other (a certified example that an attack breaks). Exit 3; the
+    /// diagnostic names the example and asks for a report.
+    #[error("{}", .0.message)]
+    Internal(Box<Diagnostic>),
     /// The run was interrupted or stopped on purpose (e.g. a NaN loss); the message says what was kept.
     #[error("{0}")]
     Stopped(String),
@@ -35,6 +39,7 @@ impl Error {
         match self {
             Error::Input(_) | Error::Tensor { .. } | Error::Stopped(_) => 1,
             Error::Io { .. } | Error::Usage(_) => 2,
+            Error::Internal(_) => 3,
         }
     }
 }

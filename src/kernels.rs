@@ -1,5 +1,5 @@
 //! The hot tensor kernels of the dual network, in one place so a faster implementation can replace candle's
-//! built-in one without touching the ops (design.md §6).
+//! built-in one without touching the ops.
 //!
 //! Shapes: `conv2d(x: [N, C_in, H, W], w: [C_out, C_in, K, K]) -> [N, C_out, H', W']`, `H' = (H + 2P − K)/S + 1`;
 //! `conv_transpose2d(nu: [N, C_out, H', W'], w) -> [N, C_in, H, W]`, `H = (H' − 1)S − 2P + K + output_padding`.

@@ -1,5 +1,5 @@
 //! Weights: safetensors files keyed `NODE.weight`, `NODE.bias` (batchnorm also `NODE.running_mean`,
-//! `NODE.running_var`), PyTorch layouts (design.md §2). Loading checks every key, shape and dtype against the
+//! `NODE.running_var`), PyTorch layouts (docs/language.md). Loading checks every key, shape and dtype against the
 //! graph and reports all problems at once; saving is atomic (temp file + rename).
 
 use std::collections::{BTreeMap, HashMap};
@@ -74,6 +74,19 @@ impl Weights {
                                 .help("save the weights as float32 or float64"),
                             );
                             continue;
+                        }
+                        match crate::finite::weight_diagnostic(&key, file, &t)? {
+                            Some(d) => {
+                                problems.push(d);
+                                continue;
+                            }
+                            None if spec.nonneg => {
+                                if let Some(d) = negative_diagnostic(&key, file, &t)? {
+                                    problems.push(d);
+                                    continue;
+                                }
+                            }
+                            None => {}
                         }
                         match t.to_dtype(dtype) {
                             Ok(t) => {
@@ -170,6 +183,37 @@ impl Weights {
     pub fn save(&self, g: &Graph, path: &Path) -> Result<()> {
         save_tensors(&self.to_map(g), path)
     }
+}
+
+/// E0102 for a tensor that must be `>= 0` (batchnorm's running variance) and is not: `sqrt(var + eps)` would be NaN.
+fn negative_diagnostic(key: &str, file: &str, t: &Tensor) -> Result<Option<Diagnostic>> {
+    let v: Vec<f64> = t
+        .to_dtype(DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .context(|| format!("reading `{key}`"))?;
+    Ok(v.iter().position(|x| *x < 0.0).map(|i| {
+        Diagnostic::new(Code::WeightShape, format!("`{key}` in `{file}` is negative ({}) at index [{i}]", v[i]))
+            .help("a variance is never negative; the file is damaged or the key belongs to another tensor")
+    }))
+}
+
+/// Whether every weight is finite (a training step checks this before the weights are kept).
+pub fn all_finite(w: &Weights) -> Result<bool> {
+    for node in &w.per_node {
+        for (k, t) in node {
+            // The sum is non-finite when an element is (or, conservatively, when it overflows).
+            let s: f64 = t
+                .to_dtype(DType::F64)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.to_scalar())
+                .context(|| format!("checking `{k}`"))?;
+            if !s.is_finite() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Write tensors to `path` atomically (a temp file beside it, then rename).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::diagnostics::{Code, Diagnostic, SourceFile};
 use crate::ir::lower::lower;
 use crate::ir::Graph;
 use crate::syntax::parse;
@@ -37,11 +37,34 @@ pub fn check_source(name: &str, text: &str) -> Checked {
             diagnostics.extend(unused::unused_nodes(&lowered));
             let errors = diagnostics.iter().any(|d| d.is_error());
             if let (false, Some(input), Some((output, _))) = (errors, lowered.input, lowered.output) {
-                graph = Some(Graph { name: lowered.name, dag: lowered.dag, input, output });
+                let g = Graph { name: lowered.name, dag: lowered.dag, input, output };
+                diagnostics.extend(large_model(&g, lowered.network_span));
+                graph = Some(g);
             }
         }
     }
     diagnostics.sort_by_key(|d| (d.labels.first().map(|l| l.span.start).unwrap_or(0), d.code.as_str()));
     let diagnostics = diagnostics.into_iter().map(|d| d.with_source(source.clone())).collect();
     Checked { source, graph, diagnostics }
+}
+
+/// W0003: the parameters in f32 need more than the available memory (`init`, `train`, `bounds` and `certify`
+/// then refuse the work with E0112).
+fn large_model(g: &Graph, span: crate::syntax::ast::Span) -> Option<Diagnostic> {
+    let params = g.parameter_count();
+    let bytes = 4.0 * params as f64;
+    let avail = crate::memory::available_bytes()? as f64;
+    (bytes > avail).then(|| {
+        Diagnostic::new(
+            Code::LargeModel,
+            format!(
+                "network `{}` has {params} parameters, {} in f32, more than the {} available",
+                g.name,
+                crate::memory::human(bytes),
+                crate::memory::human(avail)
+            ),
+        )
+        .label(span, "this network")
+        .help("make the layers narrower; `init`, `train`, `bounds` and `certify` refuse work that does not fit")
+    })
 }

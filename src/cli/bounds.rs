@@ -1,5 +1,5 @@
 //! `dualnet bounds --spec S --weights W --inputs I --eps E [--norm linf|l2] [--bounded] [--dtype f32|f64]
-//! --json OUT`: exact certified bounds for a batch, in the JSON layout of design.md §3 (and of the reference's
+//! --json OUT`: exact certified bounds for a batch, in the JSON layout of docs/commands.md (and of the reference's
 //! `expected.json` settings).
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::device::DeviceSpec;
 use crate::diagnostics::{Code, Diagnostic};
-use crate::dual::robust::{certified, certify_batch, robust_ce_per_example};
+use crate::dual::robust::{certify_batch, robust_ce_per_example};
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 use crate::weights::Weights;
@@ -34,6 +34,12 @@ pub struct SetArgs {
 }
 
 impl SetArgs {
+    /// The margin an example's bounds must clear in `bounds`: 0 in f64, [`default_safety_margin`] in f32.
+    ///
+    /// [`default_safety_margin`]: crate::run::certify::default_safety_margin
+    pub fn safety_margin(&self, dtype: DType) -> f64 {
+        crate::run::certify::default_safety_margin(dtype)
+    }
     pub fn bounds(&self) -> Option<(f64, f64)> {
         self.bounded.then_some((self.box_lo, self.box_hi))
     }
@@ -44,6 +50,8 @@ impl SetArgs {
                     .help("ε is in input units (pixels in [0, 1]), e.g. `--eps 0.1`"),
             ));
         }
+        crate::finite::check_option("--box-lo", self.box_lo)?;
+        crate::finite::check_option("--box-hi", self.box_hi)?;
         if self.bounded && !(self.box_lo < self.box_hi) {
             return Err(Error::input(
                 Diagnostic::new(Code::BadOption, format!("empty box [{}, {}]", self.box_lo, self.box_hi))
@@ -115,6 +123,8 @@ pub struct BoundsJson {
     pub robust_ce_per_example: Vec<f64>,
     pub robust_err: f64,
     pub uncertified: Vec<bool>,
+    /// Examples with a non-finite layer or margin bound (never certified).
+    pub nonfinite_bounds: usize,
 }
 
 pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -183,6 +193,7 @@ pub fn load_inputs(model: &Model, path: &Path) -> Result<(Tensor, Vec<u32>)> {
             "store images as float32 in [0, 1]",
         ));
     }
+    crate::finite::check_inputs(x, &format!("`x` in `{file}`"))?;
     let x = x.to_dtype(model.dtype).context(|| "reading inputs".to_string())?;
     Ok((x, labels.into_iter().map(|l| l as u32).collect()))
 }
@@ -196,7 +207,8 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
     let margin_lb = rows(&cert.margin_lb)?;
     let ce = rows(&robust_ce_per_example(&cert.margin_lb)?.unsqueeze(1).context(|| "robust loss".to_string())?)?;
     let ce: Vec<f64> = ce.into_iter().map(|r| r[0]).collect();
-    let cert_flags = certified(&margin_lb, labels);
+    let finite = cert.finite(&margin_lb);
+    let cert_flags = cert.certified(&margin_lb, labels, set.safety_margin(model.dtype));
     let mut layer_bounds = BTreeMap::new();
     for (z, l, u) in &cert.bounds.layers {
         layer_bounds.insert(model.graph.node(*z).name.clone(), LayerBoundsJson { lower: rows(l)?, upper: rows(u)? });
@@ -214,6 +226,7 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
         robust_ce_per_example: ce,
         robust_err: cert_flags.iter().filter(|c| !**c).count() as f64 / b as f64,
         uncertified: cert_flags.iter().map(|c| !c).collect(),
+        nonfinite_bounds: finite.iter().filter(|f| !**f).count(),
     })
 }
 
@@ -222,6 +235,12 @@ pub fn run(args: &Args) -> Result<()> {
     let model = args.model.load(args.set.dtype.dtype())?;
     let (x, labels) = load_inputs(&model, &args.inputs)?;
     let out = compute(&model, &x, &labels, &args.set)?;
+    if out.nonfinite_bounds > 0 {
+        eprintln!(
+            "warning: {} example(s) had a bound that is not finite (NaN or ±inf); they count as not certified",
+            out.nonfinite_bounds
+        );
+    }
     let text = serde_json::to_string(&out).map_err(|e| Error::Usage(format!("serialising results: {e}")))?;
     if args.json.as_os_str() == "-" {
         println!("{text}");

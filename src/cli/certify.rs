@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::bounds::{ModelArgs, SetArgs};
 use crate::data::{self, Split};
+use crate::diagnostics::{Code, Diagnostic};
 use crate::error::{Error, Result};
 use crate::run::attack::PgdConfig;
 use crate::run::certify::{certify_dataset, default_safety_margin, CertifyConfig, ExampleRecord, Summary};
@@ -97,6 +98,15 @@ pub fn run(args: &Args) -> Result<()> {
             return Err(Error::Usage(format!("`--delta` must lie in (0, 1), got {d}")));
         }
     }
+    if let Some(m) = args.safety_margin {
+        crate::finite::check_option("--safety-margin", m)?;
+        if m < 0.0 {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, format!("`--safety-margin` must be >= 0, got `{m}`"))
+                    .help("the safety margin guards against rounding: an example counts as certified only if every margin bound exceeds it; a negative one would certify what an attack breaks"),
+            ));
+        }
+    }
     let dtype = args.set.dtype.dtype();
     let model = args.model.load(dtype)?;
     let data = args.data.load()?;
@@ -131,6 +141,12 @@ pub fn run(args: &Args) -> Result<()> {
         s.bounds,
         s.safety_margin
     );
+    if s.nonfinite_bounds > 0 {
+        eprintln!(
+            "warning: {} example(s) had a bound that is not finite (NaN or ±inf); they count as not certified",
+            s.nonfinite_bounds
+        );
+    }
     if let Some(p) = s.pgd_err {
         println!(
             "  PGD robust error        {:>7.2}%   ({} steps; certified >= PGD always)",

@@ -60,13 +60,14 @@ pub fn run(args: &Args) -> i32 {
         }
         if args.format == Format::Human && !checked.has_errors() {
             if let Some(g) = &checked.graph {
-                let params: usize = g.weight_specs().iter().map(|(_, w)| w.shape.iter().product::<usize>()).sum();
+                let params = g.parameter_count();
                 println!(
-                    "{}: ok — network `{}`, {} nodes, {} parameters",
+                    "{}: ok — network `{}`, {} nodes, {} parameters ({} in f32)",
                     path.display(),
                     g.name,
                     g.dag.node_count(),
-                    params
+                    params,
+                    crate::memory::human(4.0 * params as f64)
                 );
             }
         }

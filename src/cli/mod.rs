@@ -1,4 +1,5 @@
-//! The command line: one file per subcommand. Exit codes: 0 success, 1 the input has errors, 2 usage or I/O.
+//! The command line: one file per subcommand. Exit codes: 0 success, 1 the input has errors, 2 usage or I/O,
+//! 3 an internal error (a bug to report, e.g. a certificate an attack contradicts).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -57,6 +58,7 @@ pub fn report(e: &Error) -> i32 {
                 eprintln!("{}", d.render(color()));
             }
         }
+        Error::Internal(d) => eprintln!("{}", d.render(color())),
         other => eprintln!("error: {other}"),
     }
     e.exit_code()

@@ -9,7 +9,7 @@
 //!
 //! Result: a [`Dataset`] named `cifar10` of shape `[3, 32, 32]`, 10 classes ([`CLASSES`]), pixels `byte / 255`,
 //! not normalised. Models that expect normalised inputs use [`CIFAR10_MEAN`] and [`CIFAR10_STD`]; ε stays in
-//! pixel units and is divided by each channel's std inside the input set (design.md §5).
+//! pixel units and is divided by each channel's std inside the input set.
 
 use std::path::{Path, PathBuf};
 

@@ -61,6 +61,38 @@ pub struct Options {
     /// norm with probability at least `1 − δ` (the paper's Appendix E.1; for certification with projections).
     /// `None`: the median estimator (training).
     pub high_prob: Option<f64>,
+    /// Test hook: overwrite one element of one layer's bounds (see [`Poison`]).
+    #[doc(hidden)]
+    pub poison: Option<Poison>,
+}
+
+/// Test hook: after the bounds of the `layer`-th activation input (in topological order) are computed, element
+/// `element` (flat over `[B, n]`, taken modulo its size) of the lower (or `upper`) bound is set to `value`. The
+/// property tests inject NaN and ±∞ this way and check that no certificate comes out.
+#[derive(Debug, Clone, Copy)]
+pub struct Poison {
+    pub layer: usize,
+    pub element: usize,
+    pub upper: bool,
+    pub value: f64,
+}
+
+impl Poison {
+    fn apply(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        let mut v: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        if !v.is_empty() {
+            let i = self.element % v.len();
+            v[i] = self.value;
+        }
+        Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype())
+    }
+}
+
+/// Per example, whether every entry of `l` and `u` (`[B, *shape]`) is finite: the row sums of `u − l` are
+/// finite exactly when every entry is (or, conservatively, not when a sum overflows).
+fn rows_finite(l: &Tensor, u: &Tensor, b: usize) -> candle_core::Result<Vec<bool>> {
+    let s: Vec<f64> = (u - l)?.reshape((b, ()))?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
+    Ok(s.iter().map(|v| v.is_finite()).collect())
 }
 
 /// `1 / Φ⁻¹(3/4)`: median of `|N(0, σ²)|` is `0.6745 σ`.
@@ -261,6 +293,10 @@ pub struct Bounds {
     pub layers: Vec<(NodeIndex, Tensor, Tensor)>,
     /// Relaxation of each activation node (keyed by the activation node itself).
     pub relax: HashMap<NodeIndex, Relaxation>,
+    /// `[B]`: whether every layer bound of the example is finite. An example with a non-finite bound is never
+    /// certified (a NaN bound would otherwise read as an inactive ReLU, and the margin downstream would look
+    /// finite).
+    pub finite: Vec<bool>,
 }
 
 impl Bounds {
@@ -291,7 +327,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
     }
     let mut centers: Vec<Option<Tensor>> = vec![None; n_nodes];
     let mut sources: Vec<Source> = Vec::new();
-    let mut out = Bounds { layers: Vec::new(), relax: HashMap::new() };
+    let mut out = Bounds { layers: Vec::new(), relax: HashMap::new(), finite: vec![true; b] };
     // Exact bounds: a layer much narrower than the free directions that would reach it (the input and the dense
     // offsets of earlier activations) gets its bounds from the dual network run backwards from it (n_z rows)
     // instead; sources are propagated only up to the last layer that needs them.
@@ -449,6 +485,16 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             } else {
                                 layer_bounds(model, &centers, &sources, z, b, opts.high_prob)?
                             };
+                            let (l, u) = match opts.poison {
+                                Some(p) if p.layer == out.layers.len() => match p.upper {
+                                    false => (p.apply(&l).context(ctx_err)?, u),
+                                    true => (l, p.apply(&u).context(ctx_err)?),
+                                },
+                                _ => (l, u),
+                            };
+                            for (f, ok) in out.finite.iter_mut().zip(rows_finite(&l, &u, b).context(ctx_err)?) {
+                                *f &= ok;
+                            }
                             out.layers.push((z, l, u));
                         }
                         let (l, u) = match out.of(z) {

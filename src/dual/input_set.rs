@@ -48,6 +48,10 @@ impl InputSet {
                     .help("give ε in input units (pixels in [0, 1]), e.g. `--eps 0.1`"),
             ));
         }
+        crate::finite::check_inputs(x, "the inputs")?;
+        if let Some((lo, hi)) = bounds {
+            check_box(x, lo, hi)?;
+        }
         let ctx = || "building the input set".to_string();
         let mut shape = vec![b];
         shape.extend(std::iter::repeat_n(1, x.rank().saturating_sub(1)));
@@ -84,6 +88,42 @@ impl InputSet {
         match self {
             InputSet::Box { center, .. } | InputSet::L2 { center, .. } => center,
         }
+    }
+}
+
+/// Refuse a box that is not a finite, non-empty interval, and inputs outside it (E0111). The ε ball intersected
+/// with the box would then be empty or would not contain the input, so a certificate over it would say nothing
+/// about the input. Inputs rounded to f32 may sit a few ulps outside: `4 · ε_f32 · max(1, |lo|, |hi|)` is allowed.
+pub fn check_box(x: &Tensor, lo: f64, hi: f64) -> Result<()> {
+    crate::finite::check_option("--box-lo", lo)?;
+    crate::finite::check_option("--box-hi", hi)?;
+    if !(lo < hi) {
+        return Err(Error::input(
+            Diagnostic::new(Code::BadOption, format!("empty box [{lo}, {hi}]"))
+                .help("`--box-lo` must be below `--box-hi`"),
+        ));
+    }
+    let tol = 4.0 * f32::EPSILON as f64 * 1f64.max(lo.abs()).max(hi.abs());
+    let v: Vec<f64> = x
+        .to_dtype(candle_core::DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .context(|| "reading the inputs".to_string())?;
+    let n: usize = x.dims().iter().skip(1).product::<usize>().max(1);
+    match v.iter().position(|&e| e < lo - tol || e > hi + tol) {
+        None => Ok(()),
+        Some(i) => Err(Error::input(
+            Diagnostic::new(
+                Code::OutsideBox,
+                format!(
+                    "example {} element {} is {}, outside the box [{lo}, {hi}]",
+                    i / n,
+                    crate::finite::fmt_index(&crate::finite::unflatten(i % n, &x.dims()[1..])),
+                    v[i]
+                ),
+            )
+            .help("scale the inputs into the box, or give the box they live in with `--box-lo`/`--box-hi`"),
+        )),
     }
 }
 
@@ -169,12 +209,18 @@ impl InputSet {
 
 impl InputSet {
     /// The same set seen by a network whose input is normalised per channel, `x_n = (x - mean_c) / std_c`: the
-    /// box's center and radius are mapped channel by channel, so ε stays in pixel units (design.md §5).
+    /// box's center and radius are mapped channel by channel, so ε stays in pixel units.
     /// The ℓ2 ball becomes an ellipsoid under per-channel scaling and is refused unless every std is equal.
     pub fn normalized(&self, mean: &[f64], std: &[f64]) -> Result<Self> {
         let ctx = || "normalising the input set".to_string();
         let c = self.center();
         let ch = c.dims().get(1).copied().unwrap_or(0);
+        for (i, v) in mean.iter().enumerate() {
+            crate::finite::check_option(&format!("mean[{i}]"), *v)?;
+        }
+        for (i, v) in std.iter().enumerate() {
+            crate::finite::check_option(&format!("std[{i}]"), *v)?;
+        }
         if mean.len() != ch || std.len() != ch || std.iter().any(|s| !(*s > 0.0)) {
             return Err(Error::input(
                 Diagnostic::new(

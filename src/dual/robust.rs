@@ -2,7 +2,8 @@
 //!
 //! `margin_lb[b][j]` lower-bounds `f_{y_b}(x') - f_j(x')` over the input set (0 on the diagonal);
 //! `robust_ce = mean_b CE(-margin_lb[b], y_b) = mean_b log Σ_j exp(-margin_lb[b][j])`;
-//! an example is certified when `margin_lb[b][j] > 0` for every `j != y_b`.
+//! an example is certified when every `margin_lb[b][j]`, `j != y_b`, is finite and above the safety margin, and
+//! every layer bound of the example is finite ([`Certificate::certified`]: the one place that decides).
 
 use candle_core::Tensor;
 
@@ -16,6 +17,23 @@ pub struct Certificate {
     pub bounds: Bounds,
     /// `[B, K]`.
     pub margin_lb: Tensor,
+}
+
+impl Certificate {
+    /// `margin_lb` as host rows `[B][K]`.
+    pub fn margin_rows(&self) -> Result<Vec<Vec<f64>>> {
+        crate::cli::bounds::rows(&self.margin_lb)
+    }
+
+    /// Per example: whether every layer bound and every margin bound is finite.
+    pub fn finite(&self, margins: &[Vec<f64>]) -> Vec<bool> {
+        margins.iter().zip(&self.bounds.finite).map(|(row, &f)| f && row.iter().all(|m| m.is_finite())).collect()
+    }
+
+    /// Per example: certified for its label (see [`certified`]).
+    pub fn certified(&self, margins: &[Vec<f64>], labels: &[u32], safety_margin: f64) -> Vec<bool> {
+        certified(margins, &self.finite(margins), labels, safety_margin)
+    }
 }
 
 /// Exact bounds and margins for inputs with labels `y`.
@@ -52,11 +70,56 @@ pub fn robust_ce_per_example(margin_lb: &Tensor) -> Result<Tensor> {
     Ok(lse)
 }
 
-/// Whether each example is certified: every off-diagonal margin bound is `> 0`.
-pub fn certified(margin_lb: &[Vec<f64>], labels: &[u32]) -> Vec<bool> {
+/// Whether each example is certified: all its bounds are finite (`finite[b]`) and every off-diagonal margin bound
+/// is finite and `> safety_margin` (`>= 0`). Written so that a NaN anywhere fails: `m > s` is false for NaN.
+pub fn certified(margin_lb: &[Vec<f64>], finite: &[bool], labels: &[u32], safety_margin: f64) -> Vec<bool> {
+    let s = if safety_margin.is_finite() && safety_margin > 0.0 { safety_margin } else { 0.0 };
     margin_lb
         .iter()
+        .zip(finite)
         .zip(labels)
-        .map(|(row, &y)| row.iter().enumerate().all(|(j, &m)| j == y as usize || m > 0.0))
+        .map(|((row, &f), &y)| {
+            f && row.iter().all(|m| m.is_finite()) && row.iter().enumerate().all(|(j, &m)| j == y as usize || m > s)
+        })
         .collect()
+}
+
+/// The smallest off-diagonal margin bound of a row; NaN if any entry is NaN (`f64::min` would drop it).
+pub fn min_margin(row: &[f64], y: u32) -> f64 {
+    let off = row.iter().enumerate().filter(|(j, _)| *j != y as usize).map(|(_, m)| *m);
+    let mut lo = f64::INFINITY;
+    for m in off {
+        if m.is_nan() {
+            return f64::NAN;
+        }
+        lo = lo.min(m);
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_infinite_and_small_margins_never_certify() {
+        let labels = [0u32, 0, 0, 0, 1];
+        let rows = vec![
+            vec![0.0, 0.5, 0.2],           // certified
+            vec![0.0, f64::NAN, 0.2],      // NaN: not
+            vec![0.0, f64::INFINITY, 0.2], // +inf is not a bound: not
+            vec![0.0, 0.5, 5e-5],          // below the safety margin 1e-4: not
+            vec![f64::NAN, 0.0, 1.0],      // NaN even on another class's entry: not
+        ];
+        let finite = [true; 5];
+        assert_eq!(certified(&rows, &finite, &labels, 1e-4), vec![true, false, false, false, false]);
+        // A non-finite layer bound vetoes an otherwise good row.
+        assert_eq!(certified(&rows[..1], &[false], &labels[..1], 0.0), vec![false]);
+        // A negative or NaN safety margin is treated as 0 (the CLI refuses both).
+        assert_eq!(certified(&[vec![0.0, -1.0]], &[true], &[0], -5.0), vec![false]);
+        assert_eq!(certified(&[vec![0.0, 0.5]], &[true], &[0], f64::NAN), vec![true]);
+        assert!(min_margin(&[0.0, f64::NAN, -1.0], 0).is_nan());
+        assert_eq!(min_margin(&[0.0, 3.0, -1.0], 0), -1.0);
+        assert_eq!(min_margin(&[7.0, 3.0, 2.0], 0), 2.0);
+    }
 }

@@ -84,6 +84,13 @@ impl Graph {
         self.dag[self.output].shape.iter().product()
     }
     /// Every parameter tensor as (`NODE.suffix`, spec), in node order.
+    /// Number of parameters (every weight tensor's elements).
+    pub fn parameter_count(&self) -> u64 {
+        self.order()
+            .flat_map(|i| self.dag[i].weights.iter())
+            .map(|w| w.shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
+    }
     pub fn weight_specs(&self) -> Vec<(String, &WeightSpec)> {
         self.order()
             .flat_map(|i| self.dag[i].weights.iter().map(move |w| (format!("{}.{}", self.dag[i].name, w.suffix), w)))

@@ -32,7 +32,13 @@ impl Op for BatchNorm2d {
     }
     fn weights(&self, _a: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
         let c = inputs[0].first().copied().unwrap_or(1);
-        let w = |suffix, init, trainable| WeightSpec { suffix, shape: vec![c], init, trainable };
+        let w = |suffix, init, trainable| WeightSpec {
+            suffix,
+            shape: vec![c],
+            init,
+            trainable,
+            nonneg: suffix == "running_var",
+        };
         vec![
             w("weight", Init::Ones, true),
             w("bias", Init::Zeros, true),

@@ -44,8 +44,14 @@ impl Op for Conv2d {
         let (c_in, k, c) = (inputs[0].first().copied().unwrap_or(1), a.usize("kernel"), a.usize("out"));
         let fan_in = c_in * k * k;
         vec![
-            WeightSpec { suffix: "weight", shape: vec![c, c_in, k, k], init: Init::FanIn(fan_in), trainable: true },
-            WeightSpec { suffix: "bias", shape: vec![c], init: Init::FanIn(fan_in), trainable: true },
+            WeightSpec {
+                suffix: "weight",
+                shape: vec![c, c_in, k, k],
+                init: Init::FanIn(fan_in),
+                trainable: true,
+                nonneg: false,
+            },
+            WeightSpec { suffix: "bias", shape: vec![c], init: Init::FanIn(fan_in), trainable: true, nonneg: false },
         ]
     }
     fn dual_name(&self) -> Option<&'static str> {

@@ -36,8 +36,15 @@ impl Op for Linear {
                 shape: vec![attrs.usize("out"), n_in],
                 init: Init::FanIn(n_in),
                 trainable: true,
+                nonneg: false,
             },
-            WeightSpec { suffix: "bias", shape: vec![attrs.usize("out")], init: Init::FanIn(n_in), trainable: true },
+            WeightSpec {
+                suffix: "bias",
+                shape: vec![attrs.usize("out")],
+                init: Init::FanIn(n_in),
+                trainable: true,
+                nonneg: false,
+            },
         ]
     }
     fn dual_name(&self) -> Option<&'static str> {

@@ -229,6 +229,8 @@ pub struct WeightSpec {
     pub init: Init,
     /// Trained by gradient descent (false for batchnorm running statistics).
     pub trainable: bool,
+    /// Must be `>= 0` (a variance); loading refuses a negative entry.
+    pub nonneg: bool,
 }
 
 /// What an op is, for the front end: its name, parameters, shape rule and whether it has a dual rule.

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use super::train::config::TrainConfig;
 use super::train::plot::{plot_series, Series, SeriesChart};
 use super::train::trainer::{load_data, train_on};
-use crate::cli::bounds::rows;
 use crate::data::Dataset;
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::robust::certify_batch;
@@ -76,11 +75,9 @@ pub fn stage_outcomes(
         let preds: Vec<u32> =
             model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
         let cert = certify_batch(model, &set, &preds)?;
-        let lb = rows(&cert.margin_lb)?;
-        for (k, row) in lb.iter().enumerate() {
-            let p = preds[k] as usize;
-            out.push((preds[k], row.iter().enumerate().all(|(j, m)| j == p || *m > 0.0)));
-        }
+        let lb = cert.margin_rows()?;
+        let ok = cert.certified(&lb, &preds, crate::run::certify::default_safety_margin(model.dtype));
+        out.extend(preds.iter().copied().zip(ok));
         bar.inc(chunk.len() as u64);
     }
     Ok(out)

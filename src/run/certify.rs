@@ -8,12 +8,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::attack::{pgd, Goal, PgdConfig};
-use crate::cli::bounds::rows;
 use crate::data::Dataset;
+use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
-use crate::dual::robust::{certify_batch, certify_batch_with};
+use crate::dual::robust::{certify_batch, certify_batch_with, min_margin};
 use crate::dual::{InputSet, Model, Norm};
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct CertifyConfig {
@@ -38,10 +38,17 @@ pub struct ExampleRecord {
     pub label: u32,
     pub prediction: u32,
     pub certified: bool,
-    /// Smallest `margin_lb[j]` over `j != label`.
-    pub min_margin_lb: f64,
+    /// Smallest `margin_lb[j]` over `j != label`; `null` when a bound is not finite.
+    pub min_margin_lb: Option<f64>,
+    /// Every layer and margin bound of the example is finite (an example with a non-finite bound is never
+    /// certified).
+    pub bounds_finite: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pgd_fooled: Option<bool>,
+    /// The attack found a point of the set where the prediction differs from the label (for the contradiction
+    /// check; `pgd_fooled` also counts clean errors).
+    #[serde(skip)]
+    pub attack_fooled: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +65,8 @@ pub struct Summary {
     pub bounds: String,
     pub clean_err: f64,
     pub certified_robust_err: f64,
+    /// Examples with a non-finite layer or margin bound (counted as not certified).
+    pub nonfinite_bounds: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pgd_err: Option<f64>,
     pub seconds: f64,
@@ -85,7 +94,7 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
             .progress_chars("=> "),
     );
     let mut records = Vec::with_capacity(n);
-    let (mut cert_count, mut wrong, mut fooled) = (0usize, 0usize, 0usize);
+    let (mut cert_count, mut wrong, mut fooled, mut nonfinite) = (0usize, 0usize, 0usize, 0usize);
     let idx: Vec<usize> = (0..n).collect();
     // On the CPU each batch is split across worker threads (one per core): candle's kernels parallelise poorly at
     // these sizes, while independent examples parallelise perfectly (exact bounds are per example). On a GPU the
@@ -126,7 +135,12 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         });
         for r in results {
             for rec in r? {
+                if rec.certified && rec.attack_fooled {
+                    bar.abandon();
+                    return Err(contradiction(&rec, "PGD"));
+                }
                 cert_count += rec.certified as usize;
+                nonfinite += !rec.bounds_finite as usize;
                 wrong += (rec.prediction != rec.label) as usize;
                 fooled += rec.pgd_fooled.unwrap_or(false) as usize;
                 records.push(rec);
@@ -157,6 +171,7 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         },
         clean_err: wrong as f64 / nf,
         certified_robust_err: (n - cert_count) as f64 / nf,
+        nonfinite_bounds: nonfinite,
         pgd_err: cfg.attack.map(|_| fooled as f64 / nf),
         seconds: secs,
         examples_per_second: n as f64 / secs.max(1e-9),
@@ -185,7 +200,9 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
             certify_batch_with(model, &set, &labels, &opts)?
         }
     };
-    let margins = rows(&cert.margin_lb)?;
+    let margins = cert.margin_rows()?;
+    let finite = cert.finite(&margins);
+    let certified = cert.certified(&margins, &labels, cfg.safety_margin);
     let attacked = match &cfg.attack {
         Some(pc) => Some(pgd(model, &set, &labels, cfg.eps, Goal::Untargeted, pc)?.1),
         None => None,
@@ -195,15 +212,35 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
         .enumerate()
         .map(|(k, &i)| {
             let y = labels[k];
-            let min_m = margins[k]
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != y as usize)
-                .map(|(_, m)| *m)
-                .fold(f64::INFINITY, f64::min);
-            let certified = min_m > cfg.safety_margin && preds[k] == y;
-            let f = attacked.as_ref().map(|a| a[k] || preds[k] != y);
-            ExampleRecord { index: i, label: y, prediction: preds[k], certified, min_margin_lb: min_m, pgd_fooled: f }
+            let min_m = min_margin(&margins[k], y);
+            let attack_fooled = attacked.as_ref().map(|a| a[k]).unwrap_or(false);
+            ExampleRecord {
+                index: i,
+                label: y,
+                prediction: preds[k],
+                certified: certified[k] && preds[k] == y,
+                min_margin_lb: (finite[k] && min_m.is_finite()).then_some(min_m),
+                bounds_finite: finite[k],
+                pgd_fooled: attacked.as_ref().map(|_| attack_fooled || preds[k] != y),
+                attack_fooled,
+            }
         })
         .collect())
+}
+
+/// E0900: an example is both certified and broken by an attack. One of the two is wrong, and a wrong
+/// certificate is the worst bug this tool can have, so the run stops instead of reporting both.
+pub fn contradiction(rec: &ExampleRecord, attack: &str) -> Error {
+    Error::Internal(Box::new(
+        Diagnostic::new(
+            Code::Contradiction,
+            format!(
+                "example {} is certified (smallest margin bound {}) but {attack} changes its prediction from {}",
+                rec.index,
+                rec.min_margin_lb.map(|m| format!("{m:.6}")).unwrap_or_else(|| "not finite".into()),
+                rec.label
+            ),
+        )
+        .help("this is a bug in dualnet; please report it with the command, the spec, the weights and the data (certify in f64 or with a larger `--safety-margin` meanwhile)"),
+    ))
 }

@@ -2,5 +2,5 @@
 pub mod attack;
 pub mod cascade;
 pub mod certify;
-pub mod memory;
+pub use crate::memory;
 pub mod train;

@@ -18,7 +18,7 @@ use crate::data::{self, Dataset, Split};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
 use crate::dual::input_set::normalize;
-use crate::dual::robust::{certified, certify_batch_with, robust_ce_per_example};
+use crate::dual::robust::{certify_batch_with, robust_ce_per_example};
 use crate::dual::{InputSet, Model};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
@@ -134,6 +134,16 @@ pub fn train_on(
 
     let (weights, optim_state, mut state) = if resume && folder.has_checkpoint("last") {
         let (w, o, s) = folder.load_checkpoint("last")?;
+        let ofile = folder.file("last.optim.safetensors").display().to_string();
+        let mut bad: Vec<Diagnostic> = Vec::new();
+        let mut keys: Vec<&String> = o.keys().collect();
+        keys.sort();
+        for k in keys {
+            bad.extend(crate::finite::weight_diagnostic(k, &ofile, &o[k])?);
+        }
+        if !bad.is_empty() {
+            return Err(Error::Input(bad));
+        }
         let w = Weights::from_map(&graph, w, &folder.file("last.safetensors").display().to_string(), dtype)?
             .to_device(&device)?;
         (w, Some(o), s)
@@ -230,6 +240,15 @@ pub fn train_on(
                 clip_grad_norm(&mut grads, &vars, c)?;
             }
             opt.step(&grads, lr)?;
+            if !crate::weights::all_finite(&model.weights)? {
+                bar.abandon();
+                return Err(Error::Stopped(format!(
+                    "the weights became non-finite (NaN or ±inf) at epoch {} step {}; stopped without saving them — the last good checkpoint is `{}` (lower `--lr`, set `grad_clip`, or resume from it)",
+                    epoch + 1,
+                    state.step,
+                    folder.file("last.safetensors").display()
+                )));
+            }
             state.step += 1;
             state.eps = eps;
             state.lr = lr;
@@ -379,13 +398,16 @@ pub fn robust_grads(
         let sub = set.narrow(s, n)?;
         let o = Options { seed: opts.seed.wrapping_add(0x9E37_79B9 * k as u64), ..*opts };
         let cert = certify_batch_with(model, &sub, &labels[s..s + n], &o)?;
-        let lb = crate::cli::bounds::rows(&cert.margin_lb)?;
-        let wrong = certified(&lb, &labels[s..s + n]).iter().filter(|c| !**c).count();
+        let lb = cert.margin_rows()?;
+        let wrong = cert.certified(&lb, &labels[s..s + n], 0.0).iter().filter(|c| !**c).count();
         let loss = robust_ce_per_example(&cert.margin_lb)?
             .sum_all()
             .and_then(|t| t / b as f64)
             .context(|| "robust loss".to_string())?;
         let lv: f64 = loss.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
+        // A non-finite layer bound can leave the loss finite (a NaN bound reads as an inactive ReLU); report it
+        // as a NaN loss so the run stops on it like on any diverged loss.
+        let lv = if cert.finite(&lb).iter().all(|f| *f) { lv } else { f64::NAN };
         let grads = loss.backward().context(|| "backward pass".to_string())?;
         Ok((lv, grads, wrong))
     };
