@@ -1,8 +1,8 @@
-//! Cascades end to end on a small MNIST subset: stages train on what earlier stages left uncertified, the state
+//! Cascades end to end on a small MNIST subset (made from the shipped test split): stages train on what earlier stages left uncertified, the state
 //! survives an interruption between stages (a second `cascade train` continues at the next stage without touching
 //! the finished ones), and `cascade certify` reports per-stage counts that add up.
 
-use std::path::Path;
+mod common;
 
 use dualnet::check::check_source;
 use dualnet::data::{self, Split};
@@ -14,7 +14,10 @@ const SPEC: &str = "network tiny { input x: [1, 28, 28]  c1 = conv2d(x, out=4, k
 
 #[test]
 fn cascade_trains_resumes_between_stages_and_certifies() {
-    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    let tmp = tempfile::tempdir().expect("tmp");
+    // 200 training and 60 test images made from the shipped MNIST test split.
+    let data_dir = tmp.path().join("mnist");
+    common::write_mnist_subset(&data_dir, 0..200, 9000..9060);
     let cfg = TrainConfig {
         spec: Some("tiny.net".into()),
         data_dir: Some(data_dir.clone()),
@@ -28,7 +31,6 @@ fn cascade_trains_resumes_between_stages_and_certifies() {
         ..TrainConfig::default()
     };
     let graph = check_source("tiny.net", SPEC).graph.expect("spec");
-    let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("casc");
     let s = cascade_train(&cfg, &graph, SPEC, &out, 1, false).expect("stage 1");
     assert_eq!(s.stages_done, 1);

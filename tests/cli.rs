@@ -22,9 +22,9 @@ fn run(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-const MLP: &str = "../shared/reference/mlp/model.net";
-const MLP_W: &str = "../shared/reference/mlp/weights.safetensors";
-const MLP_X: &str = "../shared/reference/mlp/inputs.safetensors";
+const MLP: &str = "tests/fixtures/reference/mlp/model.net";
+const MLP_W: &str = "tests/fixtures/reference/mlp/weights.safetensors";
+const MLP_X: &str = "tests/fixtures/reference/mlp/inputs.safetensors";
 
 fn tweak_weights(dir: &Path, f: impl FnOnce(&mut HashMap<String, Tensor>)) -> String {
     let mut map = candle_core::safetensors::load(root().join(MLP_W), &Device::Cpu).expect("weights");
@@ -175,8 +175,8 @@ fn corrupt_data_is_diagnosed() {
 
 #[test]
 fn certify_and_attack_agree_with_each_other() {
-    let dir = "../shared/data/mnist";
-    let w = "../shared/reference/mnist_small_trained/weights.safetensors";
+    let dir = "data/mnist";
+    let w = "tests/fixtures/reference/mnist_small_trained/weights.safetensors";
     let spec = "specs/mnist_small.net";
     let tmp = tempfile::tempdir().expect("tmp");
     let j = tmp.path().join("c.json");
@@ -231,7 +231,7 @@ fn device_cuda_without_the_feature_is_a_coded_error() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out_dir = tmp.path().join("run");
     let run_dir = out_dir.to_str().expect("p");
-    let data = ["--data-dir", "../shared/data/mnist", "--limit", "2"];
+    let data = ["--data-dir", "data/mnist", "--limit", "2"];
     let model = ["--spec", MLP, "--weights", MLP_W];
     let mut cases: Vec<Vec<&str>> = vec![
         [&["bounds"][..], &model, &["--inputs", MLP_X, "--eps", "0.1", "--json", "-", "--device", "cuda"]].concat(),
@@ -256,8 +256,8 @@ fn device_cuda_without_the_feature_is_a_coded_error() {
 /// example it certifies is broken by PGD, and `--proj` without `--delta` (or a δ outside (0, 1)) is refused.
 #[test]
 fn projected_certification_needs_delta_and_is_labelled() {
-    let w = "../shared/reference/mnist_small_trained/weights.safetensors";
-    let base = ["certify", "--spec", "specs/mnist_small.net", "--weights", w, "--data-dir", "../shared/data/mnist"];
+    let w = "tests/fixtures/reference/mnist_small_trained/weights.safetensors";
+    let base = ["certify", "--spec", "specs/mnist_small.net", "--weights", w, "--data-dir", "data/mnist"];
     let tmp = tempfile::tempdir().expect("tmp");
     let j = tmp.path().join("p.json");
     let args = [&base[..], &["--limit", "20", "--eps", "0.02", "--bounded", "--attack", "--quiet"][..]].concat();
@@ -276,4 +276,56 @@ fn projected_certification_needs_delta_and_is_labelled() {
     assert_eq!(code, 2, "{out}");
     let (code, out) = run(&[&args[..], &["--proj", "50", "--delta", "1.5"][..]].concat());
     assert_eq!(code, 2, "{out}");
+}
+
+/// The README's main job: the shipped model certifies on the shipped test images with the default `--data-dir`,
+/// printing the clean, certified and PGD errors and the time; certified error is never below PGD error.
+#[test]
+fn quick_start_certifies_the_shipped_model() {
+    let (code, out) = run(&[
+        "certify",
+        "--spec",
+        "specs/mnist_small.net",
+        "--weights",
+        "models/mnist_small_eps0.1.safetensors",
+        "--limit",
+        "30",
+        "--eps",
+        "0.1",
+        "--bounded",
+        "--attack",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let pct = |label: &str| -> f64 {
+        let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("{label}: {out}"));
+        let v = line.trim_start()[label.len()..].split_whitespace().next().unwrap_or("");
+        v.trim_end_matches('%').parse().unwrap_or_else(|_| panic!("{label}: {line}"))
+    };
+    let (clean, cert, pgd) = (pct("clean error"), pct("certified robust error"), pct("PGD robust error"));
+    assert!(cert >= pgd && pgd >= clean, "clean {clean}% <= PGD {pgd}% <= certified {cert}% must hold: {out}");
+    assert!(cert < 100.0, "the shipped model certifies nothing: {out}");
+    assert!(out.contains("time "), "{out}");
+}
+
+/// A command that needs the training split, run with the default `--data-dir` (which holds the test split
+/// only), stops with E0109 naming the missing files, where they come from and `--data-dir`.
+#[test]
+fn training_without_the_training_split_is_e0109() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out_dir = tmp.path().join("run");
+    let (code, out) = run(&[
+        "train",
+        "--config",
+        "specs/recipes/mnist_small_10k.yaml",
+        "--out",
+        out_dir.to_str().expect("p"),
+        "--quiet",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    // The renderer wraps long lines: compare without whitespace and the wrap marks.
+    let flat: String = out.chars().filter(|c| !c.is_whitespace() && *c != '│').collect();
+    for want in ["E0109", "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "data/mnist", "--data-dir", "mnist"] {
+        assert!(flat.contains(want), "`{want}` missing from:\n{out}");
+    }
+    assert!(flat.contains("yann.lecun.com"), "where the files come from:\n{out}");
 }

@@ -1,5 +1,8 @@
-//! Data loaders: the real MNIST in `../shared/data/mnist`, and small MNIST idx and CIFAR-10 binary files written
-//! by the tests (plain and gzipped, valid and broken).
+//! Data loaders: the real MNIST test split shipped in `data/mnist`, the training split from the shared data when
+//! present (`$DUALNET_SHARED/data/mnist`, see `tests/common`), and small MNIST idx and CIFAR-10 binary files
+//! written by the tests (plain and gzipped, valid and broken).
+
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use dualnet::diagnostics::{Code, Diagnostic};
 use dualnet::error::Error;
 
 fn mnist_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist")
+    common::embedded_mnist()
 }
 
 /// The diagnostics of an input error; any other outcome fails the test.
@@ -22,12 +25,17 @@ fn diagnostics(r: dualnet::error::Result<Dataset>) -> Vec<Diagnostic> {
     }
 }
 
-/// The single `DataInvalid` diagnostic of a failed load.
-fn data_error(r: dualnet::error::Result<Dataset>) -> Diagnostic {
+/// The single diagnostic of a failed load, which must have code `code`.
+fn coded_error(r: dualnet::error::Result<Dataset>, code: Code) -> Diagnostic {
     let ds = diagnostics(r);
     assert_eq!(ds.len(), 1, "{ds:?}");
-    assert_eq!(ds[0].code, Code::DataInvalid);
+    assert_eq!(ds[0].code, code, "{ds:?}");
     ds[0].clone()
+}
+
+/// The single `DataInvalid` diagnostic of a failed load.
+fn data_error(r: dualnet::error::Result<Dataset>) -> Diagnostic {
+    coded_error(r, Code::DataInvalid)
 }
 
 // ---- real MNIST ----
@@ -39,8 +47,9 @@ fn mnist_test_split_loads() {
     assert_eq!(d.len(), 10_000);
     assert_eq!(d.shape, [1, 28, 28]);
     assert_eq!(d.num_classes, 10);
-    assert_eq!(d.images.len(), 10_000 * 784);
-    assert_eq!(&d.labels[..5], &[7, 2, 1, 0, 4]);
+    assert_eq!(d.images.dim(), (10_000, 1, 28, 28));
+    assert_eq!(d.pixels().len(), 10_000 * 784);
+    assert_eq!(d.labels.as_slice().map(|l| &l[..5]), Some(&[7u8, 2, 1, 0, 4][..]));
     assert!(d.images.iter().all(|&p| (0.0..=1.0).contains(&p)));
     assert_eq!(d.images.iter().copied().fold(f32::MIN, f32::max), 1.0);
     // Class counts of the MNIST test set.
@@ -53,14 +62,45 @@ fn mnist_test_split_loads() {
     let first = d.image(0);
     assert_eq!(first[0], 0.0);
     assert!(first.iter().filter(|&&p| p > 0.5).count() > 50);
+    assert_eq!(d.image_view(0)[[0, 14, 14]], first[14 * 28 + 14]);
 }
 
+/// The training split is not shipped: the shared data's copy, when present.
 #[test]
 fn mnist_train_split_loads() {
-    let d = mnist::load(&mnist_dir(), Split::Train).unwrap();
+    let Some(dir) = common::shared("data/mnist", "the MNIST training split check") else { return };
+    let d = mnist::load(&dir, Split::Train).unwrap();
     assert_eq!(d.len(), 60_000);
     assert_eq!(d.shape, [1, 28, 28]);
-    assert_eq!(&d.labels[..5], &[5, 0, 4, 1, 9]);
+    assert_eq!(d.labels.iter().take(5).copied().collect::<Vec<_>>(), vec![5, 0, 4, 1, 9]);
+    let mut counts = [0usize; 10];
+    for &l in &d.labels {
+        counts[usize::from(l)] += 1;
+    }
+    assert_eq!(counts, [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
+    // The shared test split is the shipped one.
+    assert_eq!(mnist::load(&dir, Split::Test).unwrap(), mnist::load(&mnist_dir(), Split::Test).unwrap());
+}
+
+/// The shipped folder has the test split only; asking it for the training split is E0109 with the way out.
+#[test]
+fn shipped_folder_lacks_the_training_split() {
+    let e = coded_error(mnist::load(&mnist_dir(), Split::Train), Code::DataMissing);
+    assert!(e.message.contains("has no MNIST training split"), "{}", e.message);
+    assert!(e.message.contains("`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`"), "{}", e.message);
+    let help = e.help.unwrap();
+    assert!(help.contains("--data-dir") && help.contains("yann.lecun.com") && help.contains("data/mnist"), "{help}");
+}
+
+/// Small MNIST folders written from the shipped test split (what the training tests use) load back exactly.
+#[test]
+fn mnist_subsets_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_mnist_subset(tmp.path(), 5..25, 100..110);
+    let full = mnist::load(&mnist_dir(), Split::Test).unwrap();
+    let train = mnist::load(tmp.path(), Split::Train).unwrap();
+    assert_eq!(train, full.select(&(5..25).collect::<Vec<_>>()));
+    assert_eq!(mnist::load(tmp.path(), Split::Test).unwrap(), full.select(&(100..110).collect::<Vec<_>>()));
 }
 
 #[test]
@@ -88,23 +128,33 @@ fn mnist_batches() {
     assert_eq!(y.to_vec1::<u32>().unwrap(), expect);
 
     let sel = d.select(&[4, 0]);
-    assert_eq!(sel.labels, vec![4, 7]);
+    assert_eq!(sel.labels.to_vec(), vec![4, 7]);
     assert_eq!(sel.image(1), d.image(0));
 }
 
 #[test]
 fn mnist_missing_folder_and_files() {
-    let e = data_error(mnist::load(Path::new("/no/such/folder"), Split::Test));
+    let e = coded_error(mnist::load(Path::new("/no/such/folder"), Split::Test), Code::DataMissing);
     assert_eq!(e.message, "data folder `/no/such/folder` does not exist");
     assert!(e.help.unwrap().contains("--data-dir"));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let e = data_error(mnist::load(file.path(), Split::Test));
+    assert!(e.message.ends_with("is not a folder"), "{}", e.message);
 
     let tmp = tempfile::tempdir().unwrap();
-    let ds = diagnostics(mnist::load(tmp.path(), Split::Test));
-    assert_eq!(ds.len(), 2, "one diagnostic per missing file");
-    assert!(ds[0].message.contains("`t10k-images-idx3-ubyte` or `t10k-images-idx3-ubyte.gz`"), "{}", ds[0].message);
-    assert!(ds[1].message.contains("`t10k-labels-idx1-ubyte` or `t10k-labels-idx1-ubyte.gz`"), "{}", ds[1].message);
-    let help = ds[0].help.clone().unwrap();
-    assert!(help.contains("--data-dir") && help.contains("../shared/data/mnist"), "{help}");
+    let e = coded_error(mnist::load(tmp.path(), Split::Test), Code::DataMissing);
+    assert!(
+        e.message
+            .ends_with("has no MNIST test split: missing `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`"),
+        "{}",
+        e.message
+    );
+    let help = e.help.unwrap();
+    assert!(help.contains("--data-dir") && help.contains("MNIST/raw") && help.contains("yann.lecun.com"), "{help}");
+    // Only the missing one is named.
+    std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), [0u8; 8]).unwrap();
+    let e = coded_error(mnist::load(tmp.path(), Split::Test), Code::DataMissing);
+    assert!(e.message.ends_with("missing `t10k-images-idx3-ubyte[.gz]`"), "{}", e.message);
 }
 
 // ---- small idx files ----
@@ -144,9 +194,9 @@ fn write_small_mnist(dir: &Path, gz: bool) {
 fn check_small_mnist(d: &Dataset) {
     assert_eq!(d.len(), 3);
     assert_eq!(d.shape, [1, 2, 3]);
-    assert_eq!(d.labels, vec![3, 1, 4]);
+    assert_eq!(d.labels.to_vec(), vec![3, 1, 4]);
     let expect: Vec<f32> = (0..18u8).map(|v| f32::from(v * 15) / 255.0).collect();
-    assert_eq!(d.images, expect);
+    assert_eq!(d.pixels(), expect);
 }
 
 #[test]
@@ -156,8 +206,8 @@ fn small_idx_plain_and_gzipped() {
         write_small_mnist(tmp.path(), gz);
         check_small_mnist(&mnist::load(tmp.path(), Split::Test).unwrap());
         // The train split's files are not there.
-        let ds = diagnostics(mnist::load(tmp.path(), Split::Train));
-        assert!(ds[0].message.contains("train-images-idx3-ubyte"));
+        let e = coded_error(mnist::load(tmp.path(), Split::Train), Code::DataMissing);
+        assert!(e.message.contains("train-images-idx3-ubyte"));
     }
 }
 
@@ -280,7 +330,7 @@ fn cifar_binary_loads_with_labels_and_channel_order() {
     assert_eq!(test.name, "cifar10");
     assert_eq!(test.shape, [3, 32, 32]);
     assert_eq!(test.num_classes, 10);
-    assert_eq!(test.labels, vec![9, 0, 5]);
+    assert_eq!(test.labels.to_vec(), vec![9, 0, 5]);
     let im = test.image(2);
     assert_eq!(im.len(), 3072);
     assert_eq!(im[0], 51.0 / 255.0);
@@ -297,7 +347,7 @@ fn cifar_binary_loads_with_labels_and_channel_order() {
 
     let train = cifar::load(tmp.path(), Split::Train).unwrap();
     assert_eq!(train.len(), 10);
-    assert_eq!(train.labels, vec![0, 1, 1, 2, 2, 3, 3, 4, 4, 5], "batches 1 to 5 in order");
+    assert_eq!(train.labels.to_vec(), vec![0, 1, 1, 2, 2, 3, 3, 4, 4, 5], "batches 1 to 5 in order");
     let firsts: Vec<f32> = (0..10).map(|i| train.image(i)[0]).collect();
     assert_eq!(firsts, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4].map(|k: u8| f32::from(k) / 255.0));
 }
@@ -307,7 +357,7 @@ fn cifar_binary_in_release_subfolder() {
     let tmp = tempfile::tempdir().unwrap();
     write_cifar(&tmp.path().join(cifar::SUBFOLDER), 1);
     let d = cifar::load(tmp.path(), Split::Test).unwrap();
-    assert_eq!(d.labels, vec![9, 0, 5]);
+    assert_eq!(d.labels.to_vec(), vec![9, 0, 5]);
     assert_eq!(cifar::load(tmp.path(), Split::Train).unwrap().len(), 5);
 }
 
@@ -332,7 +382,7 @@ fn cifar_bad_lengths_labels_and_missing_files() {
 
     std::fs::remove_file(tmp.path().join("data_batch_2.bin")).unwrap();
     std::fs::remove_file(tmp.path().join("data_batch_5.bin")).unwrap();
-    let e = data_error(cifar::load(tmp.path(), Split::Train));
+    let e = coded_error(cifar::load(tmp.path(), Split::Train), Code::DataMissing);
     assert!(e.message.starts_with("no CIFAR-10 files `data_batch_2.bin`, `data_batch_5.bin` in `"), "{}", e.message);
     let help = e.help.unwrap();
     assert!(help.contains("--data-dir") && help.contains("cifar-10-batches-bin"), "{help}");

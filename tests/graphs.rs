@@ -1,7 +1,9 @@
 //! Snapshots of the checked primal graph and the emitted dual graph of every spec under `specs/` (the paper's
 //! models and the examples; `specs/err/` is covered by tests/diagnostics.rs), that every reference model in
-//! `../shared/reference/*/model.net` checks clean, and that the dual graph reverses every primal edge, skip
+//! `tests/fixtures/reference/*/model.net` checks clean, and that the dual graph reverses every primal edge, skip
 //! connections included.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -82,29 +84,26 @@ fn every_spec_is_listed() {
     assert_eq!(listed, on_disk, "add every spec under specs/ and specs/examples/ to `specs!` in tests/graphs.rs");
 }
 
-/// The reference models: `(folder name, text)`; empty when `../shared/reference` is absent.
+/// The reference models: `(case, text)` of every case in `tests/fixtures/reference`, all of them present.
 fn reference_models() -> Vec<(String, String)> {
-    let dir = root().join("../shared/reference");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        eprintln!("note: {} not found, skipping the reference models", dir.display());
-        return Vec::new();
-    };
-    let mut v: Vec<(String, String)> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let text = std::fs::read_to_string(p.join("model.net")).ok()?;
-            Some((p.file_name()?.to_str()?.to_string(), text))
+    let v: Vec<(String, String)> = common::REFERENCE_CASES
+        .iter()
+        .map(|case| {
+            let path = common::reference_fixtures().join(case).join("model.net");
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (case.to_string(), text)
         })
         .collect();
-    v.sort();
+    assert_eq!(v.len(), 5, "the five reference models");
     v
 }
 
 #[test]
 fn reference_models_check_clean() {
     let models = reference_models();
+    assert!(!models.is_empty());
     for (case, text) in &models {
-        let g = checked(&format!("../shared/reference/{case}/model.net"), text);
+        let g = checked(&format!("tests/fixtures/reference/{case}/model.net"), text);
         assert!(g.num_classes() >= 2, "{case}");
     }
 }
@@ -112,6 +111,7 @@ fn reference_models_check_clean() {
 /// The paper's models use the reference's node names, so its weights load without renaming.
 #[test]
 fn paper_models_match_the_reference_names() {
+    let mut compared = 0;
     for (case, text) in reference_models() {
         let spec = match case.as_str() {
             "mnist_small" | "mnist_small_trained" => "specs/mnist_small.net",
@@ -125,7 +125,9 @@ fn paper_models_match_the_reference_names() {
             g.weight_specs().into_iter().map(|(k, w)| (k, w.shape.clone())).collect()
         };
         assert_eq!(keys(&ours), keys(&reference), "{spec} and the reference `{case}` differ in weight keys or shapes");
+        compared += 1;
     }
+    assert_eq!(compared, 4, "mnist_small, mnist_small_trained, batchnorm and resnet_tiny");
 }
 
 fn names(g: &Graph, d: &dual::DualGraph, node: &str) -> BTreeSet<String> {
@@ -171,8 +173,9 @@ fn resnet_tiny_dual_reverses_the_skips() {
         reference_models()
             .into_iter()
             .filter(|(c, _)| c == "resnet_tiny")
-            .map(|(c, text)| (format!("../shared/reference/{c}/model.net"), text)),
+            .map(|(c, text)| (format!("tests/fixtures/reference/{c}/model.net"), text)),
     );
+    assert_eq!(cases.len(), 2, "the example and the reference resnet_tiny");
     for (path, text) in cases {
         assert_resnet_tiny_dual(&checked(&path, &text));
     }

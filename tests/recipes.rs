@@ -75,7 +75,13 @@ fn every_recipe_loads_validates_and_names_a_spec_that_checks() {
         assert!(errors.is_empty(), "{}: spec {} has errors: {errors:?}", p.display(), spec.display());
         assert!(checked.graph.is_some(), "{}: spec {} gives no graph", p.display(), spec.display());
         assert!(["mnist", "cifar10"].contains(&cfg.data.as_str()), "{}: unknown data set `{}`", p.display(), cfg.data);
-        assert!(cfg.data_dir.is_none(), "{}: leave `data_dir` out (users pass `--data-dir`)", p.display());
+        let raw = std::fs::read_to_string(&p).expect("read recipe");
+        assert!(
+            !raw.lines().any(|l| l.trim_start().starts_with("data_dir:")),
+            "{}: leave `data_dir` out (users pass `--data-dir`)",
+            p.display()
+        );
+        assert_eq!(cfg.data_dir.as_deref(), Some(std::path::Path::new("data/mnist")), "{}: the default", p.display());
     }
 }
 

@@ -1,8 +1,10 @@
 //! End-to-end training on a small MNIST subset: the run folder is complete, metrics are recorded, the weights
 //! certify with the same code as `dualnet certify`, and a resumed run continues exactly (same weights as an
-//! uninterrupted one).
+//! uninterrupted one). The data: 150 training and 30 test images made from the shipped MNIST test split.
 
-use std::path::Path;
+mod common;
+
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use dualnet::check::check_source;
@@ -12,10 +14,10 @@ use dualnet::run::train::trainer::train;
 
 const SPEC: &str = "network tiny { input x: [1, 28, 28]  c1 = conv2d(x, out=4, kernel=4, stride=4, padding=0)  r1 = relu(c1)  f = flatten(r1)  l1 = linear(f, out=20)  r2 = relu(l1)  l2 = linear(r2, out=10)  output l2 }";
 
-fn config(epochs: usize) -> TrainConfig {
+fn config(epochs: usize, data_dir: &Path) -> TrainConfig {
     TrainConfig {
         spec: Some("tiny.net".into()),
-        data_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist")),
+        data_dir: Some(PathBuf::from(data_dir)),
         limit: Some(150),
         test_limit: 30,
         epochs,
@@ -41,6 +43,9 @@ fn weights(dir: &Path, name: &str) -> Vec<f32> {
 fn trains_records_and_resumes_exactly() {
     let graph = || check_source("tiny.net", SPEC).graph.expect("spec");
     let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("mnist");
+    common::write_mnist_subset(&data, 0..150, 9000..9030);
+    let config = |epochs| config(epochs, &data);
     let straight = tmp.path().join("straight");
     let s = train(&config(3), graph(), &straight, false, false).expect("train");
     for f in [

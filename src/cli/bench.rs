@@ -39,10 +39,11 @@ pub struct Args {
     /// Run one configuration in this process (used internally; prints its JSON).
     #[arg(long)]
     pub only: Option<String>,
-    #[arg(long, default_value = "../shared/data/mnist")]
+    /// Folder with the MNIST idx files; `train1000` needs the training split, which `data/mnist` lacks.
+    #[arg(long, default_value = crate::data::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Folder holding `mnist_small_trained/` (model.net and weights.safetensors).
-    #[arg(long, default_value = "../shared/reference")]
+    #[arg(long, default_value = "tests/fixtures/reference")]
     pub reference_dir: PathBuf,
     /// Number of test images for `cert1000`.
     #[arg(long, default_value_t = 1000)]

@@ -17,8 +17,8 @@ pub struct DataArgs {
     /// Data set: `mnist` or `cifar10`.
     #[arg(long, default_value = "mnist")]
     pub data: String,
-    /// Folder with the data files (e.g. `../shared/data/mnist`).
-    #[arg(long)]
+    /// Folder with the data files (the default holds the MNIST test split shipped with dualnet).
+    #[arg(long, default_value = crate::data::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     #[arg(long, default_value = "test")]
     pub split: String,

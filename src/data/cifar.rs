@@ -40,7 +40,9 @@ pub const CIFAR10_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// [`CIFAR10_MEAN`]). An ε given in pixel units becomes `ε / std` in normalised units.
 pub const CIFAR10_STD: [f32; 3] = [0.225, 0.225, 0.225];
 
-const HINT: &str = "the binary release (`cifar-10-binary.tar.gz`) unpacks to a `cifar-10-batches-bin` folder";
+const HINT: &str =
+    "the binary release (`cifar-10-binary.tar.gz`, from https://www.cs.toronto.edu/~kriz/cifar.html) unpacks \
+                    to a `cifar-10-batches-bin` folder";
 
 /// The file names of a split.
 pub fn file_names(split: Split) -> &'static [&'static str] {
@@ -89,13 +91,13 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
             images.extend(record[1..].iter().map(|&b| pixel(b)));
         }
     }
-    Ok(Dataset { images, labels, shape: [3, 32, 32], num_classes: CLASSES.len(), name: "cifar10".into() })
+    Dataset::new(images, labels, [3, 32, 32], CLASSES.len(), "cifar10")
 }
 
 fn missing_files(dir: &Path, folders: &[PathBuf], missing: &[&str]) -> Diagnostic {
     let names = missing.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
     let noun = if missing.len() == 1 { "file" } else { "files" };
-    Diagnostic::new(Code::DataInvalid, format!("no CIFAR-10 {noun} {names} in `{}`", dir.display())).help(format!(
+    Diagnostic::new(Code::DataMissing, format!("no CIFAR-10 {noun} {names} in `{}`", dir.display())).help(format!(
         "looked in {}; point `--data-dir` at the folder that holds the CIFAR-10 binary files; {HINT}",
         list_paths(folders)
     ))

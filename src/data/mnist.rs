@@ -30,7 +30,10 @@ pub const NUM_CLASSES: usize = 10;
 
 const IMAGES_HEADER: usize = 16;
 const LABELS_HEADER: usize = 8;
-const HINT: &str = "this repository's copy is `../shared/data/mnist` (relative to the repository root)";
+/// Where the files come from, for the diagnostics.
+const HINT: &str = "they are the standard MNIST idx files (from http://yann.lecun.com/exdb/mnist/ or any mirror, e.g. \
+                    torchvision's MNIST download); this repository ships the test split in `data/mnist` (the \
+                    default `--data-dir`), not the training split";
 
 /// The images and labels file names (without `.gz`) of a split.
 pub fn file_names(split: Split) -> [&'static str; 2] {
@@ -44,9 +47,14 @@ pub fn file_names(split: Split) -> [&'static str; 2] {
 pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
     check_dir(dir, "MNIST idx", HINT)?;
     let [images_name, labels_name] = file_names(split);
-    let (images_path, labels_path) = match (locate(dir, images_name), locate(dir, labels_name)) {
-        (Ok(i), Ok(l)) => (i, l),
-        (i, l) => return Err(Error::Input([i.err(), l.err()].into_iter().flatten().collect())),
+    let folders = [dir.to_path_buf(), dir.join("mnist"), dir.join("MNIST").join("raw")];
+    let (images_path, labels_path) = match (locate(&folders, images_name), locate(&folders, labels_name)) {
+        (Some(i), Some(l)) => (i, l),
+        (i, l) => {
+            let missing: Vec<&str> =
+                [(i, images_name), (l, labels_name)].into_iter().filter(|(p, _)| p.is_none()).map(|(_, n)| n).collect();
+            return Err(Error::input(missing_files(dir, &folders, split, &missing)));
+        }
     };
     let images_bytes = read_bytes(&images_path)?;
     let labels_bytes = read_bytes(&labels_path)?;
@@ -70,27 +78,27 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
             .help("the two files must belong to the same split; download them again"),
         ));
     }
-    Ok(Dataset {
-        images: to_unit(images.pixels),
-        labels: labels.to_vec(),
-        shape: [1, images.rows, images.cols],
-        num_classes: NUM_CLASSES,
-        name: "mnist".into(),
-    })
+    Dataset::new(to_unit(images.pixels), labels.to_vec(), [1, images.rows, images.cols], NUM_CLASSES, "mnist")
 }
 
-/// Find `base` or `base.gz` in the folders searched under `dir`.
-fn locate(dir: &Path, base: &str) -> std::result::Result<PathBuf, Diagnostic> {
-    let folders = [dir.to_path_buf(), dir.join("mnist"), dir.join("MNIST").join("raw")];
-    let gz = format!("{base}.gz");
-    find_file(&folders, &[base, &gz]).ok_or_else(|| {
-        Diagnostic::new(Code::DataInvalid, format!("no MNIST file `{base}` or `{gz}` in `{}`", dir.display())).help(
-            format!(
-                "looked in {}; point `--data-dir` at the folder that holds the four MNIST idx files; {HINT}",
-                list_paths(&folders)
-            ),
-        )
-    })
+/// Find `base` or `base.gz` in `folders`.
+fn locate(folders: &[PathBuf], base: &str) -> Option<PathBuf> {
+    find_file(folders, &[base, &format!("{base}.gz")])
+}
+
+/// The [`Code::DataMissing`] diagnostic for the files `missing` (names without `.gz`) of split `split`.
+fn missing_files(dir: &Path, folders: &[PathBuf], split: Split, missing: &[&str]) -> Diagnostic {
+    let names = missing.iter().map(|n| format!("`{n}[.gz]`")).collect::<Vec<_>>().join(", ");
+    let what = match split {
+        Split::Train => "training",
+        Split::Test => "test",
+    };
+    Diagnostic::new(Code::DataMissing, format!("`{}` has no MNIST {what} split: missing {names}", dir.display())).help(
+        format!(
+            "looked in {}; {HINT}; put the files in one folder (gzipped or not) and pass it with `--data-dir DIR`",
+            list_paths(folders)
+        ),
+    )
 }
 
 /// The parts of an idx image file.

@@ -1,11 +1,12 @@
 //! Datasets: MNIST (idx files, [`mnist`]) and CIFAR-10 (binary release, [`cifar`]), held in memory.
 //!
 //! A [`Dataset`] keeps every image as `f32` pixels in `[0, 1]` (`byte / 255`, computed in `f32`, no
-//! normalisation), row-major `[N, C, H, W]` in one flat vector, and one `u8` label per image. [`Dataset::batch`]
-//! turns a list of example indices into the tensors the rest of the crate uses: `x` `[B, C, H, W]` in the
-//! requested dtype and `y` `[B]` as `u32`. Every problem with the user's files is a coded
-//! [`Code::DataInvalid`](crate::diagnostics::Code::DataInvalid) diagnostic that names the file; a file that
-//! exists but cannot be read is an I/O error.
+//! normalisation) in one `ndarray` array of shape `[N, C, H, W]` (standard, row-major layout), and the labels in
+//! an array of `N` bytes. [`Dataset::batch`] turns a list of example indices into the tensors the rest of the
+//! crate uses: `x` `[B, C, H, W]` in the requested dtype and `y` `[B]` as `u32`. Every problem with the user's
+//! files is a coded diagnostic that names the file: [`Code::DataMissing`](crate::diagnostics::Code::DataMissing)
+//! when the files are not there, [`Code::DataInvalid`](crate::diagnostics::Code::DataInvalid) when they are
+//! there but wrong; a file that exists but cannot be read is an I/O error.
 
 pub mod cifar;
 pub mod mnist;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
+use ndarray::{Array1, Array4, ArrayView3, Axis};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -26,14 +28,18 @@ use crate::error::{Context, Error, Result};
 /// The dataset names [`load`] accepts.
 pub const DATASETS: &[&str] = &["mnist", "cifar10"];
 
+/// The folder, relative to the repository root, that holds the MNIST test split shipped with dualnet; the default
+/// of every `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "data/mnist";
+
 /// Images and labels held in memory.
 #[derive(Clone, PartialEq)]
 pub struct Dataset {
-    /// Pixels in `[0, 1]`, row-major `[N, C, H, W]`.
-    pub images: Vec<f32>,
+    /// Pixels in `[0, 1]`, `[N, C, H, W]` in standard (row-major) layout.
+    pub images: Array4<f32>,
     /// One label per image, each `< num_classes`.
-    pub labels: Vec<u8>,
-    /// `[C, H, W]` of one image.
+    pub labels: Array1<u8>,
+    /// `[C, H, W]` of one image (the last three axes of `images`).
     pub shape: [usize; 3],
     pub num_classes: usize,
     /// `mnist` or `cifar10`.
@@ -52,6 +58,20 @@ impl fmt::Debug for Dataset {
 }
 
 impl Dataset {
+    /// A data set from flat row-major pixels (`N * C * H * W` of them) and `N` labels. A length that does not fit
+    /// `shape` is an internal error (the loaders check the files first).
+    pub fn new(pixels: Vec<f32>, labels: Vec<u8>, shape: [usize; 3], num_classes: usize, name: &str) -> Result<Self> {
+        let [c, h, w] = shape;
+        let n = labels.len();
+        let images = Array4::from_shape_vec((n, c, h, w), pixels).map_err(|e| {
+            Error::Internal(Box::new(Diagnostic::new(
+                Code::DataInvalid,
+                format!("`{name}`: {n} labels do not fit the pixels of images {c}x{h}x{w}: {e}"),
+            )))
+        })?;
+        Ok(Dataset { images, labels: Array1::from(labels), shape, num_classes, name: name.into() })
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -66,18 +86,29 @@ impl Dataset {
         self.shape.iter().product()
     }
 
+    /// Example `i` as a `[C, H, W]` view. Panics if `i >= len()`.
+    pub fn image_view(&self, i: usize) -> ArrayView3<'_, f32> {
+        self.images.index_axis(Axis(0), i)
+    }
+
     /// The pixels of example `i`, `[C, H, W]` row-major. Panics if `i >= len()`.
     pub fn image(&self, i: usize) -> &[f32] {
         let n = self.image_len();
-        &self.images[i * n..(i + 1) * n]
+        &self.pixels()[i * n..(i + 1) * n]
+    }
+
+    /// Every pixel, row-major `[N, C, H, W]`.
+    pub fn pixels(&self) -> &[f32] {
+        // Every constructor builds `images` in standard layout (`new`, `select`, `limit`).
+        self.images.as_slice().expect("dataset images are kept in standard layout")
     }
 
     /// The first `n` examples (all of them if there are fewer).
     pub fn limit(&self, n: usize) -> Dataset {
         let n = n.min(self.len());
         Dataset {
-            images: self.images[..n * self.image_len()].to_vec(),
-            labels: self.labels[..n].to_vec(),
+            images: self.images.slice_axis(Axis(0), (0..n).into()).to_owned(),
+            labels: self.labels.slice_axis(Axis(0), (0..n).into()).to_owned(),
             shape: self.shape,
             num_classes: self.num_classes,
             name: self.name.clone(),
@@ -87,14 +118,9 @@ impl Dataset {
     /// The examples at `indices`, in that order (repeats allowed). Panics if an index is `>= len()`; use
     /// [`Dataset::batch`] for indices that are not known to be in range.
     pub fn select(&self, indices: &[usize]) -> Dataset {
-        let n = self.image_len();
-        let mut images = Vec::with_capacity(indices.len() * n);
-        for &i in indices {
-            images.extend_from_slice(self.image(i));
-        }
         Dataset {
-            images,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            images: self.images.select(Axis(0), indices),
+            labels: self.labels.select(Axis(0), indices),
             shape: self.shape,
             num_classes: self.num_classes,
             name: self.name.clone(),
@@ -223,13 +249,13 @@ pub(crate) fn check_dir(dir: &Path, what: &str, hint: &str) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let msg = if dir.exists() {
-        format!("data folder `{}` is not a folder", dir.display())
+    let (code, msg) = if dir.exists() {
+        (Code::DataInvalid, format!("data folder `{}` is not a folder", dir.display()))
     } else {
-        format!("data folder `{}` does not exist", dir.display())
+        (Code::DataMissing, format!("data folder `{}` does not exist", dir.display()))
     };
     Err(Error::input(
-        Diagnostic::new(Code::DataInvalid, msg)
+        Diagnostic::new(code, msg)
             .help(format!("point `--data-dir` at the folder that holds the {what} files; {hint}")),
     ))
 }
@@ -264,13 +290,14 @@ mod tests {
     use super::*;
 
     fn toy(n: usize) -> Dataset {
-        Dataset {
-            images: (0..n * 4).map(|v| v as f32).collect(),
-            labels: (0..n).map(|i| (i % 10) as u8).collect(),
-            shape: [1, 2, 2],
-            num_classes: 10,
-            name: "toy".into(),
-        }
+        Dataset::new(
+            (0..n * 4).map(|v| v as f32).collect(),
+            (0..n).map(|i| (i % 10) as u8).collect(),
+            [1, 2, 2],
+            10,
+            "toy",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -278,11 +305,13 @@ mod tests {
         let d = toy(5);
         let l = d.limit(2);
         assert_eq!(l.len(), 2);
-        assert_eq!(l.images, (0..8).map(|v| v as f32).collect::<Vec<_>>());
+        assert_eq!(l.pixels(), (0..8).map(|v| v as f32).collect::<Vec<_>>());
+        assert_eq!(l.images.dim(), (2, 1, 2, 2));
         assert_eq!(d.limit(99).len(), 5);
         assert!(d.limit(0).is_empty());
         let s = d.select(&[3, 0, 3]);
-        assert_eq!(s.labels, vec![3, 0, 3]);
+        assert_eq!(s.labels.to_vec(), vec![3, 0, 3]);
+        assert_eq!(s.image_view(0)[[0, 1, 1]], d.image(3)[3]);
         assert_eq!(s.image(0), d.image(3));
         assert_eq!(s.image(1), d.image(0));
     }

@@ -12,7 +12,7 @@
 //! so every entry of `A_z` is read back from `Y_z`, and the ℓ1 term of the bound is
 //! `Σ_i |A_z[i, j]| r_i = Σ_g |Y_z[g, j]| r_{owner_z(g, j)}` (with `r_none = 0`); the ℓ2 term
 //! `Σ_i A_z[i, j]²` equals `Σ_g Y_z[g, j]²`. This is exact, not an estimate: it only changes how many
-//! directions are pushed (`G` groups instead of `n_in`; 784 → 144 for `mnist_small`).
+//! directions are pushed (`G` groups instead of `n_in`; 784 → 100 for `mnist_small`, `tests/grouping.rs`).
 //!
 //! Supports are structural, taken from the graph and not from the weight values (weights change during
 //! training and may be zero by chance): every weight is replaced by ones, every activation by the identity, and

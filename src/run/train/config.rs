@@ -9,7 +9,7 @@
 //! ```yaml
 //! spec: specs/mnist_small.net
 //! data: mnist
-//! data_dir: ../shared/data/mnist
+//! data_dir: /path/to/mnist   # a folder with all four MNIST idx files (default `data/mnist`: the test split only)
 //! epochs: 20
 //! eps: 0.1
 //! proj: 50        # null (or 0) for exact bounds
@@ -67,7 +67,7 @@ pub struct TrainConfig {
     pub spec: Option<PathBuf>,
     /// Data set: `mnist` or `cifar10` (default `mnist`).
     pub data: String,
-    /// Folder with the data files, e.g. `../shared/data/mnist`.
+    /// Folder with the data files (default `data/mnist`, which holds only the MNIST test split).
     pub data_dir: Option<PathBuf>,
     /// Train on the first N training examples only (default: all).
     pub limit: Option<usize>,
@@ -127,7 +127,7 @@ impl Default for TrainConfig {
         TrainConfig {
             spec: None,
             data: "mnist".into(),
-            data_dir: None,
+            data_dir: Some(PathBuf::from(crate::data::DEFAULT_DATA_DIR)),
             limit: None,
             test_limit: 1000,
             epochs: 20,
@@ -458,7 +458,7 @@ pub struct TrainOverrides {
     /// Data set: `mnist` or `cifar10` [config default: mnist].
     #[arg(long)]
     pub data: Option<String>,
-    /// Folder with the data files (e.g. `../shared/data/mnist`).
+    /// Folder with the data files [config default: data/mnist, which holds only the MNIST test split].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Train on the first N training examples only (0: all).
