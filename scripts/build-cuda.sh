@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the CUDA binary of dualnet on a machine WITHOUT a system CUDA toolkit (design.md §6).
+# Build the CUDA binary of dualnet on a machine WITHOUT a system CUDA toolkit (docs/cuda.md).
 #
 # With a normal CUDA install (nvcc 11.4–13.4 on PATH, CUDA_HOME set) none of this is needed:
 #     cargo build --release --features cuda

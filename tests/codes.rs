@@ -1,4 +1,4 @@
-//! Keeps the diagnostic codes, their pages and their specs in step (design.md §4):
+//! Keeps the diagnostic codes, their pages and their specs in step:
 //! - every code in `Code::ALL` has a page `docs/codes/<CODE>.md` whose title is `# <CODE>: <title>`;
 //! - every front-end code (`E00xx`, `W0xxx`) has exactly one spec `specs/err/<CODE>_<what>.net` whose check
 //!   yields that code, and no other code except a cascade listed in `COMPANIONS`;

@@ -1,4 +1,4 @@
-//! Snapshot tests of rendered diagnostics (design.md §7, "diagnostics as data, rendered apart"): every spec under
+//! Snapshot tests of rendered diagnostics (diagnostics are data, rendered apart): every spec under
 //! `specs/err/` and a few malformed inputs of our own, rendered as text without colour, one test per input,
 //! named after it. Review changes with `cargo insta review`, or `INSTA_UPDATE=always cargo test --test
 //! diagnostics` and `git diff tests/snapshots/`.

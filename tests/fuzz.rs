@@ -1,4 +1,4 @@
-//! Property tests: the checker never panics, whatever the text (design.md §7: no panics on user data paths).
+//! Property tests: the checker never panics, whatever the text (no panics on user data paths).
 //! Arbitrary strings, strings over the `.net` alphabet, and valid specs mutated line by line, character by
 //! character and number by number. Whatever checks clean must also build and print its dual graph, and every
 //! diagnostic must render.

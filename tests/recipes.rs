@@ -186,3 +186,19 @@ fn cifar_recipes_follow_the_reference_setup() {
         assert!(text.contains("pixel units"), "{n}: say that ε is in pixel units");
     }
 }
+
+/// The shipped model's recipe (`models/mnist_small_eps0.1.yaml`) is the 10k recipe, and the shipped weights fit
+/// the spec it names.
+#[test]
+fn shipped_model_sits_beside_its_recipe() {
+    let beside = load(&root().join("models/mnist_small_eps0.1.yaml"));
+    assert_eq!(beside, load(&root().join("specs/recipes/mnist_small_10k.yaml")));
+    let spec = root().join(beside.spec.as_deref().expect("spec"));
+    let model = dualnet::cli::bounds::load_model(
+        &spec,
+        &root().join("models/mnist_small_eps0.1.safetensors"),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    assert!(model.is_ok(), "the shipped weights do not load against {}", spec.display());
+}
