@@ -17,7 +17,8 @@
 #
 # Files it needs, relative to the repository root:
 #   - the CUDA binary: dist/dualnet-cuda.xz or dist/dualnet-cuda (scripts/build-cuda.sh), or .device/dualnet-cuda.xz;
-#   - the shared data: ../shared (reference/ and data/mnist/) if it is there, else .device/shared.
+#   - the optional larger data: $DUALNET_SHARED (default ../shared; reference/ and data/mnist/) if it is there,
+#     else .device/shared.
 # `scripts/device-check.sh --pack` (run here, after scripts/build-cuda.sh) fills .device/ (git-ignored, about
 # 20 MB) with the compressed binary and the data the check reads, so that only .device needs carrying. With this
 # workplace's device tool: run command `scripts/device-check.sh`, carry [".device"], timeout_s 580 (DEADLINE is
@@ -35,7 +36,7 @@ REPO=$PWD
 
 if [ "${1:-}" = "--pack" ]; then
     set -e
-    SRC=${SHARED:-$REPO/../shared}
+    SRC=${DUALNET_SHARED:-${SHARED:-$REPO/../shared}}
     BIN=$REPO/dist/dualnet-cuda.xz
     [ -f "$BIN" ] || { echo "no $BIN: run scripts/build-cuda.sh first" >&2; exit 2; }
     rm -rf "$REPO/.device"
@@ -83,8 +84,9 @@ for b in ${DUALNET_BIN:-} dist/dualnet-cuda.xz .device/dualnet-cuda.xz dist/dual
     fi
 done
 [ -x "$DN" ] || { say "FAIL: no CUDA binary (dist/dualnet-cuda.xz or .device/dualnet-cuda.xz)"; exit 2; }
-if [ -d ../shared/reference ] && [ -d ../shared/data/mnist ]; then SHARED=../shared; else SHARED=.device/shared; fi
-[ -d "$SHARED/reference" ] || { say "FAIL: no reference data in ../shared or .device/shared"; exit 2; }
+S=${DUALNET_SHARED:-../shared}
+if [ -d "$S/reference" ] && [ -d "$S/data/mnist" ]; then SHARED=$S; else SHARED=.device/shared; fi
+[ -d "$SHARED/reference" ] || { say "FAIL: no reference data in $S or .device/shared"; exit 2; }
 REF=$SHARED/reference
 MNIST=$SHARED/data/mnist
 say "shared data: $SHARED"
