@@ -102,6 +102,18 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
     let workers = crate::device::workers(&model.device);
     // Exact bounds of wide conv nets need about a GB per example (mnist_large): each worker certifies its share
     // in passes small enough that all workers together stay within half the available memory.
+    // Refuse up front what cannot fit even one example per worker (an allocation failure would abort).
+    let one = match cfg.proj {
+        None => crate::dual::bounds::exact_bytes_per_example(model) as f64,
+        Some((k, _)) => crate::dual::bounds::projected_bytes_per_example(model, k) / 2.0,
+    };
+    if model.device.is_cpu() {
+        crate::memory::ensure_fits(
+            one * workers as f64,
+            &format!("the bounds of `{}` ({} worker(s), one example each)", model.graph.name, workers),
+            "use `--proj K --delta D` (random projections, linear cost), a smaller network, or set RAYON_NUM_THREADS=1 for one worker",
+        )?;
+    }
     let per_pass = match (cfg.proj, model.device.is_cpu(), crate::run::memory::available_bytes()) {
         (None, true, Some(avail)) => {
             let need = crate::dual::bounds::exact_bytes_per_example(model).max(1);
