@@ -149,7 +149,8 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
             for rec in r? {
                 if rec.certified && rec.attack_fooled {
                     bar.abandon();
-                    return Err(contradiction(&rec, "PGD"));
+                    let m = rec.min_margin_lb.map(|m| format!("{m:.6}")).unwrap_or_else(|| "not finite".into());
+                    return Err(contradiction(rec.index, &format!("smallest margin bound {m}"), rec.label, "PGD"));
                 }
                 cert_count += rec.certified as usize;
                 nonfinite += !rec.bounds_finite as usize;
@@ -242,16 +243,12 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
 
 /// E0900: an example is both certified and broken by an attack. One of the two is wrong, and a wrong
 /// certificate is the worst bug this tool can have, so the run stops instead of reporting both.
-pub fn contradiction(rec: &ExampleRecord, attack: &str) -> Error {
+/// `what` says what certified it (`smallest margin bound 0.031`, `stage 2`).
+pub fn contradiction(index: usize, what: &str, class: u32, attack: &str) -> Error {
     Error::Internal(Box::new(
         Diagnostic::new(
             Code::Contradiction,
-            format!(
-                "example {} is certified (smallest margin bound {}) but {attack} changes its prediction from {}",
-                rec.index,
-                rec.min_margin_lb.map(|m| format!("{m:.6}")).unwrap_or_else(|| "not finite".into()),
-                rec.label
-            ),
+            format!("example {index} is certified ({what}) but {attack} changes its prediction from {class}"),
         )
         .help("this is a bug in dualnet; please report it with the command, the spec, the weights and the data (certify in f64 or with a larger `--safety-margin` meanwhile)"),
     ))
