@@ -253,3 +253,25 @@ pub fn contradiction(index: usize, what: &str, class: u32, attack: &str) -> Erro
         .help("this is a bug in dualnet; please report it with the command, the spec, the weights and the data (certify in f64 or with a larger `--safety-margin` meanwhile)"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contradiction_is_an_internal_error_with_its_code_and_exit_status() {
+        let e = contradiction(17, "smallest margin bound 0.031200", 4, "PGD");
+        assert_eq!(e.exit_code(), 3);
+        match e {
+            Error::Internal(d) => {
+                assert_eq!(d.code, Code::Contradiction);
+                assert_eq!(
+                    d.message,
+                    "example 17 is certified (smallest margin bound 0.031200) but PGD changes its prediction from 4"
+                );
+                assert!(d.help.as_deref().unwrap_or("").contains("bug"));
+            }
+            other => panic!("{other}"),
+        }
+    }
+}
