@@ -331,3 +331,59 @@ proptest! {
         }
     }
 }
+
+/// Writes `n` training images and labels (idx) into `dir`, beside the test split of [`write_mnist`].
+fn write_mnist_train(dir: &Path, n: usize, seed: u64) {
+    write_mnist(dir, n, seed);
+    for (from, to) in
+        [("t10k-images-idx3-ubyte", "train-images-idx3-ubyte"), ("t10k-labels-idx1-ubyte", "train-labels-idx1-ubyte")]
+    {
+        std::fs::copy(dir.join(from), dir.join(to)).expect("copy");
+    }
+}
+
+/// A run whose learning rate makes the weights overflow (SGD, lr 1e38 in f32: the first steps reach ±∞, or the
+/// loss turns NaN) stops with the NaN stop, and the last good checkpoint (from the epoch before) is kept,
+/// finite, and loads. Both the robust (projected bounds) and the plain mode are covered.
+#[test]
+fn training_that_turns_non_finite_stops_and_keeps_the_last_good_checkpoint() {
+    use dualnet::run::train::config::{Mode, Optimizer, TrainConfig};
+    use dualnet::run::train::trainer::train;
+    const SPEC: &str = "network tiny { input x: [1, 28, 28]  c1 = conv2d(x, out=4, kernel=4, stride=4, padding=0)  r1 = relu(c1)  f = flatten(r1)  l1 = linear(f, out=20)  r2 = relu(l1)  l2 = linear(r2, out=10)  output l2 }";
+    let tmp = tempfile::tempdir().expect("tmp");
+    write_mnist_train(tmp.path(), 40, 5);
+    for mode in [Mode::Robust, Mode::Plain] {
+        let cfg = |epochs: usize, lr: f64| TrainConfig {
+            spec: Some("tiny.net".into()),
+            data_dir: Some(tmp.path().to_path_buf()),
+            limit: Some(40),
+            test_limit: 0,
+            epochs,
+            batch: 10,
+            proj: Some(5),
+            optimizer: Optimizer::Sgd,
+            momentum: 0.0,
+            lr,
+            mode,
+            ..TrainConfig::default()
+        };
+        let out = tmp.path().join(format!("run_{mode:?}"));
+        train(&cfg(1, 1e-3), graph(SPEC), &out, false, false).expect("a good first epoch");
+        let good = std::fs::read(out.join("last.safetensors")).expect("checkpoint");
+        match train(&cfg(2, 1e38), graph(SPEC), &out, true, false) {
+            Err(Error::Stopped(msg)) => {
+                assert!(msg.contains("last good checkpoint"), "{msg}");
+                assert!(msg.contains("non-finite") || msg.contains("NaN") || msg.contains("inf"), "{msg}");
+            }
+            Err(e) => panic!("{mode:?}: wrong error: {e}"),
+            Ok(_) => panic!("{mode:?}: a run with lr 1e38 finished"),
+        }
+        assert_eq!(
+            std::fs::read(out.join("last.safetensors")).expect("checkpoint"),
+            good,
+            "the good checkpoint changed"
+        );
+        let map = candle_core::safetensors::load(out.join("last.safetensors"), &Device::Cpu).expect("load");
+        assert!(Weights::from_map(&graph(SPEC), map, "last", DType::F32).is_ok(), "the kept checkpoint is finite");
+    }
+}
