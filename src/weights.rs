@@ -127,6 +127,13 @@ impl Weights {
 
     /// Load a safetensors file and check it against the graph.
     pub fn load(g: &Graph, path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        // The file's bytes, the tensors read from it and their copies in the compute dtype.
+        let file_len = std::fs::metadata(path).map(|m| m.len() as f64).unwrap_or(0.0);
+        crate::memory::ensure_fits(
+            file_len + 2.0 * g.parameter_count() as f64 * dtype.size_in_bytes() as f64,
+            &format!("the weights of `{}` (`{}`)", g.name, path.display()),
+            "use a smaller network, or a machine with more memory",
+        )?;
         let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read weights", path, e))?;
         let map = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
             Error::input(
@@ -142,6 +149,12 @@ impl Weights {
     /// PyTorch-default initialisation: kaiming-uniform weights and uniform biases, `U(-1/sqrt(fan_in), ..)`;
     /// batchnorm weight 1, bias 0, running mean 0, running variance 1.
     pub fn init(g: &Graph, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        // Each tensor is drawn in f64 and converted; all of them are kept.
+        crate::memory::ensure_fits(
+            g.parameter_count() as f64 * (8.0 + dtype.size_in_bytes() as f64),
+            &format!("the weights of `{}` ({} parameters)", g.name, g.parameter_count()),
+            "make the layers narrower or fewer, or use a machine with more memory",
+        )?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut per_node = vec![NodeWeights::new(); g.dag.node_count()];
         for i in g.order() {

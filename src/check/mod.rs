@@ -57,14 +57,12 @@ fn large_model(g: &Graph, span: crate::syntax::ast::Span) -> Option<Diagnostic> 
     (bytes > avail).then(|| {
         Diagnostic::new(
             Code::LargeModel,
-            format!(
-                "network `{}` has {params} parameters, {} in f32, more than the {} available",
-                g.name,
-                crate::memory::human(bytes),
-                crate::memory::human(avail)
-            ),
+            format!("network `{}` needs {} for its {params} parameters in f32", g.name, crate::memory::human(bytes)),
         )
         .label(span, "this network")
-        .help("make the layers narrower; `init`, `train`, `bounds` and `certify` refuse work that does not fit")
+        .help(format!(
+            "this machine has {} available; make the layers narrower (`init`, `train`, `bounds` and `certify` refuse work that does not fit)",
+            crate::memory::human(avail)
+        ))
     })
 }

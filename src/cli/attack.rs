@@ -63,6 +63,18 @@ pub fn run(args: &Args) -> Result<()> {
     let model = args.model.load(args.set.dtype.dtype())?;
     let data = args.data.load()?;
     super::check_data_shape(&model, &data)?;
+    if let Some(st) = args.step_size {
+        crate::finite::check_option("--step-size", st)?;
+        if st <= 0.0 {
+            return Err(crate::error::Error::input(
+                crate::diagnostics::Diagnostic::new(
+                    crate::diagnostics::Code::BadOption,
+                    format!("`--step-size` must be positive, got `{st}`"),
+                )
+                .help("leave it out for 2.5 ε / steps"),
+            ));
+        }
+    }
     let cfg = PgdConfig { steps: args.steps, step_size: args.step_size, restarts: args.restarts, seed: args.seed };
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(data.len() as u64) };
     let start = Instant::now();

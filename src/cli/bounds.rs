@@ -201,6 +201,13 @@ pub fn load_inputs(model: &Model, path: &Path) -> Result<(Tensor, Vec<u32>)> {
 /// Compute the JSON result for a batch.
 pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Result<BoundsJson> {
     let b = labels.len();
+    if model.device.is_cpu() {
+        crate::memory::ensure_fits(
+            b as f64 * crate::dual::bounds::exact_bytes_per_example(model) as f64,
+            &format!("exact bounds of `{}` for {b} examples", model.graph.name),
+            "pass fewer examples per inputs file, or certify with `dualnet certify`, which works in memory-sized passes",
+        )?;
+    }
     let input_set = InputSet::new(x, &vec![set.eps; b], set.norm, set.bounds())?;
     let logits = model.forward(x)?;
     let cert = certify_batch(model, &input_set, labels)?;

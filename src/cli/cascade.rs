@@ -9,7 +9,7 @@ use super::bounds::SetArgs;
 use super::certify::DataArgs;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::run::cascade::{cascade_certify, cascade_train, CascadeRecord, CascadeSummary};
+use crate::run::cascade::{cascade_certify_with, cascade_train, CascadeRecord, CascadeSummary};
 use crate::run::train::config::{TrainConfig, TrainOverrides};
 
 #[derive(clap::Subcommand, Debug)]
@@ -52,6 +52,12 @@ pub struct CertifyArgs {
     pub json: Option<PathBuf>,
     #[arg(long)]
     pub quiet: bool,
+    /// Also attack every certified example with PGD on the stage that certified it; an attack that succeeds
+    /// contradicts the certificate and stops the run (E0900).
+    #[arg(long)]
+    pub attack: bool,
+    #[arg(long, default_value_t = 40)]
+    pub attack_steps: usize,
 }
 
 #[derive(Serialize)]
@@ -96,7 +102,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             a.set.validate()?;
             let device = a.device.open()?;
             let data = a.data.load()?;
-            let (records, s) = cascade_certify(
+            let (records, s) = cascade_certify_with(
                 &a.run,
                 &data,
                 a.set.eps,
@@ -106,6 +112,9 @@ pub fn run(cmd: &Command) -> Result<()> {
                 &device,
                 a.batch,
                 !a.quiet,
+                a.attack
+                    .then_some(crate::run::attack::PgdConfig { steps: a.attack_steps, ..Default::default() })
+                    .as_ref(),
             )?;
             println!(
                 "cascade {} ({} stages) on {} examples, {} eps {}{}:",
@@ -125,6 +134,9 @@ pub fn run(cmd: &Command) -> Result<()> {
                     k + 1,
                     100.0 * e
                 );
+            }
+            if a.attack {
+                println!("  PGD ({} steps) broke no certified example", a.attack_steps);
             }
             println!("  plot: {}", a.run.join("cascade.png").display());
             if let Some(p) = &a.json {

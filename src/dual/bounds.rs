@@ -574,6 +574,17 @@ fn dense_offsets(acts: &[(usize, usize)], z: NodeIndex) -> usize {
     before.iter().rev().skip(1).sum()
 }
 
+/// A rough estimate of the memory projected bounds with `k` projections need per example while training
+/// (bytes): every source (the input and each activation's offsets) keeps a `[k, n]` value at every node it
+/// reaches, and autograd keeps them, with their gradients, until the backward pass.
+pub fn projected_bytes_per_example(model: &Model, k: usize) -> f64 {
+    let g = &model.graph;
+    let elem = model.dtype.size_in_bytes() as f64;
+    let sources = 1.0 + g.activation_inputs().len() as f64;
+    let cells: f64 = g.order().map(|i| g.node(i).shape.iter().product::<usize>() as f64).sum();
+    2.0 * sources * k as f64 * cells * elem
+}
+
 /// A rough upper estimate of the memory exact bounds need per example (bytes): the largest `[directions, n]`
 /// value any route builds (forward: the input or its groups plus dense offsets, times the layer's units; backward:
 /// the layer's units times the widest node before it), times three live copies (value, scaled, absolute).

@@ -6,7 +6,8 @@
 //! all lanes at once with branch-free min/max; the selected `q*` is then found by equality (the first row whose
 //! `|a|` equals the median). No sort, no transposed or host copies of the `[B, k, n]` operand. The gradient goes
 //! to the selected entry: `∂a[b, q*, j] = sign(a[b, q*, j]) g[b, j]`, zero elsewhere; the `q*` are kept from
-//! the forward pass. (A NaN entry gives a NaN-free but arbitrary middle value; training stops on a NaN loss.)
+//! the forward pass. A column with a non-finite entry (NaN or ±∞) has median NaN: the comparators would
+//! silently drop a NaN (`NaN < x` is false), and a bound built from such a column must not look finite.
 
 use std::sync::Mutex;
 
@@ -65,6 +66,8 @@ pub fn median_network(k: usize) -> Vec<(usize, usize)> {
 trait Ord2: super::Float + Default + PartialOrd {
     fn abs(self) -> Self;
     fn signed(self, g: Self) -> Self;
+    fn is_finite(self) -> bool;
+    fn nan() -> Self;
 }
 
 macro_rules! ord2 {
@@ -72,6 +75,12 @@ macro_rules! ord2 {
         impl Ord2 for $t {
             fn abs(self) -> Self {
                 <$t>::abs(self)
+            }
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            fn nan() -> Self {
+                <$t>::NAN
             }
             fn signed(self, g: Self) -> Self {
                 if self > 0.0 {
@@ -125,10 +134,12 @@ fn fwd<T: Ord2>(a: &[T], b: usize, k: usize, n: usize) -> (Vec<T>, Vec<u32>) {
         let mut buf = vec![[T::default(); LANES]; k];
         for j0 in (0..n).step_by(LANES) {
             let w = LANES.min(n - j0);
+            let mut bad = [false; LANES];
             for (q, lane) in buf.iter_mut().enumerate() {
                 let row = &ab[q * n + j0..][..w];
-                for (x, &v) in lane.iter_mut().zip(row) {
+                for ((x, &v), b) in lane.iter_mut().zip(row).zip(bad.iter_mut()) {
                     *x = v.abs();
+                    *b |= !v.is_finite();
                 }
             }
             for &(i, j) in &net {
@@ -138,6 +149,11 @@ fn fwd<T: Ord2>(a: &[T], b: usize, k: usize, n: usize) -> (Vec<T>, Vec<u32>) {
             }
             for l in 0..w {
                 let m = buf[mid][l];
+                if bad[l] {
+                    o[j0 + l] = T::nan();
+                    ar[j0 + l] = 0;
+                    continue;
+                }
                 o[j0 + l] = m;
                 ar[j0 + l] = (0..k).find(|&q| ab[q * n + j0 + l].abs() == m).unwrap_or(0) as u32;
             }
@@ -243,6 +259,23 @@ mod tests {
             }
         }
         let _ = DType::F32;
+        Ok(())
+    }
+
+    /// A column with one NaN or ±∞ among finite values has median NaN (the comparators alone would drop a
+    /// NaN and return a finite middle); the other columns are untouched. Column 0: 1, NaN, 3 → NaN; column 1:
+    /// 1, ∞, 2 → NaN; column 2: 4, 5, 6 → 5.
+    #[test]
+    fn non_finite_columns_give_nan() -> Result<()> {
+        let dev = Device::Cpu;
+        for nan in [f32::NAN, f32::INFINITY] {
+            let a = Tensor::new(&[[[1f32, 1.0, 4.0], [nan, f32::INFINITY, 5.0], [3.0, 2.0, -6.0]]], &dev)?;
+            let m = median_abs(&a)?.to_vec2::<f32>()?;
+            assert!(m[0][0].is_nan() && m[0][1].is_nan(), "{m:?}");
+            assert_eq!(m[0][2], 5.0);
+        }
+        let a = Tensor::new(&[[[f64::NAN], [1.0], [2.0]]], &dev)?;
+        assert!(median_abs(&a)?.to_vec2::<f64>()?[0][0].is_nan());
         Ok(())
     }
 

@@ -83,6 +83,40 @@ pub fn stage_outcomes(
     Ok(out)
 }
 
+/// PGD against each example `idx` that stage `k` certified, aimed at that stage's prediction `pred[i]`: an
+/// attack that changes it contradicts the certificate (E0900, see [`crate::run::certify::contradiction`]).
+#[allow(clippy::too_many_arguments)]
+fn attack_certified(
+    model: &Model,
+    data: &Dataset,
+    idx: &[usize],
+    pred: &[u32],
+    k: usize,
+    eps: f64,
+    norm: Norm,
+    bounds: Option<(f64, f64)>,
+    normalize: Option<&(Vec<f64>, Vec<f64>)>,
+    batch: usize,
+    pc: &crate::run::attack::PgdConfig,
+) -> Result<()> {
+    use crate::run::attack::{pgd, Goal};
+    for chunk in idx.chunks(batch.max(1)) {
+        let (x, _) = data.batch(chunk, &model.device, model.dtype)?;
+        let set = InputSet::new(&x, &vec![eps; chunk.len()], norm, bounds)?;
+        let set = match normalize {
+            Some((m, s)) => set.normalized(m, s)?,
+            None => set,
+        };
+        let target: Vec<u32> = chunk.iter().map(|&i| pred[i]).collect();
+        let (_, fooled) = pgd(model, &set, &target, eps, Goal::Untargeted, pc)?;
+        if let Some(j) = fooled.iter().position(|f| *f) {
+            let i = chunk[j];
+            return Err(crate::run::certify::contradiction(i, &format!("by stage {k}"), pred[i], "PGD"));
+        }
+    }
+    Ok(())
+}
+
 fn load_stage(graph: &Graph, dir: &Path, dtype: DType, device: &Device) -> Result<Model> {
     let w = Weights::load(graph, &dir.join("weights.safetensors"), dtype, device)?;
     Ok(Model::new(graph.clone(), w, dtype, device.clone()).with_fixed_weights())
@@ -246,6 +280,7 @@ pub struct CascadeSummary {
 
 /// Certify a data set with the cascade in `run`, on `device`.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 pub fn cascade_certify(
     run: &Path,
     data: &Dataset,
@@ -256,6 +291,24 @@ pub fn cascade_certify(
     device: &Device,
     batch: usize,
     progress: bool,
+) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
+    cascade_certify_with(run, data, eps, norm, bounds, dtype, device, batch, progress, None)
+}
+
+/// [`cascade_certify`], and with `attack` PGD against every certified example on the stage that certified it:
+/// a success contradicts the certificate and stops with E0900.
+#[allow(clippy::too_many_arguments)]
+pub fn cascade_certify_with(
+    run: &Path,
+    data: &Dataset,
+    eps: f64,
+    norm: Norm,
+    bounds: Option<(f64, f64)>,
+    dtype: DType,
+    device: &Device,
+    batch: usize,
+    progress: bool,
+    attack: Option<&crate::run::attack::PgdConfig>,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
     let state = read_state(run)?;
     let spec = run.join("spec.net");
@@ -283,6 +336,10 @@ pub fn cascade_certify(
                 stage_of[i] = Some(k);
                 count += 1;
             }
+        }
+        if let Some(pc) = attack {
+            let mine: Vec<usize> = todo.iter().copied().filter(|&i| stage_of[i] == Some(k)).collect();
+            attack_certified(&model, data, &mine, &pred, k, eps, norm, bounds, normalize.as_ref(), batch, pc)?;
         }
         per_stage.push(count);
         let robust = (0..n).filter(|&i| stage_of[i].is_some() && pred[i] as u8 == data.labels[i]).count();

@@ -102,6 +102,18 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
     let workers = crate::device::workers(&model.device);
     // Exact bounds of wide conv nets need about a GB per example (mnist_large): each worker certifies its share
     // in passes small enough that all workers together stay within half the available memory.
+    // Refuse up front what cannot fit even one example per worker (an allocation failure would abort).
+    let one = match cfg.proj {
+        None => crate::dual::bounds::exact_bytes_per_example(model) as f64,
+        Some((k, _)) => crate::dual::bounds::projected_bytes_per_example(model, k) / 2.0,
+    };
+    if model.device.is_cpu() {
+        crate::memory::ensure_fits(
+            one * workers as f64,
+            &format!("the bounds of `{}` ({} worker(s), one example each)", model.graph.name, workers),
+            "use `--proj K --delta D` (random projections, linear cost), a smaller network, or set RAYON_NUM_THREADS=1 for one worker",
+        )?;
+    }
     let per_pass = match (cfg.proj, model.device.is_cpu(), crate::run::memory::available_bytes()) {
         (None, true, Some(avail)) => {
             let need = crate::dual::bounds::exact_bytes_per_example(model).max(1);
@@ -137,7 +149,8 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
             for rec in r? {
                 if rec.certified && rec.attack_fooled {
                     bar.abandon();
-                    return Err(contradiction(&rec, "PGD"));
+                    let m = rec.min_margin_lb.map(|m| format!("{m:.6}")).unwrap_or_else(|| "not finite".into());
+                    return Err(contradiction(rec.index, &format!("smallest margin bound {m}"), rec.label, "PGD"));
                 }
                 cert_count += rec.certified as usize;
                 nonfinite += !rec.bounds_finite as usize;
@@ -230,17 +243,35 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
 
 /// E0900: an example is both certified and broken by an attack. One of the two is wrong, and a wrong
 /// certificate is the worst bug this tool can have, so the run stops instead of reporting both.
-pub fn contradiction(rec: &ExampleRecord, attack: &str) -> Error {
+/// `what` says what certified it (`smallest margin bound 0.031`, `stage 2`).
+pub fn contradiction(index: usize, what: &str, class: u32, attack: &str) -> Error {
     Error::Internal(Box::new(
         Diagnostic::new(
             Code::Contradiction,
-            format!(
-                "example {} is certified (smallest margin bound {}) but {attack} changes its prediction from {}",
-                rec.index,
-                rec.min_margin_lb.map(|m| format!("{m:.6}")).unwrap_or_else(|| "not finite".into()),
-                rec.label
-            ),
+            format!("example {index} is certified ({what}) but {attack} changes its prediction from {class}"),
         )
         .help("this is a bug in dualnet; please report it with the command, the spec, the weights and the data (certify in f64 or with a larger `--safety-margin` meanwhile)"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contradiction_is_an_internal_error_with_its_code_and_exit_status() {
+        let e = contradiction(17, "smallest margin bound 0.031200", 4, "PGD");
+        assert_eq!(e.exit_code(), 3);
+        match e {
+            Error::Internal(d) => {
+                assert_eq!(d.code, Code::Contradiction);
+                assert_eq!(
+                    d.message,
+                    "example 17 is certified (smallest margin bound 0.031200) but PGD changes its prediction from 4"
+                );
+                assert!(d.help.as_deref().unwrap_or("").contains("bug"));
+            }
+            other => panic!("{other}"),
+        }
+    }
 }

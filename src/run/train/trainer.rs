@@ -128,6 +128,25 @@ pub fn train_on(
     }
     let device = cfg.device.open_seeded(cfg.seed)?;
     let dtype = DType::F32;
+    if device.is_cpu() {
+        // Weights, gradients and two optimiser buffers, plus one step's bound values for the whole batch.
+        let probe = Model::new(
+            graph.clone(),
+            Weights { per_node: vec![Default::default(); graph.dag.node_count()] },
+            dtype,
+            device.clone(),
+        );
+        let per_example = match (cfg.mode, cfg.projections()) {
+            (Mode::Robust, Some(k)) => crate::dual::bounds::projected_bytes_per_example(&probe, k),
+            (Mode::Robust, None) => crate::dual::bounds::exact_bytes_per_example(&probe) as f64,
+            _ => 0.0,
+        };
+        crate::memory::ensure_fits(
+            4.0 * 4.0 * graph.parameter_count() as f64 + cfg.batch as f64 * per_example,
+            &format!("training `{}` (weights, optimiser state and a batch of {}'s bounds)", graph.name, cfg.batch),
+            "lower `batch`, use projections (`proj: K`), or a smaller network",
+        )?;
+    }
     let mut cfg = cfg.clone();
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch);
     cfg.fill_ramp_steps(steps_per_epoch);
