@@ -118,6 +118,16 @@ macro_rules! inputs {
 }
 
 inputs! {
+    // A node that uses itself is E0010 (found by tests/fuzz.rs: it used to check clean yet give no graph).
+    self_reference => "\
+network selfref {
+    input x: [784]
+    l1 = linear(x, out=100)
+    r1 = relu(r1)
+    l2 = linear(r1, out=10)
+    output l2
+}
+",
     // Independent errors in one file are all reported in one run, in source order.
     several_errors => "\
 network several {

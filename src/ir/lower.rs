@@ -41,8 +41,9 @@ struct Scope {
     prefix: String,
     env: HashMap<String, (Binding, Span)>,
     params: HashMap<String, (ParamVal, Span)>,
-    /// Every name assigned in this body, with its span (to tell "used before definition" from "undefined").
-    defined: HashMap<String, Span>,
+    /// Every name assigned in this body, with the spans of its first definition's name and statement (to tell
+    /// "used before definition" from "undefined").
+    defined: HashMap<String, (Span, Span)>,
     in_block: Option<String>,
 }
 
@@ -207,12 +208,12 @@ pub fn lower(file: &File) -> Lowered {
     out
 }
 
-fn defined_names(body: &[Stmt]) -> HashMap<String, Span> {
+fn defined_names(body: &[Stmt]) -> HashMap<String, (Span, Span)> {
     let mut m = HashMap::new();
     for s in body {
         match s {
-            Stmt::Assign { name, .. } | Stmt::Input { name, .. } => {
-                m.entry(name.node.clone()).or_insert(name.span);
+            Stmt::Assign { name, span, .. } | Stmt::Input { name, span, .. } => {
+                m.entry(name.node.clone()).or_insert((name.span, *span));
             }
             Stmt::Output { .. } => {}
         }
@@ -341,12 +342,24 @@ impl<'a> Lowerer<'a> {
         if let Some((b, _)) = scope.env.get(&name.node) {
             return Some(*b);
         }
-        if let Some(def) = scope.defined.get(&name.node) {
+        if let Some(&(def, stmt)) = scope.defined.get(&name.node) {
+            if stmt.start <= name.span.start && name.span.end <= stmt.end {
+                self.report(
+                    Diagnostic::new(
+                        Code::UsedBeforeDefinition,
+                        format!("`{}` is used in its own definition", name.node),
+                    )
+                    .label(name.span, "used here")
+                    .label(def, "defined here")
+                    .help("a node can only use nodes defined before it, so the graph has no cycles"),
+                );
+                return None;
+            }
             if def.start > name.span.start {
                 self.report(
                     Diagnostic::new(Code::UsedBeforeDefinition, format!("`{}` is used before its definition", name.node))
                         .label(name.span, "used here")
-                        .label(*def, "defined later here")
+                        .label(def, "defined later here")
                         .help("move the definition above its first use; nodes are evaluated in order, so the graph has no cycles"),
                 );
                 return None;
