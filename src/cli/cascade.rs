@@ -135,6 +135,12 @@ pub fn run(cmd: &Command) -> Result<()> {
                     100.0 * e
                 );
             }
+            if s.nonfinite_bounds > 0 {
+                eprintln!(
+                    "warning: {} (stage, example) pair(s) had a bound that is not finite (NaN or ±inf); they count as not certified",
+                    s.nonfinite_bounds
+                );
+            }
             if a.attack {
                 println!("  PGD ({} steps) broke no certified example", a.attack_steps);
             }

@@ -51,7 +51,8 @@ pub struct CascadeState {
     pub stopped_early: bool,
 }
 
-/// Per-example outcome of one stage: its prediction and whether it certifies that prediction.
+/// Per-example outcome of one stage: its prediction, whether it certifies that prediction, and whether every
+/// bound was finite (an example with a non-finite bound is never certified).
 pub fn stage_outcomes(
     model: &Model,
     data: &Dataset,
@@ -61,7 +62,7 @@ pub fn stage_outcomes(
     normalize: Option<&(Vec<f64>, Vec<f64>)>,
     batch: usize,
     bar: &ProgressBar,
-) -> Result<Vec<(u32, bool)>> {
+) -> Result<Vec<(u32, bool, bool)>> {
     let mut out = Vec::with_capacity(data.len());
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
@@ -77,7 +78,8 @@ pub fn stage_outcomes(
         let cert = certify_batch(model, &set, &preds)?;
         let lb = cert.margin_rows()?;
         let ok = cert.certified(&lb, &preds, crate::run::certify::default_safety_margin(model.dtype));
-        out.extend(preds.iter().copied().zip(ok));
+        let finite = cert.finite(&lb);
+        out.extend(preds.iter().zip(ok).zip(finite).map(|((p, c), f)| (*p, c, f)));
         bar.inc(chunk.len() as u64);
     }
     Ok(out)
@@ -225,7 +227,7 @@ pub fn cascade_train(
         bar.finish_and_clear();
         let mut still = Vec::new();
         let mut certified = 0;
-        for (&i, (pred, cert)) in state.remaining.iter().zip(&outcomes) {
+        for (&i, (pred, cert, _)) in state.remaining.iter().zip(&outcomes) {
             if *cert {
                 certified += 1;
                 state.robust_train[i] = *pred as u8 == train_set.labels[i];
@@ -276,10 +278,11 @@ pub struct CascadeSummary {
     pub robust_err_by_stages: Vec<f64>,
     /// The same on the training subset, from `cascade.json`.
     pub train_robust_err_by_stages: Vec<f64>,
+    /// (stage, example) pairs whose bounds were not finite (counted as not certified by that stage).
+    pub nonfinite_bounds: usize,
 }
 
 /// Certify a data set with the cascade in `run`, on `device`.
-#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 pub fn cascade_certify(
     run: &Path,
@@ -321,6 +324,7 @@ pub fn cascade_certify_with(
     let mut pred: Vec<u32> = vec![0; n];
     let mut per_stage = Vec::new();
     let mut robust_by = Vec::new();
+    let mut nonfinite = 0usize;
     for k in 1..=state.stages_done {
         let model = load_stage(&graph, &run.join(format!("stage{k}")), dtype, device)?;
         let todo: Vec<usize> = (0..n).filter(|&i| stage_of[i].is_none()).collect();
@@ -330,7 +334,8 @@ pub fn cascade_certify_with(
         let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar)?;
         bar.finish_and_clear();
         let mut count = 0;
-        for (&i, (p, c)) in todo.iter().zip(&outcomes) {
+        for (&i, (p, c, f)) in todo.iter().zip(&outcomes) {
+            nonfinite += !*f as usize;
             pred[i] = *p;
             if *c {
                 stage_of[i] = Some(k);
@@ -363,6 +368,7 @@ pub fn cascade_certify_with(
         certified_per_stage: per_stage,
         robust_err_by_stages: robust_by.clone(),
         train_robust_err_by_stages: state.stages.iter().map(|s| s.cascade_train_robust_err).collect(),
+        nonfinite_bounds: nonfinite,
     };
     let chart = SeriesChart::new(
         "cascade robust error by number of stages",
