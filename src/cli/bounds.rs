@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::device::DeviceSpec;
 use crate::diagnostics::{Code, Diagnostic};
-use crate::dual::robust::{certify_batch, robust_ce_per_example};
+use crate::dual::robust::robust_ce_per_example;
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 use crate::weights::Weights;
@@ -31,6 +31,10 @@ pub struct SetArgs {
     pub box_hi: f64,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: super::DTypeArg,
+    /// Relaxation family: `wk` (the paper's; default of `bounds`), `crown` (per-unit lower slopes, intersected
+    /// with interval bounds; default of `certify`) or `ibp` (interval bounds).
+    #[arg(long, value_enum)]
+    pub bound: Option<crate::ops::Family>,
 }
 
 impl SetArgs {
@@ -115,6 +119,8 @@ pub struct BoundsJson {
     pub norm: Norm,
     pub epsilon: f64,
     pub bounded_input: bool,
+    /// The relaxation family the bounds come from.
+    pub bound: crate::ops::Family,
     pub dtype: String,
     pub clean_logits: Vec<Vec<f64>>,
     pub margin_lb: Vec<Vec<f64>>,
@@ -210,7 +216,9 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
     }
     let input_set = InputSet::new(x, &vec![set.eps; b], set.norm, set.bounds())?;
     let logits = model.forward(x)?;
-    let cert = certify_batch(model, &input_set, labels)?;
+    let family = set.bound.unwrap_or(crate::ops::Family::Wk);
+    let opts = crate::dual::bounds::Options { family, ..Default::default() };
+    let cert = crate::dual::robust::certify_batch_with(model, &input_set, labels, &opts)?;
     let margin_lb = rows(&cert.margin_lb)?;
     let ce = rows(&robust_ce_per_example(&cert.margin_lb)?.unsqueeze(1).context(|| "robust loss".to_string())?)?;
     let ce: Vec<f64> = ce.into_iter().map(|r| r[0]).collect();
@@ -225,6 +233,7 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
         norm: set.norm,
         epsilon: set.eps,
         bounded_input: set.bounded,
+        bound: family,
         dtype: format!("{:?}", model.dtype).to_lowercase(),
         clean_logits: rows(&logits)?,
         margin_lb,

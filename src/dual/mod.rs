@@ -6,6 +6,7 @@ pub mod bounds;
 pub mod estimator;
 mod gpu;
 pub mod grouping;
+pub mod ibp;
 pub mod input_set;
 pub mod model;
 pub mod objective;

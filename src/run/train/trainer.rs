@@ -298,6 +298,7 @@ pub fn train_on(
         // Evaluation: exact certified error at the final ε on the test subset.
         let eval = detached(&model);
         let ccfg = CertifyConfig {
+            family: crate::ops::Family::Wk,
             eps: cfg.eps,
             norm: cfg.norm,
             bounds: cfg.input_box(),
