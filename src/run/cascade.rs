@@ -21,7 +21,6 @@ use super::train::plot::{plot_series, Series, SeriesChart};
 use super::train::trainer::{load_data, train_on};
 use crate::data::Dataset;
 use crate::diagnostics::{Code, Diagnostic};
-use crate::dual::robust::certify_batch;
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
@@ -62,6 +61,7 @@ pub fn stage_outcomes(
     normalize: Option<&(Vec<f64>, Vec<f64>)>,
     batch: usize,
     bar: &ProgressBar,
+    family: crate::ops::Family,
 ) -> Result<Vec<(u32, bool, bool)>> {
     let mut out = Vec::with_capacity(data.len());
     let idx: Vec<usize> = (0..data.len()).collect();
@@ -75,7 +75,8 @@ pub fn stage_outcomes(
         };
         let preds: Vec<u32> =
             model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
-        let cert = certify_batch(model, &set, &preds)?;
+        let opts = crate::dual::bounds::Options { family, ..Default::default() };
+        let cert = crate::dual::robust::certify_batch_with(model, &set, &preds, &opts)?;
         let lb = cert.margin_rows()?;
         let ok = cert.certified(&lb, &preds, crate::run::certify::default_safety_margin(model.dtype));
         let finite = cert.finite(&lb);
@@ -222,8 +223,17 @@ pub fn cascade_train(
         let model = load_stage(graph, &dir, DType::F32, &device)?;
         let bar = if progress { ProgressBar::new(subset.len() as u64) } else { ProgressBar::hidden() };
         let normalize = cfg.mean.clone().zip(cfg.std.clone());
-        let outcomes =
-            stage_outcomes(&model, &subset, cfg.eps, cfg.norm, cfg.input_box(), normalize.as_ref(), cfg.batch, &bar)?;
+        let outcomes = stage_outcomes(
+            &model,
+            &subset,
+            cfg.eps,
+            cfg.norm,
+            cfg.input_box(),
+            normalize.as_ref(),
+            cfg.batch,
+            &bar,
+            crate::ops::Family::Wk,
+        )?;
         bar.finish_and_clear();
         let mut still = Vec::new();
         let mut certified = 0;
@@ -270,6 +280,8 @@ pub struct CascadeRecord {
 pub struct CascadeSummary {
     pub examples: usize,
     pub stages: usize,
+    /// The relaxation family of the stages' bounds.
+    pub bound: crate::ops::Family,
     pub clean_err: f64,
     pub certified_robust_err: f64,
     /// Examples each stage certified (first-certifying stage).
@@ -295,7 +307,7 @@ pub fn cascade_certify(
     batch: usize,
     progress: bool,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
-    cascade_certify_with(run, data, eps, norm, bounds, dtype, device, batch, progress, None)
+    cascade_certify_with(run, data, eps, norm, bounds, dtype, device, batch, progress, None, crate::ops::Family::Wk)
 }
 
 /// [`cascade_certify`], and with `attack` PGD against every certified example on the stage that certified it:
@@ -312,6 +324,7 @@ pub fn cascade_certify_with(
     batch: usize,
     progress: bool,
     attack: Option<&crate::run::attack::PgdConfig>,
+    family: crate::ops::Family,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
     let state = read_state(run)?;
     let spec = run.join("spec.net");
@@ -331,7 +344,7 @@ pub fn cascade_certify_with(
         let subset = data.select(&todo);
         let bar = if progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
         bar.set_message(format!("stage {k}"));
-        let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar)?;
+        let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar, family)?;
         bar.finish_and_clear();
         let mut count = 0;
         for (&i, (p, c, f)) in todo.iter().zip(&outcomes) {
@@ -363,6 +376,7 @@ pub fn cascade_certify_with(
     let summary = CascadeSummary {
         examples: n,
         stages: state.stages_done,
+        bound: family,
         clean_err: records.iter().filter(|r| r.prediction != r.label).count() as f64 / nf,
         certified_robust_err: records.iter().filter(|r| !(r.certified && r.prediction == r.label)).count() as f64 / nf,
         certified_per_stage: per_stage,
