@@ -1,8 +1,8 @@
-//! The relaxation families (`--bound wk|crown|ibp`) on random small networks of every supported kind:
+//! The relaxation families (`--bound wk|crown|ibp|alpha`) on random small networks of every supported kind:
 //! - soundness: no sampled point, corner or PGD point of the set has a margin below the family's bound, and
 //!   every activation input lies within the family's layer bounds;
 //! - `crown` is never looser than `ibp`, example by example, and its layer bounds lie inside the interval ones
-//!   (they are intersected with them);
+//!   (they are intersected with them); `alpha` is never looser than `wk` or `crown`;
 //! - at ε = 0 every family gives the clean margin;
 //! - every affine op's interval rule encloses its linear map: `|A r'| <= |A| r` for every `|r'| <= r`.
 //!
@@ -27,7 +27,7 @@ const SPECS: &[(&str, &str)] = &[
     ("hardtanh", "network m { input x: [6]  l1 = linear(x, out=10)  h1 = hardtanh(l1)  l2 = linear(h1, out=8)  h2 = hardtanh(l2, min_val=-0.5, max_val=0.7)  l3 = linear(h2, out=3)  output l3 }"),
 ];
 
-const FAMILIES: [Family; 3] = [Family::Wk, Family::Crown, Family::Ibp];
+const FAMILIES: [Family; 4] = [Family::Wk, Family::Crown, Family::Ibp, Family::Alpha];
 
 /// Random weights (scaled up so that every ReLU regime occurs) and random batchnorm statistics.
 fn model(spec: &str, seed: u64, scale: f64) -> Model {
@@ -127,6 +127,12 @@ fn check(idx: usize, seed: u64, eps: f64, norm: Norm, bounded: bool) {
     let ibp: Vec<Vec<f64>> = certs[2].margin_lb.to_vec2().expect("ibp");
     for (a, b) in crown.iter().flatten().zip(ibp.iter().flatten()) {
         assert!(*a >= b - 1e-9, "{name}: crown margin {a} below the interval margin {b}");
+    }
+    // alpha >= max(wk, crown) per margin.
+    let wk: Vec<Vec<f64>> = certs[0].margin_lb.to_vec2().expect("wk");
+    let alpha: Vec<Vec<f64>> = certs[3].margin_lb.to_vec2().expect("alpha");
+    for ((a, w), c) in alpha.iter().flatten().zip(wk.iter().flatten()).zip(crown.iter().flatten()) {
+        assert!(*a >= w.max(*c) - 1e-9, "{name}: alpha margin {a} below wk {w} or crown {c}");
     }
     for ((z, l, u), (z2, li, ui)) in certs[1].bounds.layers.iter().zip(&certs[2].bounds.layers) {
         assert_eq!(z, z2);

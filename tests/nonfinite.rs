@@ -293,9 +293,10 @@ proptest! {
     #[test]
     fn a_bad_layer_bound_never_certifies(
         spec in 0..SPECS.len(), seed in 0u64..1000, layer in 0usize..4, element in 0usize..1 << 20,
-        kind in 0usize..3, upper in any::<bool>(), proj in any::<bool>(), family in 0usize..3
+        kind in 0usize..3, upper in any::<bool>(), proj in any::<bool>(), family in 0usize..4
     ) {
-        let family = [dualnet::ops::Family::Wk, dualnet::ops::Family::Crown, dualnet::ops::Family::Ibp][family];
+        use dualnet::ops::Family;
+        let family = [Family::Wk, Family::Crown, Family::Ibp, Family::Alpha][family];
         let (m, x, labels) = case(SPECS[spec], seed, DType::F64, 3);
         let set = InputSet::new(&x, &[EPS; 3], Norm::Linf, Some((0.0, 1.0))).expect("set");
         let layers = m.graph.activation_inputs();

@@ -35,6 +35,12 @@ pub struct SetArgs {
     /// with interval bounds; default of `certify`) or `ibp` (interval bounds).
     #[arg(long, value_enum)]
     pub bound: Option<crate::ops::Family>,
+    /// `--bound alpha`: gradient steps on the lower slopes.
+    #[arg(long, default_value_t = crate::dual::bounds::DEFAULT_ALPHA_ITERS)]
+    pub alpha_iters: usize,
+    /// `--bound alpha`: the Adam step of the slopes (they live in [0, 1]).
+    #[arg(long, default_value_t = crate::dual::bounds::DEFAULT_ALPHA_LR)]
+    pub alpha_lr: f64,
 }
 
 impl SetArgs {
@@ -52,6 +58,13 @@ impl SetArgs {
             return Err(Error::input(
                 Diagnostic::new(Code::BadOption, format!("`--eps` must be a finite number >= 0, got `{}`", self.eps))
                     .help("ε is in input units (pixels in [0, 1]), e.g. `--eps 0.1`"),
+            ));
+        }
+        crate::finite::check_option("--alpha-lr", self.alpha_lr)?;
+        if self.alpha_lr <= 0.0 {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, format!("`--alpha-lr` must be positive, got `{}`", self.alpha_lr))
+                    .help("the slopes live in [0, 1]; steps such as 0.1 work"),
             ));
         }
         crate::finite::check_option("--box-lo", self.box_lo)?;
@@ -217,7 +230,12 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
     let input_set = InputSet::new(x, &vec![set.eps; b], set.norm, set.bounds())?;
     let logits = model.forward(x)?;
     let family = set.bound.unwrap_or(crate::ops::Family::Wk);
-    let opts = crate::dual::bounds::Options { family, ..Default::default() };
+    let opts = crate::dual::bounds::Options {
+        family,
+        alpha_iters: set.alpha_iters,
+        alpha_lr: set.alpha_lr,
+        ..Default::default()
+    };
     let cert = crate::dual::robust::certify_batch_with(model, &input_set, labels, &opts)?;
     let margin_lb = rows(&cert.margin_lb)?;
     let ce = rows(&robust_ce_per_example(&cert.margin_lb)?.unsqueeze(1).context(|| "robust loss".to_string())?)?;

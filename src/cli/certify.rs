@@ -116,6 +116,7 @@ pub fn run(args: &Args) -> Result<()> {
     super::check_data_shape(&model, &data)?;
     let cfg = CertifyConfig {
         family: args.set.bound.unwrap_or(DEFAULT_FAMILY),
+        alpha: (args.set.alpha_iters, args.set.alpha_lr),
         eps: args.set.eps,
         norm: args.set.norm,
         bounds: args.set.bounds(),

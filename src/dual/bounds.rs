@@ -47,7 +47,7 @@ enum Weight {
 }
 
 /// How the layer bounds are computed.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// `Some(k)`: estimate the dual-norm terms with `k` random projections (linear cost, for training), for the
     /// input when it has more than `k` entries and for an activation layer when it has more than `k` crossing
@@ -67,7 +67,30 @@ pub struct Options {
     /// The relaxation family ([`Family`]): `wk` (default, the paper's), `crown` (its own lower slopes, layer
     /// bounds intersected with the interval bounds) or `ibp` (interval bounds and constant relaxations).
     pub family: Family,
+    /// `alpha`: gradient steps on the lower slopes (0 gives `crown`'s margins, or better) and their Adam step.
+    pub alpha_iters: usize,
+    pub alpha_lr: f64,
 }
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            proj: None,
+            seed: 0,
+            ungrouped: false,
+            high_prob: None,
+            poison: None,
+            family: Family::Wk,
+            alpha_iters: DEFAULT_ALPHA_ITERS,
+            alpha_lr: DEFAULT_ALPHA_LR,
+        }
+    }
+}
+
+/// Default gradient steps of the `alpha` family.
+pub const DEFAULT_ALPHA_ITERS: usize = 20;
+/// Default Adam step of the `alpha` family (slopes live in [0, 1]).
+pub const DEFAULT_ALPHA_LR: f64 = 0.1;
 
 /// Test hook: after the bounds of the `layer`-th activation input (in topological order) are computed, element
 /// `element` (flat over `[B, n]`, taken modulo its size) of the lower (or `upper`) bound is set to `value`. The
@@ -345,7 +368,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
     let mut out = Bounds { layers: Vec::new(), relax: HashMap::new(), finite: vec![true; b] };
     let intervals = match opts.family {
         Family::Wk => None,
-        Family::Crown | Family::Ibp => Some(super::ibp::interval_bounds(model, set)?),
+        Family::Crown | Family::Alpha | Family::Ibp => Some(super::ibp::interval_bounds(model, set)?),
     };
     if let (Family::Ibp, Some(iv)) = (opts.family, &intervals) {
         return interval_family(model, iv, opts, out, b);

@@ -2,6 +2,7 @@
 //! (forward propagation of each free direction), the dual objective (backward pass of the dual network), and the
 //! robust loss and error built on them.
 
+pub mod alpha;
 pub mod bounds;
 pub mod estimator;
 mod gpu;

@@ -100,10 +100,15 @@ pub fn dual_pass(
                         // lines (`lower: None`) this is `slope ⊙ λ`.
                         let back = match &r.lower {
                             None => crate::kernels::scale::scale_rows(&lam, &r.slope),
+                            // `a_l` is `[B, *shape]` (one slope per unit) or `[B, K, *shape]` (one per objective
+                            // row, optimised by `alpha`).
                             Some(al) => lam.relu().and_then(|pos| {
                                 let neg = (&lam - &pos)?;
-                                crate::kernels::scale::scale_rows(&pos, al)?
-                                    + crate::kernels::scale::scale_rows(&neg, &r.slope)?
+                                let lo = match al.rank() == lam.rank() {
+                                    true => pos.mul(al)?,
+                                    false => crate::kernels::scale::scale_rows(&pos, al)?,
+                                };
+                                lo + crate::kernels::scale::scale_rows(&neg, &r.slope)?
                             }),
                         }
                         .context(ctx_err)?;

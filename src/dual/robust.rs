@@ -62,10 +62,16 @@ pub fn certify_batch_with(
         // bounds, and the interval objective (a margin bound never below the interval one).
         // The interval objective uses the constant relaxations on the layer bounds just computed (already
         // intersected with the interval bounds, so at least as tight as plain interval propagation).
-        Family::Crown => {
+        Family::Crown | Family::Alpha => {
             let iv = Bounds { layers: Vec::new(), relax: constant_relaxations(model, &bounds)?, finite: Vec::new() };
             let ibp = objective(model, set, &iv, &c)?;
-            bounds::strict_max(&margin_lb, &ibp).context(|| "combining the margin bounds".to_string())?
+            let crown = bounds::strict_max(&margin_lb, &ibp).context(|| "combining the margin bounds".to_string())?;
+            match opts.family {
+                Family::Alpha => {
+                    super::alpha::optimised_margins(model, set, &bounds, &c, &crown, opts.alpha_iters, opts.alpha_lr)?
+                }
+                _ => crown,
+            }
         }
     };
     Ok(Certificate { bounds, margin_lb })

@@ -73,6 +73,9 @@ pub enum Family {
     Crown,
     /// Interval bound propagation: constant relaxations `σ(z) ∈ [σ(l), σ(u)]` on interval layer bounds.
     Ibp,
+    /// `crown` with the lower slopes optimised per example, margin and unit by projected gradient ascent on the
+    /// margin bounds ([`crate::dual::alpha`]); never below `crown` or `wk` on the same layer bounds.
+    Alpha,
 }
 
 impl std::fmt::Display for Family {
@@ -81,6 +84,7 @@ impl std::fmt::Display for Family {
             Family::Wk => "wk",
             Family::Crown => "crown",
             Family::Ibp => "ibp",
+            Family::Alpha => "alpha",
         })
     }
 }
@@ -135,7 +139,7 @@ pub trait OpExec {
     /// rule for `ibp`.
     fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
         match family {
-            Family::Wk | Family::Crown => self.relax(ctx, l, u),
+            Family::Wk | Family::Crown | Family::Alpha => self.relax(ctx, l, u),
             Family::Ibp => {
                 let (lo, hi) = self.interval(ctx, l, u)?;
                 Relaxation::constant(&lo, &hi)

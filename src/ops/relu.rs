@@ -67,7 +67,9 @@ impl OpExec for Relu {
     fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
         match family {
             Family::Wk => self.relax(ctx, l, u),
-            Family::Crown => relu_crown_relaxation(l, u).context(|| format!("CROWN relaxation of relu `{}`", ctx.name)),
+            Family::Crown | Family::Alpha => {
+                relu_crown_relaxation(l, u).context(|| format!("CROWN relaxation of relu `{}`", ctx.name))
+            }
             Family::Ibp => {
                 let (lo, hi) = self.interval(ctx, l, u)?;
                 Relaxation::constant(&lo, &hi).context(|| format!("interval relaxation of relu `{}`", ctx.name))

@@ -29,6 +29,8 @@ pub struct CertifyConfig {
     pub normalize: Option<(Vec<f64>, Vec<f64>)>,
     /// The relaxation family of the bounds.
     pub family: crate::ops::Family,
+    /// `alpha`: gradient steps and step size of the lower slopes.
+    pub alpha: (usize, f64),
     /// `Some((k, δ))`: layer bounds from `k` random projections with the high-probability estimator (each
     /// layer bound holds with probability ≥ 1 − δ; paper Appendix E.1) instead of exact bounds.
     pub proj: Option<(usize, f64)>,
@@ -210,12 +212,23 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
     let logits = model.forward(&x)?;
     let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
     let cert = match cfg.proj {
-        None => certify_batch_with(model, &set, &labels, &Options { family: cfg.family, ..Default::default() })?,
+        None => {
+            let opts =
+                Options { family: cfg.family, alpha_iters: cfg.alpha.0, alpha_lr: cfg.alpha.1, ..Default::default() };
+            certify_batch_with(model, &set, &labels, &opts)?
+        }
         Some((k, delta)) => {
             // A seed per batch, fixed by the examples it holds, so a run is repeatable.
             let seed = chunk.first().map(|&i| i as u64).unwrap_or(0);
-            let opts =
-                Options { proj: Some(k), seed, high_prob: Some(delta), family: cfg.family, ..Default::default() };
+            let opts = Options {
+                proj: Some(k),
+                seed,
+                high_prob: Some(delta),
+                family: cfg.family,
+                alpha_iters: cfg.alpha.0,
+                alpha_lr: cfg.alpha.1,
+                ..Default::default()
+            };
             certify_batch_with(model, &set, &labels, &opts)?
         }
     };

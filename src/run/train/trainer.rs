@@ -299,6 +299,7 @@ pub fn train_on(
         let eval = detached(&model);
         let ccfg = CertifyConfig {
             family: crate::ops::Family::Wk,
+            alpha: (0, 0.1),
             eps: cfg.eps,
             norm: cfg.norm,
             bounds: cfg.input_box(),
