@@ -146,15 +146,7 @@ pub struct BoundsJson {
     pub nonfinite_bounds: usize,
 }
 
-pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
-    let d = t.dims();
-    let b = d.first().copied().unwrap_or(0);
-    let n: usize = d.iter().skip(1).product();
-    t.reshape((b, n))
-        .and_then(|t| t.to_dtype(DType::F64))
-        .and_then(|t| t.to_vec2())
-        .context(|| "reading results".to_string())
-}
+pub use crate::dual::robust::rows;
 
 /// Load a model: check the spec, load and check the weights.
 pub fn load_model(spec: &Path, weights: &Path, dtype: DType, device: &Device) -> Result<Model> {

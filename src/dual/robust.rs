@@ -5,7 +5,7 @@
 //! an example is certified when every `margin_lb[b][j]`, `j != y_b`, is finite and above the safety margin, and
 //! every layer bound of the example is finite ([`Certificate::certified`]: the one place that decides).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::bounds::{self, Bounds};
 use petgraph::graph::NodeIndex;
@@ -26,7 +26,7 @@ pub struct Certificate {
 impl Certificate {
     /// `margin_lb` as host rows `[B][K]`.
     pub fn margin_rows(&self) -> Result<Vec<Vec<f64>>> {
-        crate::cli::bounds::rows(&self.margin_lb)
+        rows(&self.margin_lb)
     }
 
     /// Per example: whether every layer bound and every margin bound is finite.
@@ -92,6 +92,17 @@ fn constant_relaxations(model: &Model, bounds: &Bounds) -> Result<std::collectio
         out.insert(i, op.relax_family(&model.ctx(i), l, u, Family::Ibp)?);
     }
     Ok(out)
+}
+
+/// `[B, *]` as host rows `[B][n]` in f64.
+pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let d = t.dims();
+    let b = d.first().copied().unwrap_or(0);
+    let n: usize = d.iter().skip(1).product();
+    t.reshape((b, n))
+        .and_then(|t| t.to_dtype(DType::F64))
+        .and_then(|t| t.to_vec2())
+        .context(|| "reading results".to_string())
 }
 
 /// Per-example robust cross-entropy `log Σ_j exp(-margin_lb[b][j])`, `[B]`.

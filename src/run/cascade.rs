@@ -328,7 +328,7 @@ pub fn cascade_certify_with(
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
     let state = read_state(run)?;
     let spec = run.join("spec.net");
-    let graph = crate::cli::load_graph(&spec)?;
+    let graph = crate::check::load_graph(&spec)?;
     // The stages' normalisation comes from their saved config.
     let stage_cfg = super::train::runfolder::RunFolder::create(&run.join("stage1"), true)?.read_config()?;
     let normalize = stage_cfg.mean.clone().zip(stage_cfg.std.clone());
