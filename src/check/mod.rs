@@ -95,4 +95,3 @@ pub fn load_graph(path: &Path) -> Result<Graph> {
         _ => Err(Error::Input(errors)),
     }
 }
-

@@ -1,7 +1,6 @@
 //! The command line: one file per subcommand. Exit codes: 0 success, 1 the input has errors, 2 usage or I/O,
 //! 3 an internal error (a bug to report, e.g. a certificate an attack contradicts).
 
-
 use crate::error::{Error, Result};
 
 pub mod attack;

@@ -107,6 +107,9 @@ pub struct TrainConfig {
     pub proj: Option<usize>,
     /// `robust` (provable training, default), `plain` (clean cross-entropy) or `pgd` (adversarial training).
     pub mode: Mode,
+    /// The relaxation family of the robust loss: `wk` (the paper's, default; with or without projections) or
+    /// `ibp` (interval bounds, cheap: two forward passes). `crown` and `alpha` are for certification.
+    pub bound: crate::ops::Family,
     /// PGD steps for `mode: pgd` (default 40).
     pub pgd_steps: usize,
     /// Seed for initialisation, shuffling, projections and augmentation (default 0).
@@ -147,6 +150,7 @@ impl Default for TrainConfig {
             norm: Norm::Linf,
             proj: Some(50),
             mode: Mode::Robust,
+            bound: crate::ops::Family::Wk,
             pgd_steps: 40,
             seed: 0,
             augment: false,
@@ -181,6 +185,7 @@ pub const FIELDS: &[&str] = &[
     "norm",
     "proj",
     "mode",
+    "bound",
     "pgd_steps",
     "seed",
     "augment",
@@ -311,6 +316,13 @@ impl TrainConfig {
                 "bounded",
                 "the ℓ2 ball cannot be box-constrained".into(),
                 "set `bounded: false` with `norm: l2`".into(),
+            );
+        }
+        if matches!(self.bound, crate::ops::Family::Crown | crate::ops::Family::Alpha) {
+            bad(
+                "bound",
+                format!("`bound: {}` is for certification; training takes `wk` or `ibp`", self.bound),
+                "use `bound: wk` (the paper's) or `bound: ibp` (interval bounds)".into(),
             );
         }
         if self.mode == Mode::Pgd && self.pgd_steps == 0 {
@@ -518,6 +530,9 @@ pub struct TrainOverrides {
     /// Training loss [default: robust].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Relaxation family of the robust loss: `wk` or `ibp` [default: wk].
+    #[arg(long, value_enum)]
+    pub bound: Option<crate::ops::Family>,
     /// PGD steps for `--mode pgd` [default: 40].
     #[arg(long)]
     pub pgd_steps: Option<usize>,
@@ -581,6 +596,7 @@ impl TrainOverrides {
             cfg.proj = (k > 0).then_some(k);
         }
         set(&mut cfg.mode, &self.mode);
+        set(&mut cfg.bound, &self.bound);
         set(&mut cfg.pgd_steps, &self.pgd_steps);
         set(&mut cfg.seed, &self.seed);
         set(&mut cfg.augment, &self.augment);

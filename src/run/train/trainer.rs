@@ -223,6 +223,7 @@ pub fn train_on(
             let loss = match cfg.mode {
                 Mode::Robust => {
                     let opts = Options {
+                        family: cfg.bound,
                         proj: cfg.projections(),
                         seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize),
                         ..Default::default()
@@ -298,7 +299,12 @@ pub fn train_on(
         // Evaluation: exact certified error at the final ε on the test subset.
         let eval = detached(&model);
         let ccfg = CertifyConfig {
-            family: crate::ops::Family::Wk,
+            // The paper's exact bounds for its own training; a network trained on interval bounds is hopeless
+            // for them, so it is evaluated with `crown` (which is never looser than its interval bounds).
+            family: match cfg.bound {
+                crate::ops::Family::Ibp => crate::ops::Family::Crown,
+                _ => crate::ops::Family::Wk,
+            },
             alpha: (0, 0.1),
             eps: cfg.eps,
             norm: cfg.norm,
