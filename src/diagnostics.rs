@@ -272,3 +272,9 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
     }
     best.map(|(c, _)| c)
 }
+
+/// Whether standard error is a terminal that takes colour (and `NO_COLOR` is unset).
+pub fn stderr_color() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}

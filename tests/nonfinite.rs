@@ -293,8 +293,10 @@ proptest! {
     #[test]
     fn a_bad_layer_bound_never_certifies(
         spec in 0..SPECS.len(), seed in 0u64..1000, layer in 0usize..4, element in 0usize..1 << 20,
-        kind in 0usize..3, upper in any::<bool>(), proj in any::<bool>()
+        kind in 0usize..3, upper in any::<bool>(), proj in any::<bool>(), family in 0usize..4
     ) {
+        use dualnet::ops::Family;
+        let family = [Family::Wk, Family::Crown, Family::Ibp, Family::Alpha][family];
         let (m, x, labels) = case(SPECS[spec], seed, DType::F64, 3);
         let set = InputSet::new(&x, &[EPS; 3], Norm::Linf, Some((0.0, 1.0))).expect("set");
         let layers = m.graph.activation_inputs();
@@ -302,7 +304,7 @@ proptest! {
         let n: usize = m.graph.node(layers[layer]).shape.iter().product();
         let element = element % (3 * n);
         let example = element / n;
-        let base = Options { proj: proj.then_some(4), seed, ..Default::default() };
+        let base = Options { proj: proj.then_some(4), seed, family, ..Default::default() };
         prop_assume!(certified(&m, &set, &labels, &base)[example], "control: the example certifies without the injection");
         let value = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY][kind];
         let opts = Options { poison: Some(Poison { layer, element, upper, value }), ..base };

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use std::path::Path;
+
 use crate::diagnostics::{Code, Diagnostic, SourceFile};
+use crate::error::{Error, Result};
 use crate::ir::lower::lower;
 use crate::ir::Graph;
 use crate::syntax::parse;
@@ -65,4 +68,30 @@ fn large_model(g: &Graph, span: crate::syntax::ast::Span) -> Option<Diagnostic> 
             crate::memory::human(avail)
         ))
     })
+}
+
+/// Read a spec file as UTF-8 text.
+pub fn read_spec(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read spec", path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::io(
+            "cannot read spec",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text ({e})")),
+        )
+    })
+}
+
+/// Read and check a spec; warnings are printed, errors returned.
+pub fn load_graph(path: &Path) -> Result<Graph> {
+    let text = read_spec(path)?;
+    let Checked { graph, diagnostics, .. } = check_source(&path.display().to_string(), &text);
+    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) = diagnostics.into_iter().partition(|d| d.is_error());
+    for w in &warnings {
+        eprintln!("{}", w.render(crate::diagnostics::stderr_color()));
+    }
+    match graph {
+        Some(g) if errors.is_empty() => Ok(g),
+        _ => Err(Error::Input(errors)),
+    }
 }

@@ -143,6 +143,8 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
             let model = small_model(args, device)?;
             let data = data::load("mnist", &args.data_dir, Split::Test)?.limit(args.limit);
             let cfg = CertifyConfig {
+                family: crate::ops::Family::Wk,
+                alpha: (0, 0.1),
                 eps: 0.1,
                 norm: Norm::Linf,
                 bounds: Some((0.0, 1.0)),

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::device::DeviceSpec;
 use crate::diagnostics::{Code, Diagnostic};
-use crate::dual::robust::{certify_batch, robust_ce_per_example};
+use crate::dual::robust::robust_ce_per_example;
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 use crate::weights::Weights;
@@ -31,6 +31,16 @@ pub struct SetArgs {
     pub box_hi: f64,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: super::DTypeArg,
+    /// Relaxation family: `wk` (the paper's; default of `bounds`), `crown` (per-unit lower slopes, intersected
+    /// with interval bounds; default of `certify`) or `ibp` (interval bounds).
+    #[arg(long, value_enum)]
+    pub bound: Option<crate::ops::Family>,
+    /// `--bound alpha`: gradient steps on the lower slopes.
+    #[arg(long, default_value_t = crate::dual::bounds::DEFAULT_ALPHA_ITERS)]
+    pub alpha_iters: usize,
+    /// `--bound alpha`: the Adam step of the slopes (they live in [0, 1]).
+    #[arg(long, default_value_t = crate::dual::bounds::DEFAULT_ALPHA_LR)]
+    pub alpha_lr: f64,
 }
 
 impl SetArgs {
@@ -48,6 +58,13 @@ impl SetArgs {
             return Err(Error::input(
                 Diagnostic::new(Code::BadOption, format!("`--eps` must be a finite number >= 0, got `{}`", self.eps))
                     .help("ε is in input units (pixels in [0, 1]), e.g. `--eps 0.1`"),
+            ));
+        }
+        crate::finite::check_option("--alpha-lr", self.alpha_lr)?;
+        if self.alpha_lr <= 0.0 {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, format!("`--alpha-lr` must be positive, got `{}`", self.alpha_lr))
+                    .help("the slopes live in [0, 1]; steps such as 0.1 work"),
             ));
         }
         crate::finite::check_option("--box-lo", self.box_lo)?;
@@ -115,6 +132,8 @@ pub struct BoundsJson {
     pub norm: Norm,
     pub epsilon: f64,
     pub bounded_input: bool,
+    /// The relaxation family the bounds come from.
+    pub bound: crate::ops::Family,
     pub dtype: String,
     pub clean_logits: Vec<Vec<f64>>,
     pub margin_lb: Vec<Vec<f64>>,
@@ -127,15 +146,7 @@ pub struct BoundsJson {
     pub nonfinite_bounds: usize,
 }
 
-pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
-    let d = t.dims();
-    let b = d.first().copied().unwrap_or(0);
-    let n: usize = d.iter().skip(1).product();
-    t.reshape((b, n))
-        .and_then(|t| t.to_dtype(DType::F64))
-        .and_then(|t| t.to_vec2())
-        .context(|| "reading results".to_string())
-}
+pub use crate::dual::robust::rows;
 
 /// Load a model: check the spec, load and check the weights.
 pub fn load_model(spec: &Path, weights: &Path, dtype: DType, device: &Device) -> Result<Model> {
@@ -210,7 +221,14 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
     }
     let input_set = InputSet::new(x, &vec![set.eps; b], set.norm, set.bounds())?;
     let logits = model.forward(x)?;
-    let cert = certify_batch(model, &input_set, labels)?;
+    let family = set.bound.unwrap_or(crate::ops::Family::Wk);
+    let opts = crate::dual::bounds::Options {
+        family,
+        alpha_iters: set.alpha_iters,
+        alpha_lr: set.alpha_lr,
+        ..Default::default()
+    };
+    let cert = crate::dual::robust::certify_batch_with(model, &input_set, labels, &opts)?;
     let margin_lb = rows(&cert.margin_lb)?;
     let ce = rows(&robust_ce_per_example(&cert.margin_lb)?.unsqueeze(1).context(|| "robust loss".to_string())?)?;
     let ce: Vec<f64> = ce.into_iter().map(|r| r[0]).collect();
@@ -225,6 +243,7 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
         norm: set.norm,
         epsilon: set.eps,
         bounded_input: set.bounded,
+        bound: family,
         dtype: format!("{:?}", model.dtype).to_lowercase(),
         clean_logits: rows(&logits)?,
         margin_lb,

@@ -115,6 +115,7 @@ pub fn run(cmd: &Command) -> Result<()> {
                 a.attack
                     .then_some(crate::run::attack::PgdConfig { steps: a.attack_steps, ..Default::default() })
                     .as_ref(),
+                a.set.bound.unwrap_or(super::certify::DEFAULT_FAMILY),
             )?;
             println!(
                 "cascade {} ({} stages) on {} examples, {} eps {}{}:",
@@ -126,13 +127,19 @@ pub fn run(cmd: &Command) -> Result<()> {
                 if a.set.bounded { " (box)" } else { "" }
             );
             println!("  clean error             {:>7.2}%", 100.0 * s.clean_err);
-            println!("  certified robust error  {:>7.2}%", 100.0 * s.certified_robust_err);
+            println!("  certified robust error  {:>7.2}%   (bounds: {})", 100.0 * s.certified_robust_err, s.bound);
             for (k, (c, e)) in s.certified_per_stage.iter().zip(&s.robust_err_by_stages).enumerate() {
                 println!(
                     "  stage {}: certified {c} examples; robust error of stages 1..{} = {:.2}%",
                     k + 1,
                     k + 1,
                     100.0 * e
+                );
+            }
+            if s.nonfinite_bounds > 0 {
+                eprintln!(
+                    "warning: {} (stage, example) pair(s) had a bound that is not finite (NaN or ±inf); they count as not certified",
+                    s.nonfinite_bounds
                 );
             }
             if a.attack {

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 use crate::run::attack::PgdConfig;
 use crate::run::certify::{certify_dataset, default_safety_margin, CertifyConfig, ExampleRecord, Summary};
 
+/// The family `certify` uses without `--bound`.
+pub const DEFAULT_FAMILY: crate::ops::Family = crate::ops::Family::Crown;
+
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
     /// Data set: `mnist` or `cifar10`.
@@ -112,6 +115,8 @@ pub fn run(args: &Args) -> Result<()> {
     let data = args.data.load()?;
     super::check_data_shape(&model, &data)?;
     let cfg = CertifyConfig {
+        family: args.set.bound.unwrap_or(DEFAULT_FAMILY),
+        alpha: (args.set.alpha_iters, args.set.alpha_lr),
         eps: args.set.eps,
         norm: args.set.norm,
         bounds: args.set.bounds(),
@@ -136,8 +141,9 @@ pub fn run(args: &Args) -> Result<()> {
     );
     println!("  clean error             {:>7.2}%", 100.0 * s.clean_err);
     println!(
-        "  certified robust error  {:>7.2}%   (bounds: {}, safety margin {})",
+        "  certified robust error  {:>7.2}%   (bounds: {} {}, safety margin {})",
         100.0 * s.certified_robust_err,
+        s.bound,
         s.bounds,
         s.safety_margin
     );

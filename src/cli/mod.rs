@@ -1,13 +1,7 @@
 //! The command line: one file per subcommand. Exit codes: 0 success, 1 the input has errors, 2 usage or I/O,
 //! 3 an internal error (a bug to report, e.g. a certificate an attack contradicts).
 
-use std::io::IsTerminal;
-use std::path::Path;
-
-use crate::check::{check_source, Checked};
-use crate::diagnostics::Diagnostic;
 use crate::error::{Error, Result};
-use crate::ir::Graph;
 
 pub mod attack;
 pub mod bench;
@@ -20,34 +14,11 @@ pub mod init;
 pub mod ops;
 pub mod train;
 
-/// Read a spec file as UTF-8 text.
-pub fn read_spec(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read spec", path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        Error::io(
-            "cannot read spec",
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text ({e})")),
-        )
-    })
-}
+pub use crate::check::{load_graph, read_spec};
 
-/// Read and check a spec; warnings are printed, errors returned.
-pub fn load_graph(path: &Path) -> Result<Graph> {
-    let text = read_spec(path)?;
-    let Checked { graph, diagnostics, .. } = check_source(&path.display().to_string(), &text);
-    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) = diagnostics.into_iter().partition(|d| d.is_error());
-    for w in &warnings {
-        eprintln!("{}", w.render(color()));
-    }
-    match graph {
-        Some(g) if errors.is_empty() => Ok(g),
-        _ => Err(Error::Input(errors)),
-    }
-}
-
+/// Whether standard error takes colour.
 pub fn color() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    crate::diagnostics::stderr_color()
 }
 
 /// Print an error the way every command does, and return its exit code.

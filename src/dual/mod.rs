@@ -2,10 +2,12 @@
 //! (forward propagation of each free direction), the dual objective (backward pass of the dual network), and the
 //! robust loss and error built on them.
 
+pub mod alpha;
 pub mod bounds;
 pub mod estimator;
 mod gpu;
 pub mod grouping;
+pub mod ibp;
 pub mod input_set;
 pub mod model;
 pub mod objective;

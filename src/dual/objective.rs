@@ -4,7 +4,8 @@
 //! With `λ_n` the adjoint at node `n`'s output (the paper's `-ν_n`), seeded `λ_out = c`:
 //! - affine op `m` (`y = A x + b`): `λ_in += Aᵀ λ_m` (its dual rule), and `J += λ_m · b`;
 //! - activation `m` with relaxation `a = d z + δ`, `δ ∈ [mid - rad, mid + rad]`: `λ_z += d ⊙ λ_m`, and
-//!   `J += λ_m · mid - |λ_m| · rad` (for ReLU this is the paper's `Σ_{crossing} l_j [ν_j]_+`);
+//!   `J += λ_m · mid - |λ_m| · rad` (for ReLU this is the paper's `Σ_{crossing} l_j [ν_j]_+`); with a lower line
+//!   of its own slope `a_l` (CROWN), `λ_z += a_l ⊙ [λ_m]_+ + d ⊙ [λ_m]_-` and the same offset term;
 //! - a node with several consumers sums their contributions (skip connections reversed);
 //! - the input: `J += λ_x · center - Σ |λ_x| radius` (ℓ∞ / box) or `- ε ‖λ_x‖_2` (ℓ2).
 //!
@@ -94,7 +95,23 @@ pub fn dual_pass(
                         let t2 = weighted_row_sums(&lam, &r.rad, true).context(ctx_err)?;
                         lin = (lin + t1).context(ctx_err)?;
                         rad = (rad + t2).context(ctx_err)?;
-                        let back = crate::kernels::scale::scale_rows(&lam, &r.slope).context(ctx_err)?;
+                        // The one place where the adjoint's sign picks the line: a coefficient `λ >= 0` on `σ(z)`
+                        // is bounded below by the lower line, `λ < 0` by the upper one. With one slope for both
+                        // lines (`lower: None`) this is `slope ⊙ λ`.
+                        let back = match &r.lower {
+                            None => crate::kernels::scale::scale_rows(&lam, &r.slope),
+                            // `a_l` is `[B, *shape]` (one slope per unit) or `[B, K, *shape]` (one per objective
+                            // row, optimised by `alpha`).
+                            Some(al) => lam.relu().and_then(|pos| {
+                                let neg = (&lam - &pos)?;
+                                let lo = match al.rank() == lam.rank() {
+                                    true => pos.mul(al)?,
+                                    false => crate::kernels::scale::scale_rows(&pos, al)?,
+                                };
+                                lo + crate::kernels::scale::scale_rows(&neg, &r.slope)?
+                            }),
+                        }
+                        .context(ctx_err)?;
                         accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
                     }
                     Role::Unsupported => return Err(Error::Usage(format!("`{}` has no dual rule", op.name()))),

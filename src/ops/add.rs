@@ -42,6 +42,10 @@ impl OpExec for Add {
         }
         Ok(acc)
     }
+    /// Every coefficient is nonnegative (ones, or `1/k²` for the average), so `|A| r = A r`.
+    fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        self.linear(ctx, inputs)
+    }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![nu.clone(); ctx.in_shapes.len()])
     }

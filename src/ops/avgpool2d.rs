@@ -70,6 +70,10 @@ impl OpExec for AvgPool2d {
         let go = || crate::kernels::conv2d(x, &kernel(ctx, x.dtype(), x.device())?, s, p);
         go().context(|| format!("avgpool2d `{}`", ctx.name))
     }
+    /// Every coefficient is nonnegative (ones, or `1/k²` for the average), so `|A| r = A r`.
+    fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        self.linear(ctx, inputs)
+    }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         let (k, s, p) = (ctx.attrs.usize("kernel"), ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
         let op = super::conv2d::output_padding(ctx.in_shapes[0][1], ctx.out_shape[1], k, s, p);

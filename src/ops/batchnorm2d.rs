@@ -78,6 +78,12 @@ impl OpExec for BatchNorm2d {
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![self.linear(ctx, std::slice::from_ref(nu))?])
     }
+    /// `|s| r` per channel.
+    fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        let (s, _) = scale_shift(ctx)?;
+        let ctx_err = || format!("interval rule of batchnorm2d `{}`", ctx.name);
+        inputs[0].broadcast_mul(&s.abs().context(ctx_err)?).context(ctx_err)
+    }
     fn bias(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
         let (_, t) = scale_shift(ctx)?;
         let out = t.broadcast_as(ctx.out_shape.as_slice()).and_then(|t| t.contiguous());

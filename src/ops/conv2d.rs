@@ -77,6 +77,13 @@ impl OpExec for Conv2d {
             crate::kernels::conv_transpose2d(nu, w, s, p, op).context(|| format!("dual of conv2d `{}`", ctx.name))?;
         Ok(vec![out])
     }
+    /// `r ⋆ |W|`.
+    fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        let w = ctx.weight("weight")?;
+        let (s, p) = (ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
+        let ctx_err = || format!("interval rule of conv2d `{}`", ctx.name);
+        crate::kernels::conv2d(&inputs[0], &w.abs().context(ctx_err)?, s, p).context(ctx_err)
+    }
     fn bias(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
         let b = ctx.weight("bias")?;
         let c = ctx.out_shape[0];

@@ -47,12 +47,63 @@ impl NodeCtx<'_> {
     }
 }
 
-/// The relaxation `a = slope * z + delta`, `delta in [lo, hi]`, elementwise over `[B, *shape]`, stored as the
-/// midpoint and radius of the offset interval.
+/// The relaxation of an activation on `[l, u]`, elementwise over `[B, *shape]`: linear lower and upper bounds
+/// `lower · z + (mid − rad) <= σ(z) <= slope · z + (mid + rad)`. With `lower: None` both lines have the slope
+/// `slope` (the paper's form `a = slope · z + δ`, `δ ∈ [mid − rad, mid + rad]`, which the forward propagation of
+/// the layer bounds needs). With `lower: Some(a_l)` (CROWN) the lower line has its own slope: the dual rule
+/// then picks, per unit and per sign of the adjoint, the line that bounds the objective from below
+/// ([`crate::dual::objective`]); forward propagation keeps using `slope` and `[mid − rad, mid + rad]`, which
+/// stay valid.
 pub struct Relaxation {
     pub slope: Tensor,
     pub mid: Tensor,
     pub rad: Tensor,
+    pub lower: Option<Tensor>,
+}
+
+/// A family of relaxations (`--bound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// The paper's: the lower line parallel to the upper chord (reproduces the reference implementation).
+    #[default]
+    Wk,
+    /// CROWN: the lower slope chosen per unit (ReLU: 1 where `u >= -l`, else 0); layer bounds intersected with
+    /// the interval bounds; the margin is the best of the CROWN, `wk` and interval objectives.
+    Crown,
+    /// Interval bound propagation: constant relaxations `σ(z) ∈ [σ(l), σ(u)]` on interval layer bounds.
+    Ibp,
+    /// `crown` with the lower slopes optimised per example, margin and unit by projected gradient ascent on the
+    /// margin bounds ([`crate::dual::alpha`]); never below `crown` or `wk` on the same layer bounds.
+    Alpha,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Wk => "wk",
+            Family::Crown => "crown",
+            Family::Ibp => "ibp",
+            Family::Alpha => "alpha",
+        })
+    }
+}
+
+impl Relaxation {
+    /// The same relaxation with one slope for both lines (the lower line parallel to the upper one, as in the
+    /// paper). It is valid: `slope · z + [mid − rad, mid + rad]` must contain `σ(z)` whatever `lower` says
+    /// (forward propagation relies on it), and `lower` only adds a second valid lower line.
+    pub fn single_slope(&self) -> Relaxation {
+        Relaxation { slope: self.slope.clone(), mid: self.mid.clone(), rad: self.rad.clone(), lower: None }
+    }
+
+    /// The constant relaxation of a monotone activation on an interval whose outputs lie in `[lo, hi]`:
+    /// slope 0, `σ(z) ∈ [lo, hi]`.
+    pub fn constant(lo: &Tensor, hi: &Tensor) -> candle_core::Result<Relaxation> {
+        let mid = ((lo + hi)? * 0.5)?;
+        let rad = ((hi - lo)? * 0.5)?.relu()?;
+        Ok(Relaxation { slope: lo.zeros_like()?, mid, rad, lower: None })
+    }
 }
 
 fn no_rule(what: &str) -> Error {
@@ -82,6 +133,28 @@ pub trait OpExec {
     /// Activation ops: the relaxation on `[l, u]` (both `[B, *shape]`).
     fn relax(&self, _ctx: &NodeCtx, _l: &Tensor, _u: &Tensor) -> Result<Relaxation> {
         Err(no_rule("relax"))
+    }
+    /// Activation ops: the relaxation of `family`. The default is [`OpExec::relax`] for `wk` and `crown` (an op
+    /// without a per-unit lower slope relaxes the same way in both) and the constant relaxation on the interval
+    /// rule for `ibp`.
+    fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
+        match family {
+            Family::Wk | Family::Crown | Family::Alpha => self.relax(ctx, l, u),
+            Family::Ibp => {
+                let (lo, hi) = self.interval(ctx, l, u)?;
+                Relaxation::constant(&lo, &hi)
+                    .map_err(|e| Error::Tensor { context: format!("interval relaxation of `{}`", ctx.name), source: e })
+            }
+        }
+    }
+    /// Affine ops: the interval rule's radius part, `|A| r` for nonnegative radii `r` (a box `c ± r` maps into
+    /// `A c + b ± |A| r`). No default: an op with a negative coefficient must not inherit [`OpExec::linear`].
+    fn linear_abs(&self, _ctx: &NodeCtx, _inputs: &[Tensor]) -> Result<Tensor> {
+        Err(no_rule("linear_abs"))
+    }
+    /// Activation ops: the interval rule, bounds `[lo, hi]` of `σ(z)` for `z ∈ [l, u]` elementwise.
+    fn interval(&self, _ctx: &NodeCtx, _l: &Tensor, _u: &Tensor) -> Result<(Tensor, Tensor)> {
+        Err(no_rule("interval"))
     }
 }
 

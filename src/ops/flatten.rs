@@ -32,6 +32,10 @@ impl OpExec for Flatten {
         let n = lead(&inputs[0]);
         inputs[0].reshape((n, ctx.out_shape[0])).context(|| format!("flatten `{}`", ctx.name))
     }
+    /// Every coefficient is nonnegative (ones, or `1/k²` for the average), so `|A| r = A r`.
+    fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        self.linear(ctx, inputs)
+    }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         let mut dims = vec![lead(nu)];
         dims.extend_from_slice(ctx.in_shapes[0]);

@@ -73,7 +73,7 @@ pub fn hardtanh_relaxation(l: &Tensor, u: &Tensor, lo_v: f64, hi_v: f64) -> cand
     }
     let mid = ((&lo + &hi)? * 0.5)?;
     let rad = ((&hi - &lo)? * 0.5)?;
-    Ok(Relaxation { slope, mid, rad })
+    Ok(Relaxation { slope, mid, rad, lower: None })
 }
 
 impl OpExec for Hardtanh {
@@ -86,5 +86,9 @@ impl OpExec for Hardtanh {
     fn relax(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
         hardtanh_relaxation(l, u, ctx.attrs.float("min_val"), ctx.attrs.float("max_val"))
             .context(|| format!("relaxation of hardtanh `{}`", ctx.name))
+    }
+    /// Monotone: `[hardtanh(l), hardtanh(u)]`.
+    fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.activate(ctx, l)?, self.activate(ctx, u)?))
     }
 }

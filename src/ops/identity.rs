@@ -29,6 +29,10 @@ impl OpExec for Identity {
     fn linear(&self, _ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         Ok(inputs[0].clone())
     }
+    /// Every coefficient is nonnegative (ones, or `1/k²` for the average), so `|A| r = A r`.
+    fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        self.linear(ctx, inputs)
+    }
     fn transpose(&self, _ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![nu.clone()])
     }

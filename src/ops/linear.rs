@@ -66,6 +66,12 @@ impl OpExec for Linear {
         let w = ctx.weight("weight")?;
         Ok(vec![nu.matmul(w).context(|| format!("dual of linear `{}`", ctx.name))?])
     }
+    /// `r |W|ᵀ`.
+    fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
+        let w = ctx.weight("weight")?;
+        let ctx_err = || format!("interval rule of linear `{}`", ctx.name);
+        inputs[0].matmul(&w.abs().and_then(|a| a.t()).context(ctx_err)?).context(ctx_err)
+    }
     fn bias(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
         Ok(Some(ctx.weight("bias")?.clone()))
     }

@@ -39,7 +39,19 @@ pub fn relu_relaxation(l: &Tensor, u: &Tensor) -> candle_core::Result<Relaxation
     let slope = crossing.where_cond(&chord, &active.where_cond(&one, &zero)?)?;
     // offset in [0, -d l] on crossing units: mid = rad = -d l / 2.
     let half = crossing.where_cond(&((&chord * l)? * -0.5)?, &zero)?;
-    Ok(Relaxation { slope, mid: half.clone(), rad: half })
+    Ok(Relaxation { slope, mid: half.clone(), rad: half, lower: None })
+}
+
+/// CROWN's relaxation (Zhang et al. 2018): the upper line is the chord, as in [`relu_relaxation`]; the lower line
+/// of a crossing unit is `z` where `u >= -l` and `0` elsewhere (of the two, the one with the smaller area
+/// between it and the ReLU), both through the origin, so the lower offset `mid − rad` stays 0.
+pub fn relu_crown_relaxation(l: &Tensor, u: &Tensor) -> candle_core::Result<Relaxation> {
+    let mut r = relu_relaxation(l, u)?;
+    let zero = l.zeros_like()?;
+    let crossing = (l.lt(&zero)? * u.gt(&zero)?)?;
+    let one_side = u.ge(&l.neg()?)?.to_dtype(l.dtype())?;
+    r.lower = Some(crossing.where_cond(&one_side, &r.slope)?);
+    Ok(r)
 }
 
 impl OpExec for Relu {
@@ -51,5 +63,21 @@ impl OpExec for Relu {
     }
     fn relax(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
         relu_relaxation(l, u).context(|| format!("relaxation of relu `{}`", ctx.name))
+    }
+    fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
+        match family {
+            Family::Wk => self.relax(ctx, l, u),
+            Family::Crown | Family::Alpha => {
+                relu_crown_relaxation(l, u).context(|| format!("CROWN relaxation of relu `{}`", ctx.name))
+            }
+            Family::Ibp => {
+                let (lo, hi) = self.interval(ctx, l, u)?;
+                Relaxation::constant(&lo, &hi).context(|| format!("interval relaxation of relu `{}`", ctx.name))
+            }
+        }
+    }
+    /// Monotone: `[relu(l), relu(u)]`.
+    fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.activate(ctx, l)?, self.activate(ctx, u)?))
     }
 }

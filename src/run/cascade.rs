@@ -21,7 +21,6 @@ use super::train::plot::{plot_series, Series, SeriesChart};
 use super::train::trainer::{load_data, train_on};
 use crate::data::Dataset;
 use crate::diagnostics::{Code, Diagnostic};
-use crate::dual::robust::certify_batch;
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
@@ -51,7 +50,8 @@ pub struct CascadeState {
     pub stopped_early: bool,
 }
 
-/// Per-example outcome of one stage: its prediction and whether it certifies that prediction.
+/// Per-example outcome of one stage: its prediction, whether it certifies that prediction, and whether every
+/// bound was finite (an example with a non-finite bound is never certified).
 pub fn stage_outcomes(
     model: &Model,
     data: &Dataset,
@@ -61,7 +61,8 @@ pub fn stage_outcomes(
     normalize: Option<&(Vec<f64>, Vec<f64>)>,
     batch: usize,
     bar: &ProgressBar,
-) -> Result<Vec<(u32, bool)>> {
+    family: crate::ops::Family,
+) -> Result<Vec<(u32, bool, bool)>> {
     let mut out = Vec::with_capacity(data.len());
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
@@ -74,10 +75,12 @@ pub fn stage_outcomes(
         };
         let preds: Vec<u32> =
             model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
-        let cert = certify_batch(model, &set, &preds)?;
+        let opts = crate::dual::bounds::Options { family, ..Default::default() };
+        let cert = crate::dual::robust::certify_batch_with(model, &set, &preds, &opts)?;
         let lb = cert.margin_rows()?;
         let ok = cert.certified(&lb, &preds, crate::run::certify::default_safety_margin(model.dtype));
-        out.extend(preds.iter().copied().zip(ok));
+        let finite = cert.finite(&lb);
+        out.extend(preds.iter().zip(ok).zip(finite).map(|((p, c), f)| (*p, c, f)));
         bar.inc(chunk.len() as u64);
     }
     Ok(out)
@@ -220,12 +223,21 @@ pub fn cascade_train(
         let model = load_stage(graph, &dir, DType::F32, &device)?;
         let bar = if progress { ProgressBar::new(subset.len() as u64) } else { ProgressBar::hidden() };
         let normalize = cfg.mean.clone().zip(cfg.std.clone());
-        let outcomes =
-            stage_outcomes(&model, &subset, cfg.eps, cfg.norm, cfg.input_box(), normalize.as_ref(), cfg.batch, &bar)?;
+        let outcomes = stage_outcomes(
+            &model,
+            &subset,
+            cfg.eps,
+            cfg.norm,
+            cfg.input_box(),
+            normalize.as_ref(),
+            cfg.batch,
+            &bar,
+            crate::ops::Family::Wk,
+        )?;
         bar.finish_and_clear();
         let mut still = Vec::new();
         let mut certified = 0;
-        for (&i, (pred, cert)) in state.remaining.iter().zip(&outcomes) {
+        for (&i, (pred, cert, _)) in state.remaining.iter().zip(&outcomes) {
             if *cert {
                 certified += 1;
                 state.robust_train[i] = *pred as u8 == train_set.labels[i];
@@ -268,6 +280,8 @@ pub struct CascadeRecord {
 pub struct CascadeSummary {
     pub examples: usize,
     pub stages: usize,
+    /// The relaxation family of the stages' bounds.
+    pub bound: crate::ops::Family,
     pub clean_err: f64,
     pub certified_robust_err: f64,
     /// Examples each stage certified (first-certifying stage).
@@ -276,10 +290,11 @@ pub struct CascadeSummary {
     pub robust_err_by_stages: Vec<f64>,
     /// The same on the training subset, from `cascade.json`.
     pub train_robust_err_by_stages: Vec<f64>,
+    /// (stage, example) pairs whose bounds were not finite (counted as not certified by that stage).
+    pub nonfinite_bounds: usize,
 }
 
 /// Certify a data set with the cascade in `run`, on `device`.
-#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 pub fn cascade_certify(
     run: &Path,
@@ -292,7 +307,7 @@ pub fn cascade_certify(
     batch: usize,
     progress: bool,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
-    cascade_certify_with(run, data, eps, norm, bounds, dtype, device, batch, progress, None)
+    cascade_certify_with(run, data, eps, norm, bounds, dtype, device, batch, progress, None, crate::ops::Family::Wk)
 }
 
 /// [`cascade_certify`], and with `attack` PGD against every certified example on the stage that certified it:
@@ -309,10 +324,11 @@ pub fn cascade_certify_with(
     batch: usize,
     progress: bool,
     attack: Option<&crate::run::attack::PgdConfig>,
+    family: crate::ops::Family,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
     let state = read_state(run)?;
     let spec = run.join("spec.net");
-    let graph = crate::cli::load_graph(&spec)?;
+    let graph = crate::check::load_graph(&spec)?;
     // The stages' normalisation comes from their saved config.
     let stage_cfg = super::train::runfolder::RunFolder::create(&run.join("stage1"), true)?.read_config()?;
     let normalize = stage_cfg.mean.clone().zip(stage_cfg.std.clone());
@@ -321,16 +337,18 @@ pub fn cascade_certify_with(
     let mut pred: Vec<u32> = vec![0; n];
     let mut per_stage = Vec::new();
     let mut robust_by = Vec::new();
+    let mut nonfinite = 0usize;
     for k in 1..=state.stages_done {
         let model = load_stage(&graph, &run.join(format!("stage{k}")), dtype, device)?;
         let todo: Vec<usize> = (0..n).filter(|&i| stage_of[i].is_none()).collect();
         let subset = data.select(&todo);
         let bar = if progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
         bar.set_message(format!("stage {k}"));
-        let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar)?;
+        let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar, family)?;
         bar.finish_and_clear();
         let mut count = 0;
-        for (&i, (p, c)) in todo.iter().zip(&outcomes) {
+        for (&i, (p, c, f)) in todo.iter().zip(&outcomes) {
+            nonfinite += !*f as usize;
             pred[i] = *p;
             if *c {
                 stage_of[i] = Some(k);
@@ -358,11 +376,13 @@ pub fn cascade_certify_with(
     let summary = CascadeSummary {
         examples: n,
         stages: state.stages_done,
+        bound: family,
         clean_err: records.iter().filter(|r| r.prediction != r.label).count() as f64 / nf,
         certified_robust_err: records.iter().filter(|r| !(r.certified && r.prediction == r.label)).count() as f64 / nf,
         certified_per_stage: per_stage,
         robust_err_by_stages: robust_by.clone(),
         train_robust_err_by_stages: state.stages.iter().map(|s| s.cascade_train_robust_err).collect(),
+        nonfinite_bounds: nonfinite,
     };
     let chart = SeriesChart::new(
         "cascade robust error by number of stages",

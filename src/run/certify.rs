@@ -11,7 +11,7 @@ use super::attack::{pgd, Goal, PgdConfig};
 use crate::data::Dataset;
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
-use crate::dual::robust::{certify_batch, certify_batch_with, min_margin};
+use crate::dual::robust::{certify_batch_with, min_margin};
 use crate::dual::{InputSet, Model, Norm};
 use crate::error::{Context, Error, Result};
 
@@ -27,6 +27,10 @@ pub struct CertifyConfig {
     pub progress: bool,
     /// Per-channel `(mean, std)` when the network expects normalised inputs (ε stays in pixel units).
     pub normalize: Option<(Vec<f64>, Vec<f64>)>,
+    /// The relaxation family of the bounds.
+    pub family: crate::ops::Family,
+    /// `alpha`: gradient steps and step size of the lower slopes.
+    pub alpha: (usize, f64),
     /// `Some((k, δ))`: layer bounds from `k` random projections with the high-probability estimator (each
     /// layer bound holds with probability ≥ 1 − δ; paper Appendix E.1) instead of exact bounds.
     pub proj: Option<(usize, f64)>,
@@ -63,6 +67,8 @@ pub struct Summary {
     pub safety_margin: f64,
     /// `exact`, or `projected (k = K, δ = D per layer bound)`.
     pub bounds: String,
+    /// The relaxation family: `wk`, `crown` or `ibp`.
+    pub bound: crate::ops::Family,
     pub clean_err: f64,
     pub certified_robust_err: f64,
     /// Examples with a non-finite layer or margin bound (counted as not certified).
@@ -178,6 +184,7 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         dtype: format!("{:?}", model.dtype).to_lowercase(),
         device: crate::device::name(&model.device),
         safety_margin: cfg.safety_margin,
+        bound: cfg.family,
         bounds: match cfg.proj {
             None => "exact".into(),
             Some((k, d)) => format!("projected, k = {k}, each layer bound w.p. >= 1 - {d}"),
@@ -205,11 +212,23 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
     let logits = model.forward(&x)?;
     let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
     let cert = match cfg.proj {
-        None => certify_batch(model, &set, &labels)?,
+        None => {
+            let opts =
+                Options { family: cfg.family, alpha_iters: cfg.alpha.0, alpha_lr: cfg.alpha.1, ..Default::default() };
+            certify_batch_with(model, &set, &labels, &opts)?
+        }
         Some((k, delta)) => {
             // A seed per batch, fixed by the examples it holds, so a run is repeatable.
             let seed = chunk.first().map(|&i| i as u64).unwrap_or(0);
-            let opts = Options { proj: Some(k), seed, high_prob: Some(delta), ..Default::default() };
+            let opts = Options {
+                proj: Some(k),
+                seed,
+                high_prob: Some(delta),
+                family: cfg.family,
+                alpha_iters: cfg.alpha.0,
+                alpha_lr: cfg.alpha.1,
+                ..Default::default()
+            };
             certify_batch_with(model, &set, &labels, &opts)?
         }
     };

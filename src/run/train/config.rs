@@ -107,6 +107,12 @@ pub struct TrainConfig {
     pub proj: Option<usize>,
     /// `robust` (provable training, default), `plain` (clean cross-entropy) or `pgd` (adversarial training).
     pub mode: Mode,
+    /// The relaxation family of the robust loss: `wk` (the paper's, default; with or without projections) or
+    /// `ibp` (interval bounds, cheap: two forward passes). `crown` and `alpha` are for certification.
+    pub bound: crate::ops::Family,
+    /// Weight κ of the clean cross-entropy in the robust loss, `κ · CE + (1 − κ) · robust` (default 0: the
+    /// robust loss alone, as in the paper; interval training wants e.g. 0.5).
+    pub kappa: f64,
     /// PGD steps for `mode: pgd` (default 40).
     pub pgd_steps: usize,
     /// Seed for initialisation, shuffling, projections and augmentation (default 0).
@@ -147,6 +153,8 @@ impl Default for TrainConfig {
             norm: Norm::Linf,
             proj: Some(50),
             mode: Mode::Robust,
+            bound: crate::ops::Family::Wk,
+            kappa: 0.0,
             pgd_steps: 40,
             seed: 0,
             augment: false,
@@ -181,6 +189,8 @@ pub const FIELDS: &[&str] = &[
     "norm",
     "proj",
     "mode",
+    "bound",
+    "kappa",
     "pgd_steps",
     "seed",
     "augment",
@@ -311,6 +321,20 @@ impl TrainConfig {
                 "bounded",
                 "the ℓ2 ball cannot be box-constrained".into(),
                 "set `bounded: false` with `norm: l2`".into(),
+            );
+        }
+        if !(self.kappa.is_finite() && (0.0..1.0).contains(&self.kappa)) {
+            bad(
+                "kappa",
+                format!("`kappa` must be in [0, 1), got `{}`", self.kappa),
+                "the weight of the clean loss: 0 for the robust loss alone, e.g. 0.5 for interval training".into(),
+            );
+        }
+        if matches!(self.bound, crate::ops::Family::Crown | crate::ops::Family::Alpha) {
+            bad(
+                "bound",
+                format!("`bound: {}` is for certification; training takes `wk` or `ibp`", self.bound),
+                "use `bound: wk` (the paper's) or `bound: ibp` (interval bounds)".into(),
             );
         }
         if self.mode == Mode::Pgd && self.pgd_steps == 0 {
@@ -518,6 +542,12 @@ pub struct TrainOverrides {
     /// Training loss [default: robust].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Relaxation family of the robust loss: `wk` or `ibp` [default: wk].
+    #[arg(long, value_enum)]
+    pub bound: Option<crate::ops::Family>,
+    /// Weight of the clean cross-entropy in the robust loss, in [0, 1) [default: 0].
+    #[arg(long)]
+    pub kappa: Option<f64>,
     /// PGD steps for `--mode pgd` [default: 40].
     #[arg(long)]
     pub pgd_steps: Option<usize>,
@@ -581,6 +611,8 @@ impl TrainOverrides {
             cfg.proj = (k > 0).then_some(k);
         }
         set(&mut cfg.mode, &self.mode);
+        set(&mut cfg.bound, &self.bound);
+        set(&mut cfg.kappa, &self.kappa);
         set(&mut cfg.pgd_steps, &self.pgd_steps);
         set(&mut cfg.seed, &self.seed);
         set(&mut cfg.augment, &self.augment);

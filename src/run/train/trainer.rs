@@ -223,13 +223,39 @@ pub fn train_on(
             let loss = match cfg.mode {
                 Mode::Robust => {
                     let opts = Options {
+                        family: cfg.bound,
                         proj: cfg.projections(),
                         seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize),
                         ..Default::default()
                     };
                     let (lv, grads, wrong) = robust_grads(&model, &set, &labels, &opts, &vars)?;
                     robust_wrong += wrong;
-                    Step::Done(lv, grads)
+                    if cfg.kappa > 0.0 {
+                        // κ · clean cross-entropy + (1 − κ) · robust loss (Gowal et al.'s mix).
+                        let clean = (cross_entropy(&logits, &y)? * cfg.kappa).context(|| "clean loss".to_string())?;
+                        let cv: f64 =
+                            clean.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
+                        let mut g = clean.backward().context(|| "backward pass".to_string())?;
+                        for (_, v) in &vars {
+                            let t = v.as_tensor();
+                            let r = grads
+                                .get(t)
+                                .map(|r| r * (1.0 - cfg.kappa))
+                                .transpose()
+                                .context(|| "mixing gradients".to_string())?;
+                            let sum = match (g.get(t), r) {
+                                (Some(a), Some(b)) => Some((a + b).context(|| "mixing gradients".to_string())?),
+                                (None, Some(b)) => Some(b),
+                                (a, None) => a.cloned(),
+                            };
+                            if let Some(s) = sum {
+                                g.insert(t, s);
+                            }
+                        }
+                        Step::Done(cv + (1.0 - cfg.kappa) * lv, g)
+                    } else {
+                        Step::Done(lv, grads)
+                    }
                 }
                 Mode::Plain => Step::Loss(cross_entropy(&logits, &y)?),
                 Mode::Pgd => {
@@ -298,6 +324,13 @@ pub fn train_on(
         // Evaluation: exact certified error at the final ε on the test subset.
         let eval = detached(&model);
         let ccfg = CertifyConfig {
+            // The paper's exact bounds for its own training; a network trained on interval bounds is hopeless
+            // for them, so it is evaluated with `crown` (which is never looser than its interval bounds).
+            family: match cfg.bound {
+                crate::ops::Family::Ibp => crate::ops::Family::Crown,
+                _ => crate::ops::Family::Wk,
+            },
+            alpha: (0, 0.1),
             eps: cfg.eps,
             norm: cfg.norm,
             bounds: cfg.input_box(),

@@ -1,0 +1,222 @@
+//! The relaxation families (`--bound wk|crown|ibp|alpha`) on random small networks of every supported kind:
+//! - soundness: no sampled point, corner or PGD point of the set has a margin below the family's bound, and
+//!   every activation input lies within the family's layer bounds;
+//! - `crown` is never looser than `ibp`, example by example, and its layer bounds lie inside the interval ones
+//!   (they are intersected with them); `alpha` is never looser than `wk` or `crown`;
+//! - at ε = 0 every family gives the clean margin;
+//! - every affine op's interval rule encloses its linear map: `|A r'| <= |A| r` for every `|r'| <= r`.
+//!
+//! The networks are made here (random weights), so nothing outside the repository is needed.
+
+use candle_core::{DType, Device, Tensor};
+use dualnet::check::check_source;
+use dualnet::dual::bounds::Options;
+use dualnet::dual::robust::{certify_batch_with, Certificate};
+use dualnet::dual::{InputSet, Model, Norm};
+use dualnet::ops::{Family, Role};
+use dualnet::run::attack::{pgd, Goal, PgdConfig};
+use dualnet::weights::Weights;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+const SPECS: &[(&str, &str)] = &[
+    ("mlp", "network m { input x: [1, 6, 6]  f = flatten(x)  l1 = linear(f, out=12)  r1 = relu(l1)  l2 = linear(r1, out=10)  r2 = relu(l2)  l3 = linear(r2, out=4)  output l3 }"),
+    ("conv", "network m { input x: [2, 8, 8]  c1 = conv2d(x, out=4, kernel=3, stride=2, padding=1)  r1 = relu(c1)  c2 = conv2d(r1, out=4, kernel=2, stride=1, padding=0)  r2 = relu(c2)  f = flatten(r2)  l = linear(f, out=3)  output l }"),
+    ("residual", "network m { input x: [1, 8, 8]  c0 = conv2d(x, out=3, kernel=3, padding=1)  r0 = relu(c0)  c1 = conv2d(r0, out=3, kernel=3, padding=1)  r1 = relu(c1)  k = conv2d(r0, out=3, kernel=1)  s = r1 + k + c0  r2 = relu(s)  f = flatten(r2)  l = linear(f, out=5)  output l }"),
+    ("batchnorm", "network m { input x: [1, 8, 8]  c1 = conv2d(x, out=4, kernel=3, stride=1, padding=1)  b1 = batchnorm2d(c1)  r1 = relu(b1)  p = avgpool2d(r1, kernel=2)  f = flatten(p)  i = identity(f)  l = linear(i, out=4)  output l }"),
+    ("hardtanh", "network m { input x: [6]  l1 = linear(x, out=10)  h1 = hardtanh(l1)  l2 = linear(h1, out=8)  h2 = hardtanh(l2, min_val=-0.5, max_val=0.7)  l3 = linear(h2, out=3)  output l3 }"),
+];
+
+const FAMILIES: [Family; 4] = [Family::Wk, Family::Crown, Family::Ibp, Family::Alpha];
+
+/// Random weights (scaled up so that every ReLU regime occurs) and random batchnorm statistics.
+fn model(spec: &str, seed: u64, scale: f64) -> Model {
+    let g = check_source("t.net", spec).graph.expect("spec");
+    let mut w = Weights::init(&g, seed, DType::F64, &Device::Cpu).expect("init");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    for node in w.per_node.iter_mut() {
+        for (k, t) in node.iter_mut() {
+            let n = t.elem_count();
+            let v: Vec<f64> = match k.as_str() {
+                "running_var" => (0..n).map(|_| rng.random_range(0.2..2.0)).collect(),
+                "running_mean" | "bias" => (0..n).map(|_| rng.random_range(-0.3..0.3)).collect(),
+                "weight" if t.rank() == 1 => {
+                    (0..n).map(|_| rng.random_range(0.5..1.5) * if rng.random_bool(0.3) { -1.0 } else { 1.0 }).collect()
+                }
+                _ => t
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f64>())
+                    .expect("w")
+                    .into_iter()
+                    .map(|x| x * scale)
+                    .collect(),
+            };
+            *t = Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor");
+        }
+    }
+    Model::new(g, w, DType::F64, Device::Cpu)
+}
+
+fn inputs(m: &Model, b: usize, seed: u64) -> (Tensor, Vec<u32>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut s = vec![b];
+    s.extend(m.graph.input_shape().iter().copied());
+    let n: usize = s.iter().product();
+    let x: Vec<f64> = (0..n).map(|_| rng.random_range(0.0..1.0)).collect();
+    let k = m.graph.num_classes() as u32;
+    (Tensor::from_vec(x, s, &Device::Cpu).expect("x"), (0..b).map(|_| rng.random_range(0..k)).collect())
+}
+
+fn margins(m: &Model, x: &Tensor, labels: &[u32]) -> Vec<Vec<f64>> {
+    let logits: Vec<Vec<f64>> = m.forward(x).expect("forward").to_vec2().expect("logits");
+    logits.iter().zip(labels).map(|(row, &y)| row.iter().map(|v| row[y as usize] - v).collect()).collect()
+}
+
+fn certify(m: &Model, set: &InputSet, labels: &[u32], family: Family) -> Certificate {
+    certify_batch_with(m, set, labels, &Options { family, ..Default::default() }).expect("bounds")
+}
+
+/// Every margin at `xp` is >= its bound and every activation input lies within its layer bounds.
+fn assert_sound(m: &Model, labels: &[u32], xp: &Tensor, cert: &Certificate, what: &str) {
+    let tol = 1e-9;
+    let lb: Vec<Vec<f64>> = cert.margin_lb.to_vec2().expect("lb");
+    for (b, (row, lrow)) in margins(m, xp, labels).iter().zip(&lb).enumerate() {
+        for (j, (v, l)) in row.iter().zip(lrow).enumerate() {
+            assert!(*v >= l - tol, "{what}: example {b} class {j}: margin {v} below its bound {l}");
+        }
+    }
+    let vals = m.forward_all(xp).expect("forward_all");
+    for (z, l, u) in &cert.bounds.layers {
+        let v: Vec<f64> = vals[z.index()].as_ref().expect("v").flatten_all().and_then(|t| t.to_vec1()).expect("v");
+        let l: Vec<f64> = l.flatten_all().and_then(|t| t.to_vec1()).expect("l");
+        let u: Vec<f64> = u.flatten_all().and_then(|t| t.to_vec1()).expect("u");
+        for i in 0..v.len() {
+            assert!(
+                v[i] >= l[i] - tol && v[i] <= u[i] + tol,
+                "{what}: `{}` unit {i}: {} outside [{}, {}]",
+                m.graph.node(*z).name,
+                v[i],
+                l[i],
+                u[i]
+            );
+        }
+    }
+}
+
+fn check(idx: usize, seed: u64, eps: f64, norm: Norm, bounded: bool) {
+    let (name, spec) = SPECS[idx];
+    let m = model(spec, seed, 1.5);
+    let (x, labels) = inputs(&m, 3, seed + 7);
+    let set = InputSet::new(&x, &[eps, eps * 0.5, eps * 2.0], norm, bounded.then_some((0.0, 1.0))).expect("set");
+    let certs: Vec<Certificate> = FAMILIES.iter().map(|f| certify(&m, &set, &labels, *f)).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let pc = PgdConfig { steps: 20, step_size: None, restarts: 1, seed };
+    for (f, cert) in FAMILIES.iter().zip(&certs) {
+        let what = format!("{f} on {name} seed {seed} eps {eps} {norm} bounded {bounded}");
+        for _ in 0..8 {
+            assert_sound(&m, &labels, &set.random_point(&mut rng).expect("p"), cert, &format!("{what} (random point)"));
+            assert_sound(&m, &labels, &set.random_corner(&mut rng).expect("c"), cert, &format!("{what} (corner)"));
+        }
+        for j in 0..m.graph.num_classes() {
+            let (p, _) = pgd(&m, &set, &labels, eps * 2.0, Goal::Target(j), &pc).expect("pgd");
+            assert_sound(&m, &labels, &p, cert, &format!("{what} (PGD towards {j})"));
+        }
+    }
+    // crown >= ibp per margin, and its layer bounds lie inside the interval ones.
+    let crown: Vec<Vec<f64>> = certs[1].margin_lb.to_vec2().expect("crown");
+    let ibp: Vec<Vec<f64>> = certs[2].margin_lb.to_vec2().expect("ibp");
+    for (a, b) in crown.iter().flatten().zip(ibp.iter().flatten()) {
+        assert!(*a >= b - 1e-9, "{name}: crown margin {a} below the interval margin {b}");
+    }
+    // alpha >= max(wk, crown) per margin.
+    let wk: Vec<Vec<f64>> = certs[0].margin_lb.to_vec2().expect("wk");
+    let alpha: Vec<Vec<f64>> = certs[3].margin_lb.to_vec2().expect("alpha");
+    for ((a, w), c) in alpha.iter().flatten().zip(wk.iter().flatten()).zip(crown.iter().flatten()) {
+        assert!(*a >= w.max(*c) - 1e-9, "{name}: alpha margin {a} below wk {w} or crown {c}");
+    }
+    for ((z, l, u), (z2, li, ui)) in certs[1].bounds.layers.iter().zip(&certs[2].bounds.layers) {
+        assert_eq!(z, z2);
+        let d = |a: &Tensor, b: &Tensor| -> Vec<f64> {
+            (a - b).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("d")
+        };
+        assert!(d(l, li).iter().all(|v| *v >= -1e-9), "{name}: crown lower bound below the interval one");
+        assert!(d(ui, u).iter().all(|v| *v >= -1e-9), "{name}: crown upper bound above the interval one");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    #[test]
+    fn every_family_is_sound(idx in 0..SPECS.len(), seed in 0u64..1000, eps in 0.001f64..0.3, l2 in any::<bool>(), bounded in any::<bool>()) {
+        let norm = if l2 { Norm::L2 } else { Norm::Linf };
+        check(idx, seed, if l2 { eps * 4.0 } else { eps }, norm, bounded && !l2);
+    }
+}
+
+#[test]
+fn every_network_kind_is_sound_in_every_family() {
+    for idx in 0..SPECS.len() {
+        check(idx, 1, 0.05, Norm::Linf, false);
+        check(idx, 2, 0.1, Norm::Linf, true);
+        check(idx, 3, 0.5, Norm::L2, false);
+    }
+}
+
+#[test]
+fn zero_epsilon_gives_the_clean_margin_in_every_family() {
+    for (idx, (name, spec)) in SPECS.iter().enumerate() {
+        let m = model(spec, idx as u64, 1.0);
+        let (x, labels) = inputs(&m, 2, 3);
+        let set = InputSet::new(&x, &[0.0, 0.0], Norm::Linf, None).expect("set");
+        let clean = margins(&m, &x, &labels);
+        for f in FAMILIES {
+            let lb: Vec<Vec<f64>> = certify(&m, &set, &labels, f).margin_lb.to_vec2().expect("lb");
+            for (a, b) in lb.iter().flatten().zip(clean.iter().flatten()) {
+                assert!((a - b).abs() < 1e-9, "{f} on {name}: bound {a} != clean margin {b} at eps 0");
+            }
+        }
+    }
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
+}
+
+/// The interval rule of every affine op encloses it: for random radii `r >= 0` and points `r' = s ⊙ r` with
+/// random `s ∈ [-1, 1]`, `|A r'| <= |A| r` elementwise.
+#[test]
+fn interval_rules_enclose_the_linear_maps() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut checked = 0;
+    for (name, spec) in SPECS {
+        let m = model(spec, 4, 1.0);
+        let g = &m.graph;
+        for i in g.order() {
+            let Some(op) = g.node(i).kind.op() else { continue };
+            if op.role() != Role::Affine {
+                continue;
+            }
+            let ctx = m.ctx(i);
+            let rand_t = |shape: &[usize], lo: f64, rng: &mut rand::rngs::StdRng| {
+                let mut s = vec![2];
+                s.extend_from_slice(shape);
+                let n: usize = s.iter().product();
+                Tensor::from_vec((0..n).map(|_| rng.random_range(lo..1.0)).collect::<Vec<f64>>(), s, &Device::Cpu)
+                    .expect("t")
+            };
+            let rs: Vec<Tensor> = g.node(i).inputs.iter().map(|j| rand_t(&g.node(*j).shape, 0.0, &mut rng)).collect();
+            let bound: Vec<f64> = flat(&op.linear_abs(&ctx, &rs).expect("abs"));
+            for _ in 0..5 {
+                let pts: Vec<Tensor> =
+                    rs.iter().map(|r| (r * rand_t(&r.dims()[1..], -1.0, &mut rng)).expect("pt")).collect();
+                let v: Vec<f64> = flat(&op.linear(&ctx, &pts).expect("linear"));
+                for (a, b) in v.iter().zip(&bound) {
+                    assert!(a.abs() <= b + 1e-12, "{name}/{}: |A r'| = {} > |A| r = {b}", g.node(i).name, a.abs());
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} affine nodes checked");
+}
