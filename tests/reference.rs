@@ -240,6 +240,10 @@ fn check_case(case: &str, dir: &Path, exp: &Expected, dtype: DType) {
             box_lo: 0.0,
             box_hi: 1.0,
             dtype: if dtype == DType::F64 { DTypeArg::F64 } else { DTypeArg::F32 },
+            // The paper's relaxation (the default of `bounds`), as the reference computes it.
+            bound: None,
+            alpha_iters: dualnet::dual::bounds::DEFAULT_ALPHA_ITERS,
+            alpha_lr: dualnet::dual::bounds::DEFAULT_ALPHA_LR,
         };
         let out: BoundsJson = compute(&model, &x, &labels, &set).expect("bounds compute");
         let ours = serde_json::to_value(&out).expect("to json");

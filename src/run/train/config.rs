@@ -650,7 +650,7 @@ mod tests {
         assert_eq!(c.data, "mnist");
         assert!(c.spec.is_none() && c.mean.is_none() && c.std.is_none() && c.grad_clip.is_none());
         assert_eq!(c.device, DeviceSpec::Cpu);
-        assert_eq!(FIELDS.len(), 28);
+        assert_eq!(FIELDS.len(), 30);
     }
 
     #[test]
