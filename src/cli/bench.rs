@@ -4,6 +4,9 @@
 //!
 //! - `cert1000`: exact certification of the first 1000 MNIST test images, `mnist_small_trained` weights,
 //!   ℓ∞ ε = 0.1 with the [0, 1] box, batch 50, f32 (reference: 45.4 s, 2.1 GB; target ≤ 20 s, ≤ 1 GB).
+//! - `crown1000`: the same with `--bound crown` (auto_LiRPA CROWN: 26.9 s, 1.6 GB, 45.9%; target ≤ 5.4 s).
+//! - `alpha200`: `--bound alpha` (20 iterations) on the first 200 images (auto_LiRPA α-CROWN: 408 s, 9.2 GB,
+//!   43.5%; target ≤ 41 s, ≤ 1 GB).
 //! - `step_exact`: one exact robust-loss forward + backward on the first 50 test images without the box, f32
 //!   (reference: 24.7 s, 6.9 GB; target ≤ 12 s, ≤ 3 GB).
 //!
@@ -58,7 +61,8 @@ pub struct Args {
     pub device: DeviceSpec,
 }
 
-const CONFIGS: &[&str] = &["cert1000", "step_exact", "step_proj50", "train1000", "step_large_proj50", "scaling"];
+const CONFIGS: &[&str] =
+    &["cert1000", "crown1000", "alpha200", "step_exact", "step_proj50", "train1000", "step_large_proj50", "scaling"];
 
 /// Seconds for one robust-loss forward + backward on `x` (median of `runs` after `warmup` unmeasured steps),
 /// through the same batch-parallel step the trainer uses.
@@ -139,12 +143,18 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
     let device = args.device.open_seeded(0)?;
     let device = &device;
     match name {
-        "cert1000" => {
+        "cert1000" | "crown1000" | "alpha200" => {
+            use crate::ops::Family;
             let model = small_model(args, device)?;
-            let data = data::load("mnist", &args.data_dir, Split::Test)?.limit(args.limit);
+            let (family, limit) = match name {
+                "crown1000" => (Family::Crown, args.limit),
+                "alpha200" => (Family::Alpha, 200.min(args.limit)),
+                _ => (Family::Wk, args.limit),
+            };
+            let data = data::load("mnist", &args.data_dir, Split::Test)?.limit(limit);
             let cfg = CertifyConfig {
-                family: crate::ops::Family::Wk,
-                alpha: (0, 0.1),
+                family,
+                alpha: (crate::dual::bounds::DEFAULT_ALPHA_ITERS, crate::dual::bounds::DEFAULT_ALPHA_LR),
                 eps: 0.1,
                 norm: Norm::Linf,
                 bounds: Some((0.0, 1.0)),
@@ -269,21 +279,29 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let targets = [
         ("cert1000", 20.0, 1024.0, 45.4, 2100.0),
+        // Peers: auto_LiRPA 0.7.1 CROWN (1000 images) and α-CROWN, 20 iterations (200 images), same machine.
+        ("crown1000", 5.4, f64::NAN, 26.9, 1600.0),
+        ("alpha200", 41.0, 1024.0, 408.0, 9200.0),
         ("step_exact", 12.0, 3072.0, 24.7, 6900.0),
         ("step_proj50", 0.5, 1024.0, 1.15, 1300.0),
         ("train1000", 18.0, 1024.0, 23.3, f64::NAN),
         ("step_large_proj50", 10.0, f64::NAN, 30.5, 5900.0),
     ];
-    println!("{:<12} {:>9} {:>11} {:>12} {:>14}", "config", "seconds", "peak MB", "target s/MB", "reference s/MB");
+    println!(
+        "{:<17} {:>9} {:>11} {:>12} {:>14} {:>11}",
+        "config", "seconds", "peak MB", "target s/MB", "peer s/MB", "certified"
+    );
     for (name, ts, tm, rs, rm) in targets {
         let Some(v) = results.get(name) else { continue };
+        let cert = v["certified_robust_err"].as_f64().map(|e| format!("{:.1}% err", 100.0 * e)).unwrap_or_default();
         println!(
-            "{:<12} {:>9.2} {:>11.0} {:>12} {:>14}",
+            "{:<17} {:>9.2} {:>11.0} {:>12} {:>14} {:>11}",
             name,
             v["seconds"].as_f64().unwrap_or(f64::NAN),
             v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
             format!("{ts}/{tm}"),
-            format!("{rs}/{rm}")
+            format!("{rs}/{rm}"),
+            cert
         );
     }
     if let Some(rows) = results.get("scaling").and_then(|v| v["rows"].as_array()) {
