@@ -20,7 +20,8 @@
 //! a superset of the true support of every example because every affine op's linear part with all-ones
 //! weights has non-negative coefficients wherever the real op can have a non-zero one (linear, conv2d,
 //! batchnorm `γ/√(var+ε)`, avgpool, flatten, identity, sums), and an activation's relaxation only scales a unit
-//! by a slope `d ∈ [0, 1]`. Groups come from a greedy colouring of the conflict graph (two directions conflict
+//! by a slope `d ∈ [0, 1]`. Each affine op declares this property ([`crate::ops::OpExec::groupable`], default
+//! `false`); a graph with an op that does not is bounded without grouping. Groups come from a greedy colouring of the conflict graph (two directions conflict
 //! when their supports meet at some target).
 
 use std::collections::HashMap;
@@ -56,6 +57,14 @@ pub fn plan(model: &Model, targets: &[NodeIndex]) -> Result<Option<Grouping>> {
     let in_shape = g.input_shape().to_vec();
     let n_in: usize = in_shape.iter().product();
     if n_in < 16 {
+        return Ok(None);
+    }
+    // Every affine op the supports pass through must declare that all-ones weights reveal its supports.
+    let undeclared = g
+        .order()
+        .take_while(|i| i.index() <= last)
+        .any(|i| g.node(i).kind.op().is_some_and(|op| op.role() == Role::Affine && !op.groupable()));
+    if undeclared {
         return Ok(None);
     }
     let ones: Vec<_> = model

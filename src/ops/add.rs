@@ -32,6 +32,10 @@ impl Op for Add {
 }
 
 impl OpExec for Add {
+    /// All-ones weights give positive coefficients wherever the op's can be non-zero.
+    fn groupable(&self) -> bool {
+        true
+    }
     fn role(&self) -> Role {
         Role::Affine
     }

@@ -61,6 +61,10 @@ fn kernel(ctx: &NodeCtx, dtype: candle_core::DType, device: &Device) -> candle_c
 }
 
 impl OpExec for AvgPool2d {
+    /// All-ones weights give positive coefficients wherever the op's can be non-zero.
+    fn groupable(&self) -> bool {
+        true
+    }
     fn role(&self) -> Role {
         Role::Affine
     }

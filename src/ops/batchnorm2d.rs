@@ -68,6 +68,10 @@ fn scale_shift(ctx: &NodeCtx) -> Result<(Tensor, Tensor)> {
 }
 
 impl OpExec for BatchNorm2d {
+    /// All-ones weights give positive coefficients wherever the op's can be non-zero.
+    fn groupable(&self) -> bool {
+        true
+    }
     fn role(&self) -> Role {
         Role::Affine
     }

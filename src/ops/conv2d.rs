@@ -60,6 +60,10 @@ impl Op for Conv2d {
 }
 
 impl OpExec for Conv2d {
+    /// All-ones weights give positive coefficients wherever the op's can be non-zero.
+    fn groupable(&self) -> bool {
+        true
+    }
     fn role(&self) -> Role {
         Role::Affine
     }

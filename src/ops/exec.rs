@@ -147,6 +147,14 @@ pub trait OpExec {
             }
         }
     }
+    /// Affine ops: whether the input grouping of exact bounds ([`crate::dual::grouping`]) may rely on this op:
+    /// with every weight set to one, its linear part must have a positive coefficient wherever the real op can
+    /// have a non-zero one (so pushing indicator rows through it finds a superset of the true supports). The
+    /// default is `false`: a graph with an op that does not declare it is bounded without grouping (exact, the
+    /// same bounds, slower) rather than with groups that could overlap.
+    fn groupable(&self) -> bool {
+        false
+    }
     /// Affine ops: the interval rule's radius part, `|A| r` for nonnegative radii `r` (a box `c ± r` maps into
     /// `A c + b ± |A| r`). No default: an op with a negative coefficient must not inherit [`OpExec::linear`].
     fn linear_abs(&self, _ctx: &NodeCtx, _inputs: &[Tensor]) -> Result<Tensor> {

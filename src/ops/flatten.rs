@@ -25,6 +25,10 @@ impl Op for Flatten {
 }
 
 impl OpExec for Flatten {
+    /// All-ones weights give positive coefficients wherever the op's can be non-zero.
+    fn groupable(&self) -> bool {
+        true
+    }
     fn role(&self) -> Role {
         Role::Affine
     }

@@ -23,6 +23,10 @@ impl Op for Identity {
 }
 
 impl OpExec for Identity {
+    /// All-ones weights give positive coefficients wherever the op's can be non-zero.
+    fn groupable(&self) -> bool {
+        true
+    }
     fn role(&self) -> Role {
         Role::Affine
     }

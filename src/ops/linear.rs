@@ -53,6 +53,10 @@ impl Op for Linear {
 }
 
 impl OpExec for Linear {
+    /// All-ones weights give positive coefficients wherever the op's can be non-zero.
+    fn groupable(&self) -> bool {
+        true
+    }
     fn role(&self) -> Role {
         Role::Affine
     }
