@@ -48,9 +48,20 @@ fn cascade_trains_resumes_between_stages_and_certifies() {
 
     let test = data::load("mnist", &data_dir, Split::Test).expect("test").limit(60);
     let cpu = candle_core::Device::Cpu;
-    let (records, summary) =
-        cascade_certify(&out, &test, 0.02, Norm::Linf, Some((0.0, 1.0)), candle_core::DType::F32, &cpu, 30, false)
-            .expect("certify");
+    let (records, summary) = cascade_certify(
+        &out,
+        &test,
+        0.02,
+        Norm::Linf,
+        Some((0.0, 1.0)),
+        candle_core::DType::F32,
+        &cpu,
+        30,
+        false,
+        Some(&dualnet::run::attack::PgdConfig { steps: 10, ..Default::default() }),
+        dualnet::ops::Family::Wk,
+    )
+    .expect("certify");
     assert_eq!(records.len(), 60);
     let certified = records.iter().filter(|r| r.certified).count();
     assert_eq!(summary.certified_per_stage.iter().sum::<usize>(), certified);

@@ -8,69 +8,19 @@
 //!
 //! The networks are made here (random weights), so nothing outside the repository is needed.
 
-use candle_core::{DType, Device, Tensor};
-use dualnet::check::check_source;
+use candle_core::{Device, Tensor};
 use dualnet::dual::bounds::Options;
 use dualnet::dual::robust::{certify_batch_with, Certificate};
 use dualnet::dual::{InputSet, Model, Norm};
 use dualnet::ops::{Family, Role};
 use dualnet::run::attack::{pgd, Goal, PgdConfig};
-use dualnet::weights::Weights;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
-const SPECS: &[(&str, &str)] = &[
-    ("mlp", "network m { input x: [1, 6, 6]  f = flatten(x)  l1 = linear(f, out=12)  r1 = relu(l1)  l2 = linear(r1, out=10)  r2 = relu(l2)  l3 = linear(r2, out=4)  output l3 }"),
-    ("conv", "network m { input x: [2, 8, 8]  c1 = conv2d(x, out=4, kernel=3, stride=2, padding=1)  r1 = relu(c1)  c2 = conv2d(r1, out=4, kernel=2, stride=1, padding=0)  r2 = relu(c2)  f = flatten(r2)  l = linear(f, out=3)  output l }"),
-    ("residual", "network m { input x: [1, 8, 8]  c0 = conv2d(x, out=3, kernel=3, padding=1)  r0 = relu(c0)  c1 = conv2d(r0, out=3, kernel=3, padding=1)  r1 = relu(c1)  k = conv2d(r0, out=3, kernel=1)  s = r1 + k + c0  r2 = relu(s)  f = flatten(r2)  l = linear(f, out=5)  output l }"),
-    ("batchnorm", "network m { input x: [1, 8, 8]  c1 = conv2d(x, out=4, kernel=3, stride=1, padding=1)  b1 = batchnorm2d(c1)  r1 = relu(b1)  p = avgpool2d(r1, kernel=2)  f = flatten(p)  i = identity(f)  l = linear(i, out=4)  output l }"),
-    ("hardtanh", "network m { input x: [6]  l1 = linear(x, out=10)  h1 = hardtanh(l1)  l2 = linear(h1, out=8)  h2 = hardtanh(l2, min_val=-0.5, max_val=0.7)  l3 = linear(h2, out=3)  output l3 }"),
-];
+mod common;
+use common::nets::{inputs, margins, model, SPECS};
 
 const FAMILIES: [Family; 4] = [Family::Wk, Family::Crown, Family::Ibp, Family::Alpha];
-
-/// Random weights (scaled up so that every ReLU regime occurs) and random batchnorm statistics.
-fn model(spec: &str, seed: u64, scale: f64) -> Model {
-    let g = check_source("t.net", spec).graph.expect("spec");
-    let mut w = Weights::init(&g, seed, DType::F64, &Device::Cpu).expect("init");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-    for node in w.per_node.iter_mut() {
-        for (k, t) in node.iter_mut() {
-            let n = t.elem_count();
-            let v: Vec<f64> = match k.as_str() {
-                "running_var" => (0..n).map(|_| rng.random_range(0.2..2.0)).collect(),
-                "running_mean" | "bias" => (0..n).map(|_| rng.random_range(-0.3..0.3)).collect(),
-                "weight" if t.rank() == 1 => {
-                    (0..n).map(|_| rng.random_range(0.5..1.5) * if rng.random_bool(0.3) { -1.0 } else { 1.0 }).collect()
-                }
-                _ => t
-                    .flatten_all()
-                    .and_then(|t| t.to_vec1::<f64>())
-                    .expect("w")
-                    .into_iter()
-                    .map(|x| x * scale)
-                    .collect(),
-            };
-            *t = Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor");
-        }
-    }
-    Model::new(g, w, DType::F64, Device::Cpu)
-}
-
-fn inputs(m: &Model, b: usize, seed: u64) -> (Tensor, Vec<u32>) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut s = vec![b];
-    s.extend(m.graph.input_shape().iter().copied());
-    let n: usize = s.iter().product();
-    let x: Vec<f64> = (0..n).map(|_| rng.random_range(0.0..1.0)).collect();
-    let k = m.graph.num_classes() as u32;
-    (Tensor::from_vec(x, s, &Device::Cpu).expect("x"), (0..b).map(|_| rng.random_range(0..k)).collect())
-}
-
-fn margins(m: &Model, x: &Tensor, labels: &[u32]) -> Vec<Vec<f64>> {
-    let logits: Vec<Vec<f64>> = m.forward(x).expect("forward").to_vec2().expect("logits");
-    logits.iter().zip(labels).map(|(row, &y)| row.iter().map(|v| row[y as usize] - v).collect()).collect()
-}
 
 fn certify(m: &Model, set: &InputSet, labels: &[u32], family: Family) -> Certificate {
     certify_batch_with(m, set, labels, &Options { family, ..Default::default() }).expect("bounds")

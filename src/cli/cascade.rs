@@ -9,7 +9,7 @@ use super::bounds::SetArgs;
 use super::certify::DataArgs;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::run::cascade::{cascade_certify_with, cascade_train, CascadeRecord, CascadeSummary};
+use crate::run::cascade::{cascade_certify, cascade_train, CascadeRecord, CascadeSummary};
 use crate::run::train::config::{TrainConfig, TrainOverrides};
 
 #[derive(clap::Subcommand, Debug)]
@@ -102,7 +102,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             a.set.validate()?;
             let device = a.device.open()?;
             let data = a.data.load()?;
-            let (records, s) = cascade_certify_with(
+            let (records, s) = cascade_certify(
                 &a.run,
                 &data,
                 a.set.eps,

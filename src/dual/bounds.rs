@@ -338,6 +338,30 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// Record the bounds `l, u` of activation input `z` (after the test hook `poison`, if it aims at this
+    /// layer) and fold their per-example finiteness into [`Bounds::finite`].
+    fn push_layer(
+        &mut self,
+        z: NodeIndex,
+        l: Tensor,
+        u: Tensor,
+        poison: Option<Poison>,
+        b: usize,
+    ) -> candle_core::Result<()> {
+        let (l, u) = match poison {
+            Some(p) if p.layer == self.layers.len() => match p.upper {
+                false => (p.apply(&l)?, u),
+                true => (l, p.apply(&u)?),
+            },
+            _ => (l, u),
+        };
+        for (f, ok) in self.finite.iter_mut().zip(rows_finite(&l, &u, b)?) {
+            *f &= ok;
+        }
+        self.layers.push((z, l, u));
+        Ok(())
+    }
+
     pub fn of(&self, z: NodeIndex) -> Option<(&Tensor, &Tensor)> {
         self.layers.iter().find(|(n, _, _)| *n == z).map(|(_, l, u)| (l, u))
     }
@@ -538,17 +562,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 }
                                 None => (l, u),
                             };
-                            let (l, u) = match opts.poison {
-                                Some(p) if p.layer == out.layers.len() => match p.upper {
-                                    false => (p.apply(&l).context(ctx_err)?, u),
-                                    true => (l, p.apply(&u).context(ctx_err)?),
-                                },
-                                _ => (l, u),
-                            };
-                            for (f, ok) in out.finite.iter_mut().zip(rows_finite(&l, &u, b).context(ctx_err)?) {
-                                *f &= ok;
-                            }
-                            out.layers.push((z, l, u));
+                            out.push_layer(z, l, u, opts.poison, b).context(ctx_err)?;
                         }
                         let (l, u) = match out.of(z) {
                             Some((l, u)) => (l.clone(), u.clone()),
@@ -621,17 +635,7 @@ fn interval_family(
         if out.of(z).is_none() {
             let (l, u) =
                 iv[z.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal: interval missing".into()))?;
-            let (l, u) = match opts.poison {
-                Some(p) if p.layer == out.layers.len() => match p.upper {
-                    false => (p.apply(&l).context(ctx_err)?, u),
-                    true => (l, p.apply(&u).context(ctx_err)?),
-                },
-                _ => (l, u),
-            };
-            for (f, ok) in out.finite.iter_mut().zip(rows_finite(&l, &u, b).context(ctx_err)?) {
-                *f &= ok;
-            }
-            out.layers.push((z, l, u));
+            out.push_layer(z, l, u, opts.poison, b).context(ctx_err)?;
         }
         let (l, u) = match out.of(z) {
             Some((l, u)) => (l.clone(), u.clone()),

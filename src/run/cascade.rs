@@ -294,26 +294,11 @@ pub struct CascadeSummary {
     pub nonfinite_bounds: usize,
 }
 
-/// Certify a data set with the cascade in `run`, on `device`.
+/// Certify a data set with the cascade in `run`, on `device`, with the bounds of `family`; with `attack`, PGD
+/// against every certified example on the stage that certified it: a success contradicts the certificate and
+/// stops with E0900.
 #[allow(clippy::too_many_arguments)]
 pub fn cascade_certify(
-    run: &Path,
-    data: &Dataset,
-    eps: f64,
-    norm: Norm,
-    bounds: Option<(f64, f64)>,
-    dtype: DType,
-    device: &Device,
-    batch: usize,
-    progress: bool,
-) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
-    cascade_certify_with(run, data, eps, norm, bounds, dtype, device, batch, progress, None, crate::ops::Family::Wk)
-}
-
-/// [`cascade_certify`], and with `attack` PGD against every certified example on the stage that certified it:
-/// a success contradicts the certificate and stops with E0900.
-#[allow(clippy::too_many_arguments)]
-pub fn cascade_certify_with(
     run: &Path,
     data: &Dataset,
     eps: f64,

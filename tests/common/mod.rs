@@ -12,6 +12,8 @@
 //! twice: with the data, and with `DUALNET_SHARED` pointed at an empty folder and `CI=false`.
 #![allow(dead_code)]
 
+pub mod nets;
+
 use std::path::{Path, PathBuf};
 
 /// The repository root.

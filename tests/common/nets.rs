@@ -1,0 +1,61 @@
+//! Small networks shared by the soundness and relaxation-family tests: small networks of every supported kind with
+//! random weights (scaled so that every ReLU regime occurs), random inputs, and true margins.
+
+use candle_core::{DType, Device, Tensor};
+use dualnet::check::check_source;
+use dualnet::dual::Model;
+use dualnet::weights::Weights;
+use rand::{Rng, SeedableRng};
+
+pub const SPECS: &[(&str, &str)] = &[
+    ("mlp", "network m { input x: [1, 6, 6]  f = flatten(x)  l1 = linear(f, out=12)  r1 = relu(l1)  l2 = linear(r1, out=10)  r2 = relu(l2)  l3 = linear(r2, out=4)  output l3 }"),
+    ("conv", "network m { input x: [2, 8, 8]  c1 = conv2d(x, out=4, kernel=3, stride=2, padding=1)  r1 = relu(c1)  c2 = conv2d(r1, out=4, kernel=2, stride=1, padding=0)  r2 = relu(c2)  f = flatten(r2)  l = linear(f, out=3)  output l }"),
+    ("residual", "network m { input x: [1, 8, 8]  c0 = conv2d(x, out=3, kernel=3, padding=1)  r0 = relu(c0)  c1 = conv2d(r0, out=3, kernel=3, padding=1)  r1 = relu(c1)  k = conv2d(r0, out=3, kernel=1)  s = r1 + k + c0  r2 = relu(s)  f = flatten(r2)  l = linear(f, out=5)  output l }"),
+    ("batchnorm", "network m { input x: [1, 8, 8]  c1 = conv2d(x, out=4, kernel=3, stride=1, padding=1)  b1 = batchnorm2d(c1)  r1 = relu(b1)  p = avgpool2d(r1, kernel=2)  f = flatten(p)  i = identity(f)  l = linear(i, out=4)  output l }"),
+    ("hardtanh", "network m { input x: [6]  l1 = linear(x, out=10)  h1 = hardtanh(l1)  l2 = linear(h1, out=8)  h2 = hardtanh(l2, min_val=-0.5, max_val=0.7)  l3 = linear(h2, out=3)  output l3 }"),
+];
+
+/// A model of `spec` with PyTorch-default weights times `scale`, random biases and batchnorm statistics.
+pub fn model(spec: &str, seed: u64, scale: f64) -> Model {
+    let checked = check_source("t.net", spec);
+    let g = checked.graph.unwrap_or_else(|| {
+        panic!("spec checks: {:?}", checked.diagnostics.iter().map(|d| d.message.clone()).collect::<Vec<_>>())
+    });
+    let mut w = Weights::init(&g, seed, DType::F64, &Device::Cpu).expect("init");
+    // Non-trivial batchnorm statistics and larger weights, so that every ReLU regime occurs.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    for node in w.per_node.iter_mut() {
+        for (k, t) in node.iter_mut() {
+            let n = t.elem_count();
+            let v: Vec<f64> = match k.as_str() {
+                "running_var" => (0..n).map(|_| rng.random_range(0.2..2.0)).collect(),
+                "running_mean" | "bias" => (0..n).map(|_| rng.random_range(-0.3..0.3)).collect(),
+                "weight" if t.rank() == 1 => {
+                    (0..n).map(|_| rng.random_range(0.5..1.5) * if rng.random_bool(0.3) { -1.0 } else { 1.0 }).collect()
+                }
+                _ => {
+                    let v: Vec<f64> = t.flatten_all().and_then(|t| t.to_vec1()).expect("weights");
+                    v.into_iter().map(|x| x * scale).collect()
+                }
+            };
+            *t = Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("tensor");
+        }
+    }
+    Model::new(g, w, DType::F64, Device::Cpu)
+}
+
+pub fn inputs(m: &Model, b: usize, seed: u64) -> (Tensor, Vec<u32>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let shape = m.graph.input_shape().clone();
+    let n: usize = shape.iter().product();
+    let x: Vec<f64> = (0..b * n).map(|_| rng.random_range(0.0..1.0)).collect();
+    let mut s = vec![b];
+    s.extend(shape);
+    let k = m.graph.num_classes() as u32;
+    (Tensor::from_vec(x, s, &Device::Cpu).expect("x"), (0..b).map(|_| rng.random_range(0..k)).collect())
+}
+
+pub fn margins(m: &Model, x: &Tensor, labels: &[u32]) -> Vec<Vec<f64>> {
+    let logits: Vec<Vec<f64>> = m.forward(x).expect("forward").to_vec2().expect("logits");
+    logits.iter().zip(labels).map(|(row, &y)| row.iter().map(|v| row[y as usize] - v).collect()).collect()
+}
