@@ -49,3 +49,33 @@ fn lower_layers_never_name_higher_ones() {
     assert!(files_seen > 20, "only {files_seen} files checked");
     assert!(problems.is_empty(), "layering violations:\n{}", problems.join("\n"));
 }
+
+/// `Attrs::int`/`usize`/`float` read 0 for a name the op does not declare, so a misspelled argument name in an
+/// op's file would silently compute with 0. Every name read in `src/ops/<op>.rs` must be one of that op's
+/// declared parameters (the registry's `params()`); every registered op must have its file.
+#[test]
+fn ops_read_only_the_arguments_they_declare() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ops");
+    let mut reads = 0;
+    let mut problems = Vec::new();
+    for op in dualnet::ops::REGISTRY {
+        let path = dir.join(format!("{}.rs", op.name()));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("op `{}` has no file {}: {e}", op.name(), path.display()));
+        let declared: Vec<&str> = op.params().iter().map(|p| p.name).collect();
+        for getter in [".int(\"", ".usize(\"", ".float(\""] {
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find(getter) {
+                let after = &rest[i + getter.len()..];
+                let name = &after[..after.find('"').unwrap_or(0)];
+                reads += 1;
+                if !declared.contains(&name) {
+                    problems.push(format!("{}: reads `{name}`, declares {declared:?}", path.display()));
+                }
+                rest = after;
+            }
+        }
+    }
+    assert!(reads >= 20, "only {reads} argument reads found");
+    assert!(problems.is_empty(), "undeclared arguments:\n{}", problems.join("\n"));
+}
