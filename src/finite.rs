@@ -53,11 +53,22 @@ pub fn weight_diagnostic(key: &str, file: &str, t: &Tensor) -> Result<Option<Dia
     }))
 }
 
+/// The elements of `t` on the host, in f64 (one read for every check of the same tensor).
+pub fn host_values(t: &Tensor, what: &str) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).context(|| format!("reading {what}"))
+}
+
 /// Refuse an input tensor `[B, *in]` (`name` says which file or batch) with a non-finite element, naming the
 /// example and the element.
 pub fn check_inputs(x: &Tensor, name: &str) -> Result<()> {
-    let Some((i, v)) = first_nonfinite(x).context(|| format!("reading {name}"))? else { return Ok(()) };
-    let n: usize = x.dims().iter().skip(1).product::<usize>().max(1);
+    check_input_values(&host_values(x, name)?, x.dims(), name)
+}
+
+/// [`check_inputs`] on values already read (`dims` = `[B, *in]`).
+pub fn check_input_values(values: &[f64], dims: &[usize], name: &str) -> Result<()> {
+    let Some(i) = values.iter().position(|x| !x.is_finite()) else { return Ok(()) };
+    let v = values[i];
+    let n: usize = dims.iter().skip(1).product::<usize>().max(1);
     Err(Error::input(
         Diagnostic::new(
             Code::NonFinite,
@@ -65,7 +76,7 @@ pub fn check_inputs(x: &Tensor, name: &str) -> Result<()> {
                 "{name}: example {} holds {} at element {}",
                 i / n,
                 fmt_value(v),
-                fmt_index(&unflatten(i % n, &x.dims()[1..]))
+                fmt_index(&unflatten(i % n, &dims[1..]))
             ),
         )
         .help("inputs must be finite numbers (pixels in [0, 1])"),

@@ -56,17 +56,7 @@ pub fn optimised_margins(
             relax: bounds
                 .relax
                 .iter()
-                .map(|(i, r)| {
-                    Ok((
-                        *i,
-                        Relaxation {
-                            slope: r.slope.narrow(0, s, n)?,
-                            mid: r.mid.narrow(0, s, n)?,
-                            rad: r.rad.narrow(0, s, n)?,
-                            lower: r.lower.as_ref().map(|l| l.narrow(0, s, n)).transpose()?,
-                        },
-                    ))
-                })
+                .map(|(i, r)| Ok((*i, r.narrow(s, n)?)))
                 .collect::<candle_core::Result<_>>()
                 .context(ctx)?,
             finite: Vec::new(),
@@ -96,8 +86,9 @@ fn optimise_chunk(
         finite: Vec::new(),
     };
     let mut best = strict_max(start, &objective(model, set, &single, c)?).context(ctx)?;
-    // Free slopes: per activation with its own lower line, the crossing mask and the parameter.
-    let mut free: Vec<(NodeIndex, Tensor, Var)> = Vec::new();
+    // Free slopes: per activation with its own lower line, the crossing mask, the fixed slopes of the other
+    // units (1 active, 0 inactive; zero on crossing units) and the parameter.
+    let mut free: Vec<(NodeIndex, Tensor, Tensor, Var)> = Vec::new();
     for (&i, r) in &bounds.relax {
         let Some(al) = &r.lower else { continue };
         let z = model.graph.node(i).inputs[0];
@@ -111,7 +102,8 @@ fn optimise_chunk(
         };
         let mask = expand(&crossing.to_dtype(l.dtype()).context(ctx)?).context(ctx)?;
         let init = expand(al).context(ctx)?;
-        free.push((i, mask, Var::from_tensor(&init).context(ctx)?));
+        let fixed = (1.0 - &mask).and_then(|m| init.mul(&m)).context(ctx)?;
+        free.push((i, mask, fixed, Var::from_tensor(&init).context(ctx)?));
     }
     if free.is_empty() || iters == 0 {
         return Ok(best);
@@ -119,22 +111,14 @@ fn optimise_chunk(
     let (b1, b2, eps) = (0.9, 0.999, 1e-8);
     let mut moments: Vec<(Tensor, Tensor)> = free
         .iter()
-        .map(|(_, _, v)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
+        .map(|(_, _, _, v)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
         .collect::<candle_core::Result<_>>()
         .context(ctx)?;
     for t in 1..=iters {
-        let mut relax: HashMap<NodeIndex, Relaxation> = bounds.relax.clone_shallow();
-        for (i, mask, v) in &free {
-            let fixed = bounds.relax[i].lower.as_ref().map(|al| al.unsqueeze(1)).transpose().context(ctx)?;
-            let a = v.as_tensor().clamp(0.0, 1.0).context(ctx)?;
-            // Crossing units take the parameter; the others keep their fixed slope (1 active, 0 inactive).
-            let lower = match fixed {
-                Some(f) => {
-                    let keep = (1.0 - mask).and_then(|m| f.broadcast_mul(&m));
-                    keep.and_then(|k| a.mul(mask)? + k).context(ctx)?
-                }
-                None => a,
-            };
+        let mut relax: HashMap<NodeIndex, Relaxation> = bounds.relax.clone();
+        for (i, mask, fixed, v) in &free {
+            // The parameter stays in [0, 1] (projected after each step); crossing units take it.
+            let lower = v.as_tensor().mul(mask).and_then(|a| a + fixed).context(ctx)?;
             if let Some(r) = relax.get_mut(i) {
                 r.lower = Some(lower);
             }
@@ -145,7 +129,7 @@ fn optimise_chunk(
             break;
         }
         let grads = j.sum_all().and_then(|s| s.backward()).context(ctx)?;
-        for ((_, _, v), (m, s)) in free.iter().zip(moments.iter_mut()) {
+        for ((_, _, _, v), (m, s)) in free.iter().zip(moments.iter_mut()) {
             let Some(g) = grads.get(v.as_tensor()) else { continue };
             // A non-finite gradient is an artefact of the optimisation (e.g. the ℓ2 norm's `sqrt` at 0 on the
             // zero objective row), not a bound: that entry does not move.
@@ -162,27 +146,4 @@ fn optimise_chunk(
         }
     }
     Ok(best)
-}
-
-/// A cheap copy of a relaxation map (tensors are reference counted).
-trait CloneShallow {
-    fn clone_shallow(&self) -> Self;
-}
-
-impl CloneShallow for HashMap<NodeIndex, Relaxation> {
-    fn clone_shallow(&self) -> Self {
-        self.iter()
-            .map(|(i, r)| {
-                (
-                    *i,
-                    Relaxation {
-                        slope: r.slope.clone(),
-                        mid: r.mid.clone(),
-                        rad: r.rad.clone(),
-                        lower: r.lower.clone(),
-                    },
-                )
-            })
-            .collect()
-    }
 }

@@ -48,9 +48,10 @@ impl InputSet {
                     .help("give ε in input units (pixels in [0, 1]), e.g. `--eps 0.1`"),
             ));
         }
-        crate::finite::check_inputs(x, "the inputs")?;
+        let host = crate::finite::host_values(x, "the inputs")?;
+        crate::finite::check_input_values(&host, x.dims(), "the inputs")?;
         if let Some((lo, hi)) = bounds {
-            check_box(x, lo, hi)?;
+            check_box(&host, x.dims(), lo, hi)?;
         }
         let ctx = || "building the input set".to_string();
         let mut shape = vec![b];
@@ -94,7 +95,8 @@ impl InputSet {
 /// Refuse a box that is not a finite, non-empty interval, and inputs outside it (E0111). The ε ball intersected
 /// with the box would then be empty or would not contain the input, so a certificate over it would say nothing
 /// about the input. Inputs rounded to f32 may sit a few ulps outside: `4 · ε_f32 · max(1, |lo|, |hi|)` is allowed.
-pub fn check_box(x: &Tensor, lo: f64, hi: f64) -> Result<()> {
+/// `values` are the inputs `[B, *in]` (`dims`) read on the host.
+pub fn check_box(values: &[f64], dims: &[usize], lo: f64, hi: f64) -> Result<()> {
     crate::finite::check_option("--box-lo", lo)?;
     crate::finite::check_option("--box-hi", hi)?;
     if !(lo < hi) {
@@ -104,12 +106,8 @@ pub fn check_box(x: &Tensor, lo: f64, hi: f64) -> Result<()> {
         ));
     }
     let tol = 4.0 * f32::EPSILON as f64 * 1f64.max(lo.abs()).max(hi.abs());
-    let v: Vec<f64> = x
-        .to_dtype(candle_core::DType::F64)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1())
-        .context(|| "reading the inputs".to_string())?;
-    let n: usize = x.dims().iter().skip(1).product::<usize>().max(1);
+    let v = values;
+    let n: usize = dims.iter().skip(1).product::<usize>().max(1);
     match v.iter().position(|&e| e < lo - tol || e > hi + tol) {
         None => Ok(()),
         Some(i) => Err(Error::input(
@@ -118,7 +116,7 @@ pub fn check_box(x: &Tensor, lo: f64, hi: f64) -> Result<()> {
                 format!(
                     "example {} element {} is {}, outside the box [{lo}, {hi}]",
                     i / n,
-                    crate::finite::fmt_index(&crate::finite::unflatten(i % n, &x.dims()[1..])),
+                    crate::finite::fmt_index(&crate::finite::unflatten(i % n, &dims[1..])),
                     v[i]
                 ),
             )

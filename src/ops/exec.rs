@@ -53,7 +53,8 @@ impl NodeCtx<'_> {
 /// the layer bounds needs). With `lower: Some(a_l)` (CROWN) the lower line has its own slope: the dual rule
 /// then picks, per unit and per sign of the adjoint, the line that bounds the objective from below
 /// ([`crate::dual::objective`]); forward propagation keeps using `slope` and `[mid − rad, mid + rad]`, which
-/// stay valid.
+/// stay valid. Cloning is cheap (tensors are reference counted).
+#[derive(Clone)]
 pub struct Relaxation {
     pub slope: Tensor,
     pub mid: Tensor,
@@ -94,7 +95,17 @@ impl Relaxation {
     /// paper). It is valid: `slope · z + [mid − rad, mid + rad]` must contain `σ(z)` whatever `lower` says
     /// (forward propagation relies on it), and `lower` only adds a second valid lower line.
     pub fn single_slope(&self) -> Relaxation {
-        Relaxation { slope: self.slope.clone(), mid: self.mid.clone(), rad: self.rad.clone(), lower: None }
+        Relaxation { lower: None, ..self.clone() }
+    }
+
+    /// The relaxation of examples `start..start + len`.
+    pub fn narrow(&self, start: usize, len: usize) -> candle_core::Result<Relaxation> {
+        Ok(Relaxation {
+            slope: self.slope.narrow(0, start, len)?,
+            mid: self.mid.narrow(0, start, len)?,
+            rad: self.rad.narrow(0, start, len)?,
+            lower: self.lower.as_ref().map(|l| l.narrow(0, start, len)).transpose()?,
+        })
     }
 
     /// The constant relaxation of a monotone activation on an interval whose outputs lie in `[lo, hi]`:
