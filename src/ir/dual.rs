@@ -9,7 +9,7 @@ use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::graph::{Graph, NodeKind};
-use crate::ops::{conv2d::output_padding, shape::fmt as fmt_shape, Role};
+use crate::ops::{DualText, Role};
 
 /// One term of `ν_n`: the dual rule of consumer `from`, applied to `ν_from`.
 #[derive(Debug, Clone)]
@@ -44,25 +44,26 @@ pub fn dual_name(g: &Graph, i: NodeIndex) -> String {
     format!("ν_{}", g.node(i).name)
 }
 
-fn rule_text(g: &Graph, m: NodeIndex) -> String {
+/// What op `m`'s rule texts are made of: its node, names and shapes.
+fn text_ctx<'g>(g: &'g Graph, m: NodeIndex, nu: &'g str) -> DualText<'g> {
     let node = g.node(m);
+    DualText {
+        name: &node.name,
+        attrs: &node.attrs,
+        nu,
+        in_names: node.inputs.iter().map(|&i| g.node(i).name.as_str()).collect(),
+        in_shapes: node.inputs.iter().map(|&i| &g.node(i).shape).collect(),
+        out_shape: &node.shape,
+        weights: node.weights.iter().map(|w| w.suffix).collect(),
+    }
+}
+
+/// The dual rule of consumer `m` applied to `ν_m`, as the op's own file writes it ([`crate::ops::Op::dual_text`]).
+fn rule_text(g: &Graph, m: NodeIndex) -> String {
     let nu = dual_name(g, m);
-    let NodeKind::Op(op) = node.kind else { return nu };
-    let rule = op.dual_name().unwrap_or("(no dual rule)");
-    match op.name() {
-        "linear" => format!("{rule}({nu}; {}.weight)", node.name),
-        "conv2d" | "avgpool2d" => {
-            let (k, s, p) = (node.attrs.usize("kernel"), node.attrs.usize("stride"), node.attrs.usize("padding"));
-            let n_in = g.node(node.inputs[0]).shape.get(1).copied().unwrap_or(0);
-            let n_out = node.shape.get(1).copied().unwrap_or(1);
-            let op_pad = output_padding(n_in, n_out, k, s, p);
-            let w = if op.name() == "conv2d" { format!("{}.weight", node.name) } else { format!("1/{}", k * k) };
-            format!("{rule}({nu}; {w}, stride={s}, padding={p}, output_padding={op_pad})")
-        }
-        "relu" | "hardtanh" => format!("{rule}({nu}; slope d_{})", g.node(node.inputs[0]).name),
-        "flatten" => format!("{rule}({nu}; {})", fmt_shape(&g.node(node.inputs[0]).shape)),
-        "batchnorm2d" => format!("{rule}({nu}; {0}.weight / sqrt({0}.running_var + eps))", node.name),
-        _ => format!("{rule}({nu})"),
+    match g.node(m).kind {
+        NodeKind::Op(op) => op.dual_text(&text_ctx(g, m, &nu)),
+        _ => nu,
     }
 }
 
@@ -79,27 +80,14 @@ pub fn build(g: &Graph) -> DualGraph {
             terms.push(DualTerm { from: m, operand: pos, text: rule_text(g, m) });
         }
         let mut objective = Vec::new();
+        let nu = dual_name(g, n);
         if let NodeKind::Op(op) = node.kind {
-            match op.role() {
-                Role::Affine if node.weights.iter().any(|w| w.suffix == "bias") || op.name() == "batchnorm2d" => {
-                    let b = if op.name() == "batchnorm2d" { "shift".to_string() } else { "bias".to_string() };
-                    objective.push(format!("J -= {}·{}.{}", dual_name(g, n), node.name, b));
-                }
-                _ => {}
-            }
+            objective.extend(op.objective_text(&text_ctx(g, n, &nu)));
         }
         for (m, _) in g.consumers(n) {
-            if g.node(m).kind.op().map(|o| o.role() == Role::Activation).unwrap_or(false) {
-                let nu = dual_name(g, n);
-                let note = if g.node(m).kind.name() == "relu" {
-                    format!("  (relu: Σ over crossing j of l_j·[{nu},j]₊)")
-                } else {
-                    String::new()
-                };
-                objective.push(format!(
-                    "J += Σ_j min({nu},j·lo_j, {nu},j·hi_j) over the relaxation of {}{note}",
-                    g.node(m).name
-                ));
+            if let Some(op) = g.node(m).kind.op().filter(|o| o.role() == Role::Activation) {
+                let nu_m = dual_name(g, m);
+                objective.push(op.relaxation_text(&text_ctx(g, m, &nu_m), &nu));
             }
         }
         if node.kind.op().is_none() {

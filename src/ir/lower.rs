@@ -707,7 +707,7 @@ impl<'a> Lowerer<'a> {
             }
         }
         let shapes: Vec<&ops::Shape> = idx.iter().map(|i| &self.dag[*i].shape).collect();
-        let out = match op.infer_shape(&attrs, &shapes) {
+        let out = match op.parse_args(&attrs).and_then(|()| op.infer_shape(&attrs, &shapes)) {
             Ok(s) => s,
             Err(e) => {
                 let d = self.shape_error(e, op, &idx, &inputs, span, callee);

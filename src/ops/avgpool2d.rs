@@ -27,18 +27,28 @@ impl Op for AvgPool2d {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn parse_args(&self, a: &Attrs) -> std::result::Result<(), ShapeError> {
+        Window::parse(a).map(|_| ())
+    }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
         pool_shape(a, inputs[0])
     }
     fn dual_name(&self) -> Option<&'static str> {
         Some("conv_transpose2d")
     }
+    /// The transposed convolution with the diagonal kernel `1/k²`.
+    fn dual_text(&self, t: &DualText) -> String {
+        match Window::parse(t.attrs) {
+            Ok(w) => super::conv2d::transpose_text(t, &w, &format!("1/{}", w.kernel * w.kernel)),
+            Err(e) => format!("conv_transpose2d({}; bad arguments: {e:?})", t.nu),
+        }
+    }
 }
 
 /// Output shape of a pooling window op (shared with `maxpool2d`).
 pub fn pool_shape(a: &Attrs, s: &Shape) -> std::result::Result<Shape, ShapeError> {
     let (c, h, w) = shape::image(s)?;
-    let (k, st, p) = (a.usize("kernel"), a.usize("stride"), a.usize("padding"));
+    let Window { kernel: k, stride: st, padding: p } = Window::parse(a)?;
     if 2 * p > k {
         return Err(ShapeError::BadValue {
             param: "padding",
@@ -48,9 +58,8 @@ pub fn pool_shape(a: &Attrs, s: &Shape) -> std::result::Result<Shape, ShapeError
     Ok(vec![c, shape::window_out(h, k, st, p, "height")?, shape::window_out(w, k, st, p, "width")?])
 }
 
-fn kernel(ctx: &NodeCtx, dtype: candle_core::DType, device: &Device) -> candle_core::Result<Tensor> {
+fn kernel(ctx: &NodeCtx, k: usize, dtype: candle_core::DType, device: &Device) -> candle_core::Result<Tensor> {
     let c = ctx.out_shape[0];
-    let k = ctx.attrs.usize("kernel");
     let mut data = vec![0f64; c * c * k * k];
     for ch in 0..c {
         for i in 0..k * k {
@@ -70,8 +79,8 @@ impl OpExec for AvgPool2d {
     }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let x = &inputs[0];
-        let (s, p) = (ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
-        let go = || crate::kernels::conv2d(x, &kernel(ctx, x.dtype(), x.device())?, s, p);
+        let Window { kernel: k, stride: s, padding: p } = ctx.args()?;
+        let go = || crate::kernels::conv2d(x, &kernel(ctx, k, x.dtype(), x.device())?, s, p);
         go().context(|| format!("avgpool2d `{}`", ctx.name))
     }
     /// Every coefficient is nonnegative (ones, or `1/k²` for the average), so `|A| r = A r`.
@@ -79,9 +88,10 @@ impl OpExec for AvgPool2d {
         self.linear(ctx, inputs)
     }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
-        let (k, s, p) = (ctx.attrs.usize("kernel"), ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
-        let op = super::conv2d::output_padding(ctx.in_shapes[0][1], ctx.out_shape[1], k, s, p);
-        let go = || crate::kernels::conv_transpose2d(nu, &kernel(ctx, nu.dtype(), nu.device())?, s, p, op);
+        let w: Window = ctx.args()?;
+        let op = super::conv2d::window_output_padding(&w, ctx.in_shapes[0], ctx.out_shape);
+        let (k, s, p) = (w.kernel, w.stride, w.padding);
+        let go = || crate::kernels::conv_transpose2d(nu, &kernel(ctx, k, nu.dtype(), nu.device())?, s, p, op);
         Ok(vec![go().context(|| format!("dual of avgpool2d `{}`", ctx.name))?])
     }
 }

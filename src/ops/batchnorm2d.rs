@@ -13,6 +13,21 @@ pub struct BatchNorm2d;
 
 static PARAMS: &[ParamSpec] = &[ParamSpec::float("eps", 1e-5)];
 
+/// `batchnorm2d`'s typed arguments.
+pub struct BatchNormArgs {
+    pub eps: f64,
+}
+
+impl Args for BatchNormArgs {
+    fn parse(a: &Attrs) -> std::result::Result<Self, ShapeError> {
+        let eps = a.get_float("eps")?;
+        if !(eps > 0.0) || !eps.is_finite() {
+            return Err(ShapeError::BadValue { param: "eps", detail: "`eps` must be positive".into() });
+        }
+        Ok(BatchNormArgs { eps })
+    }
+}
+
 impl Op for BatchNorm2d {
     fn name(&self) -> &'static str {
         "batchnorm2d"
@@ -23,11 +38,12 @@ impl Op for BatchNorm2d {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn parse_args(&self, a: &Attrs) -> std::result::Result<(), ShapeError> {
+        BatchNormArgs::parse(a).map(|_| ())
+    }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        BatchNormArgs::parse(a)?;
         shape::image(inputs[0])?;
-        if !(a.float("eps") > 0.0) {
-            return Err(ShapeError::BadValue { param: "eps", detail: "`eps` must be positive".into() });
-        }
         Ok(inputs[0].clone())
     }
     fn weights(&self, _a: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
@@ -49,11 +65,18 @@ impl Op for BatchNorm2d {
     fn dual_name(&self) -> Option<&'static str> {
         Some("channel_scale")
     }
+    fn dual_text(&self, t: &DualText) -> String {
+        format!("channel_scale({}; {1}.weight / sqrt({1}.running_var + eps))", t.nu, t.name)
+    }
+    /// The constant is the shift `bias − running_mean · scale` ([`OpExec::bias`]).
+    fn objective_text(&self, t: &DualText) -> Option<String> {
+        Some(format!("J -= {}·{}.shift", t.nu, t.name))
+    }
 }
 
 /// Per-channel scale `s` and shift `t` as `[C, 1, 1]` tensors.
 fn scale_shift(ctx: &NodeCtx) -> Result<(Tensor, Tensor)> {
-    let eps = ctx.attrs.float("eps");
+    let eps = ctx.args::<BatchNormArgs>()?.eps;
     let c = ctx.out_shape[0];
     let go = || -> candle_core::Result<(Tensor, Tensor)> {
         let w = ctx.weight("weight").map_err(|e| candle_core::Error::Msg(e.to_string()))?;

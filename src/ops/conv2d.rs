@@ -18,6 +18,31 @@ static PARAMS: &[ParamSpec] = &[
     ParamSpec::int("padding", 0, Min::NonNegative),
 ];
 
+/// `conv2d`'s typed arguments.
+pub struct ConvArgs {
+    pub out: usize,
+    pub window: Window,
+}
+
+impl Args for ConvArgs {
+    fn parse(a: &Attrs) -> std::result::Result<Self, ShapeError> {
+        Ok(ConvArgs { out: a.get_usize("out")?, window: Window::parse(a)? })
+    }
+}
+
+/// The output padding of the dual of a window op (conv2d, avgpool2d) on input `[_, n_in, _]` and output
+/// `[_, n_out, _]`.
+pub fn window_output_padding(w: &Window, in_shape: &Shape, out_shape: &Shape) -> usize {
+    let (n_in, n_out) = (in_shape.get(1).copied().unwrap_or(0), out_shape.get(1).copied().unwrap_or(1));
+    output_padding(n_in, n_out, w.kernel, w.stride, w.padding)
+}
+
+/// The text of the transposed convolution that is the dual of a window op with kernel `weight`.
+pub fn transpose_text(t: &DualText, w: &Window, weight: &str) -> String {
+    let op_pad = t.in_shapes.first().map(|s| window_output_padding(w, s, t.out_shape)).unwrap_or(0);
+    format!("conv_transpose2d({}; {weight}, stride={}, padding={}, output_padding={op_pad})", t.nu, w.stride, w.padding)
+}
+
 /// Output padding that makes the transposed convolution return exactly `n_in`.
 pub fn output_padding(n_in: usize, n_out: usize, k: usize, s: usize, p: usize) -> usize {
     (n_in + 2 * p).saturating_sub((n_out - 1) * s + k)
@@ -33,15 +58,19 @@ impl Op for Conv2d {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn parse_args(&self, a: &Attrs) -> std::result::Result<(), ShapeError> {
+        ConvArgs::parse(a).map(|_| ())
+    }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        let ConvArgs { out, window: Window { kernel: k, stride: s, padding: p } } = ConvArgs::parse(a)?;
         let (_, h, w) = shape::image(inputs[0])?;
-        let (k, s, p) = (a.usize("kernel"), a.usize("stride"), a.usize("padding"));
         let ho = shape::window_out(h, k, s, p, "height")?;
         let wo = shape::window_out(w, k, s, p, "width")?;
-        Ok(vec![a.usize("out"), ho, wo])
+        Ok(vec![out, ho, wo])
     }
-    fn weights(&self, a: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
-        let (c_in, k, c) = (inputs[0].first().copied().unwrap_or(1), a.usize("kernel"), a.usize("out"));
+    fn weights(&self, a: &Attrs, inputs: &[&Shape], out: &Shape) -> Vec<WeightSpec> {
+        let k = ConvArgs::parse(a).map(|c| c.window.kernel).unwrap_or(1);
+        let (c_in, c) = (inputs[0].first().copied().unwrap_or(1), out.first().copied().unwrap_or(1));
         let fan_in = c_in * k * k;
         vec![
             WeightSpec {
@@ -57,6 +86,12 @@ impl Op for Conv2d {
     fn dual_name(&self) -> Option<&'static str> {
         Some("conv_transpose2d")
     }
+    fn dual_text(&self, t: &DualText) -> String {
+        match ConvArgs::parse(t.attrs) {
+            Ok(c) => transpose_text(t, &c.window, &format!("{}.weight", t.name)),
+            Err(e) => format!("conv_transpose2d({}; bad arguments: {e:?})", t.nu),
+        }
+    }
 }
 
 impl OpExec for Conv2d {
@@ -69,22 +104,21 @@ impl OpExec for Conv2d {
     }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let w = ctx.weight("weight")?;
-        let (s, p) = (ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
+        let Window { stride: s, padding: p, .. } = ctx.args::<ConvArgs>()?.window;
         crate::kernels::conv2d(&inputs[0], w, s, p).context(|| format!("conv2d `{}`", ctx.name))
     }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         let w = ctx.weight("weight")?;
-        let (k, s, p) = (ctx.attrs.usize("kernel"), ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
-        let (n_in, n_out) = (ctx.in_shapes[0][1], ctx.out_shape[1]);
-        let op = output_padding(n_in, n_out, k, s, p);
-        let out =
-            crate::kernels::conv_transpose2d(nu, w, s, p, op).context(|| format!("dual of conv2d `{}`", ctx.name))?;
+        let win = ctx.args::<ConvArgs>()?.window;
+        let op = window_output_padding(&win, ctx.in_shapes[0], ctx.out_shape);
+        let out = crate::kernels::conv_transpose2d(nu, w, win.stride, win.padding, op)
+            .context(|| format!("dual of conv2d `{}`", ctx.name))?;
         Ok(vec![out])
     }
     /// `r ⋆ |W|`.
     fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let w = ctx.weight("weight")?;
-        let (s, p) = (ctx.attrs.usize("stride"), ctx.attrs.usize("padding"));
+        let Window { stride: s, padding: p, .. } = ctx.args::<ConvArgs>()?.window;
         let ctx_err = || format!("interval rule of conv2d `{}`", ctx.name);
         crate::kernels::conv2d(&inputs[0], &w.abs().context(ctx_err)?, s, p).context(ctx_err)
     }

@@ -37,6 +37,10 @@ pub struct NodeCtx<'a> {
 }
 
 impl NodeCtx<'_> {
+    /// The node's typed arguments (lowering has parsed them once already, so an error here is internal).
+    pub fn args<A: super::Args>(&self) -> Result<A> {
+        A::parse(self.attrs).map_err(|e| Error::Usage(format!("internal: arguments of node `{}`: {e:?}", self.name)))
+    }
     pub fn weight(&self, suffix: &str) -> Result<&Tensor> {
         self.weights.get(suffix).ok_or_else(|| {
             Error::Usage(format!(

@@ -22,6 +22,9 @@ impl Op for Flatten {
     fn dual_name(&self) -> Option<&'static str> {
         Some("unflatten")
     }
+    fn dual_text(&self, t: &DualText) -> String {
+        format!("unflatten({}; {})", t.nu, t.in_shapes.first().map(|s| shape::fmt(s)).unwrap_or_default())
+    }
 }
 
 impl OpExec for Flatten {

@@ -25,28 +25,42 @@ impl Op for Hardtanh {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn parse_args(&self, a: &Attrs) -> std::result::Result<(), ShapeError> {
+        HardtanhArgs::parse(a).map(|_| ())
+    }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
-        if a.float("min_val") >= a.float("max_val")
-            || !a.float("min_val").is_finite()
-            || !a.float("max_val").is_finite()
-        {
-            return Err(ShapeError::BadValue {
-                param: "max_val",
-                detail: format!(
-                    "`max_val` ({}) must be greater than `min_val` ({})",
-                    a.float("max_val"),
-                    a.float("min_val")
-                ),
-            });
-        }
+        HardtanhArgs::parse(a)?;
         Ok(inputs[0].clone())
     }
     fn dual_name(&self) -> Option<&'static str> {
         Some("hardtanh_dual")
     }
+    fn dual_text(&self, t: &DualText) -> String {
+        format!("hardtanh_dual({}; slope d_{})", t.nu, t.in_names.first().copied().unwrap_or("?"))
+    }
 }
 
 /// The chord relaxation of `clamp(z, lo_v, hi_v)` on `[l, u]`.
+/// `hardtanh`'s typed arguments: `min_val < max_val`, both finite.
+#[derive(Debug, Clone, Copy)]
+pub struct HardtanhArgs {
+    pub min_val: f64,
+    pub max_val: f64,
+}
+
+impl Args for HardtanhArgs {
+    fn parse(a: &Attrs) -> std::result::Result<Self, ShapeError> {
+        let (min_val, max_val) = (a.get_float("min_val")?, a.get_float("max_val")?);
+        if min_val >= max_val || !min_val.is_finite() || !max_val.is_finite() {
+            return Err(ShapeError::BadValue {
+                param: "max_val",
+                detail: format!("`max_val` ({max_val}) must be greater than `min_val` ({min_val})"),
+            });
+        }
+        Ok(HardtanhArgs { min_val, max_val })
+    }
+}
+
 pub fn hardtanh_relaxation(l: &Tensor, u: &Tensor, lo_v: f64, hi_v: f64) -> candle_core::Result<Relaxation> {
     let h = |z: &Tensor| z.clamp(lo_v, hi_v);
     let (hl, hu) = (h(l)?, h(u)?);
@@ -81,11 +95,12 @@ impl OpExec for Hardtanh {
         Role::Activation
     }
     fn activate(&self, ctx: &NodeCtx, x: &Tensor) -> Result<Tensor> {
-        x.clamp(ctx.attrs.float("min_val"), ctx.attrs.float("max_val")).context(|| format!("hardtanh `{}`", ctx.name))
+        let a: HardtanhArgs = ctx.args()?;
+        x.clamp(a.min_val, a.max_val).context(|| format!("hardtanh `{}`", ctx.name))
     }
     fn relax(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
-        hardtanh_relaxation(l, u, ctx.attrs.float("min_val"), ctx.attrs.float("max_val"))
-            .context(|| format!("relaxation of hardtanh `{}`", ctx.name))
+        let a: HardtanhArgs = ctx.args()?;
+        hardtanh_relaxation(l, u, a.min_val, a.max_val).context(|| format!("relaxation of hardtanh `{}`", ctx.name))
     }
     /// Monotone: `[hardtanh(l), hardtanh(u)]`.
     fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {

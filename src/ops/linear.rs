@@ -12,6 +12,17 @@ pub struct Linear;
 
 static PARAMS: &[ParamSpec] = &[ParamSpec::required_int("out", Min::Positive)];
 
+/// `linear`'s typed arguments.
+pub struct LinearArgs {
+    pub out: usize,
+}
+
+impl Args for LinearArgs {
+    fn parse(a: &Attrs) -> std::result::Result<Self, ShapeError> {
+        Ok(LinearArgs { out: a.get_usize("out")? })
+    }
+}
+
 impl Op for Linear {
     fn name(&self) -> &'static str {
         "linear"
@@ -22,33 +33,36 @@ impl Op for Linear {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn parse_args(&self, a: &Attrs) -> std::result::Result<(), ShapeError> {
+        LinearArgs::parse(a).map(|_| ())
+    }
     fn infer_shape(&self, attrs: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        let out = LinearArgs::parse(attrs)?.out;
         match inputs[0].as_slice() {
-            [_] => Ok(vec![attrs.usize("out")]),
+            [_] => Ok(vec![out]),
             _ => Err(ShapeError::NeedsVector { got: inputs[0].clone() }),
         }
     }
-    fn weights(&self, attrs: &Attrs, inputs: &[&Shape], _out: &Shape) -> Vec<WeightSpec> {
+    fn weights(&self, _attrs: &Attrs, inputs: &[&Shape], out: &Shape) -> Vec<WeightSpec> {
         let n_in = inputs[0].iter().product();
+        let n_out = out.iter().product();
         vec![
             WeightSpec {
                 suffix: "weight",
-                shape: vec![attrs.usize("out"), n_in],
+                shape: vec![n_out, n_in],
                 init: Init::FanIn(n_in),
                 trainable: true,
                 nonneg: false,
             },
-            WeightSpec {
-                suffix: "bias",
-                shape: vec![attrs.usize("out")],
-                init: Init::FanIn(n_in),
-                trainable: true,
-                nonneg: false,
-            },
+            WeightSpec { suffix: "bias", shape: vec![n_out], init: Init::FanIn(n_in), trainable: true, nonneg: false },
         ]
     }
     fn dual_name(&self) -> Option<&'static str> {
         Some("linear_T")
+    }
+    /// `ν_in = Wᵀ ν`, i.e. `ν W` for row vectors ([`OpExec::transpose`]).
+    fn dual_text(&self, t: &DualText) -> String {
+        format!("linear_T({}; {}.weight)", t.nu, t.name)
     }
 }
 

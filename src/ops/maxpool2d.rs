@@ -20,6 +20,9 @@ impl Op for MaxPool2d {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn parse_args(&self, a: &Attrs) -> std::result::Result<(), ShapeError> {
+        Window::parse(a).map(|_| ())
+    }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
         super::avgpool2d::pool_shape(a, inputs[0])
     }

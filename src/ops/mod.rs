@@ -141,22 +141,53 @@ impl ParamSpec {
 pub struct Attrs(pub BTreeMap<String, Value>);
 
 impl Attrs {
-    /// An integer parameter. The checker guarantees presence and type for registered params; a missing one reads 0.
-    pub fn int(&self, name: &str) -> i64 {
+    /// An integer parameter. Lowering fills in every declared parameter, so a name that is missing here is one
+    /// the op does not declare (a misspelling in its file): an error, never a silent 0.
+    pub fn get_int(&self, name: &str) -> std::result::Result<i64, ShapeError> {
         match self.0.get(name) {
-            Some(Value::Int(i)) => *i,
-            Some(Value::Float(x)) => *x as i64,
-            None => 0,
+            Some(Value::Int(i)) => Ok(*i),
+            Some(Value::Float(x)) => Err(ShapeError::Other { detail: format!("`{name}` must be an integer, got {x}") }),
+            None => Err(undeclared(name)),
         }
     }
-    pub fn usize(&self, name: &str) -> usize {
-        self.int(name).max(0) as usize
+    /// A nonnegative integer parameter.
+    pub fn get_usize(&self, name: &str) -> std::result::Result<usize, ShapeError> {
+        let i = self.get_int(name)?;
+        usize::try_from(i)
+            .map_err(|_| ShapeError::BadValue { param: "", detail: format!("`{name}` must be >= 0, got {i}") })
     }
-    pub fn float(&self, name: &str) -> f64 {
-        self.0.get(name).map(Value::as_f64).unwrap_or(0.0)
+    /// A numeric parameter.
+    pub fn get_float(&self, name: &str) -> std::result::Result<f64, ShapeError> {
+        self.0.get(name).map(Value::as_f64).ok_or_else(|| undeclared(name))
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+fn undeclared(name: &str) -> ShapeError {
+    ShapeError::Other {
+        detail: format!("internal: the op reads `{name}`, which is not one of its declared parameters"),
+    }
+}
+
+/// The arguments of one op, typed: each op with parameters defines a struct and parses it from [`Attrs`] in
+/// one function, which lowering runs ([`Op::parse_args`]) and execution reuses ([`NodeCtx::args`]).
+pub trait Args: Sized {
+    fn parse(a: &Attrs) -> std::result::Result<Self, ShapeError>;
+}
+
+/// The window of a convolution or pooling op: `kernel`, `stride`, `padding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Args for Window {
+    fn parse(a: &Attrs) -> std::result::Result<Self, ShapeError> {
+        Ok(Window { kernel: a.get_usize("kernel")?, stride: a.get_usize("stride")?, padding: a.get_usize("padding")? })
     }
 }
 
@@ -245,6 +276,11 @@ pub trait Op: Sync + Send + OpExec {
     fn arity(&self) -> Arity {
         Arity::Exactly(1)
     }
+    /// Parse the typed arguments ([`Args`]); lowering calls it before [`Op::infer_shape`], so an op that reads a
+    /// name it does not declare fails at lowering. Ops without parameters keep the default.
+    fn parse_args(&self, _attrs: &Attrs) -> std::result::Result<(), ShapeError> {
+        Ok(())
+    }
     /// Output shape from input shapes; validates the inputs where it infers (tract's habit).
     fn infer_shape(&self, attrs: &Attrs, inputs: &[&Shape]) -> Result<Shape, ShapeError>;
     /// Parameter tensors this node owns.
@@ -260,6 +296,38 @@ pub trait Op: Sync + Send + OpExec {
     fn alternatives(&self) -> &'static str {
         ""
     }
+    /// This node's dual rule as `compile --emit dual` prints it: the map from `ν` at the node's output to the
+    /// dual variables of its inputs, with the arguments the rule that runs ([`OpExec::transpose`] or the
+    /// relaxation's slope) uses. The default names the rule and its argument only.
+    fn dual_text(&self, t: &DualText) -> String {
+        format!("{}({})", self.dual_name().unwrap_or("(no dual rule)"), t.nu)
+    }
+    /// The objective term contributed where `ν` at this node's output is formed: an affine op's constant
+    /// (`J -= ν·b`, the same constant [`OpExec::bias`] returns). The default names the `bias` weight if the node
+    /// has one.
+    fn objective_text(&self, t: &DualText) -> Option<String> {
+        (self.role() == Role::Affine && t.weights.contains(&"bias")).then(|| format!("J -= {}·{}.bias", t.nu, t.name))
+    }
+    /// An activation's objective term on the dual variable `nu_in` of its input: the relaxation's offsets
+    /// (`Σ_j min(ν_j·lo_j, ν_j·hi_j)`, [`OpExec::relax`]).
+    fn relaxation_text(&self, t: &DualText, nu_in: &str) -> String {
+        format!("J += Σ_j min({nu_in},j·lo_j, {nu_in},j·hi_j) over the relaxation of {}", t.name)
+    }
+}
+
+/// What a node's lines of `compile --emit dual` are made of ([`Op::dual_text`]).
+pub struct DualText<'a> {
+    /// The node's name.
+    pub name: &'a str,
+    pub attrs: &'a Attrs,
+    /// The dual variable at the node's output, `ν_<name>`.
+    pub nu: &'a str,
+    /// The names of the node's inputs.
+    pub in_names: Vec<&'a str>,
+    pub in_shapes: Vec<&'a Shape>,
+    pub out_shape: &'a Shape,
+    /// The suffixes of the node's weights.
+    pub weights: Vec<&'a str>,
 }
 
 /// Shape helpers shared by the image ops.

@@ -25,6 +25,16 @@ impl Op for Relu {
     fn dual_name(&self) -> Option<&'static str> {
         Some("relu_dual")
     }
+    /// `ν_in = d ⊙ ν` with the relaxation's slope `d` on the input's bounds.
+    fn dual_text(&self, t: &DualText) -> String {
+        format!("relu_dual({}; slope d_{})", t.nu, t.in_names.first().copied().unwrap_or("?"))
+    }
+    fn relaxation_text(&self, t: &DualText, nu_in: &str) -> String {
+        format!(
+            "J += Σ_j min({nu_in},j·lo_j, {nu_in},j·hi_j) over the relaxation of {}  (relu: Σ over crossing j of l_j·[{nu_in},j]₊)",
+            t.name
+        )
+    }
 }
 
 /// The ReLU relaxation from bounds; `l`, `u` of any equal shape.
