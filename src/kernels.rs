@@ -55,6 +55,7 @@ pub mod scale;
 pub(crate) mod testing;
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -185,15 +186,25 @@ mod sealed {
     impl Sealed for f64 {}
 }
 
-/// A vector of `len` elements for the output of a kernel that **writes every element before anything reads
-/// it**, without the zero fill (a full pass over tens of MB per call: most of the time of a kernel that does one
-/// multiply per element).
-pub fn output_vec<T: Float>(len: usize) -> Vec<T> {
+/// A kernel's output of `len` elements, without the zero fill (a full pass over tens of MB per call: most of
+/// the time of a kernel that does one multiply per element). `fill` writes **every** element into the vector's
+/// spare capacity (`MaybeUninit`, as candle's CPU backend does); the length is set only after it returns.
+pub fn output_vec<T: Float>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
-    // SAFETY: the capacity is `len`; `T` is f32 or f64 (sealed), for which any bits are a valid value; every
-    // caller writes each element before the vector is read.
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is at least `len`; every caller's `fill` writes each of the first `len` elements
+    // (each call site says how), and `T` is f32 or f64 (sealed).
     unsafe { v.set_len(len) };
     v
+}
+
+/// `dst[i] = src[i]` into uninitialised memory (`<[MaybeUninit<T>]>::write_copy_of_slice`, which is newer than
+/// the crate's minimum Rust).
+pub fn write_slice<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    assert_eq!(dst.len(), src.len(), "write_slice: lengths differ");
+    // SAFETY: both are valid for `len` elements, `MaybeUninit<T>` has `T`'s layout, and a `&mut` does not alias
+    // a `&`.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<T>(), src.len()) }
 }
 
 /// `x [N, C_in, H, W] ⋆ w [C_out, C_in, KH, KW] → [N, C_out, ho, wo]`.

@@ -167,22 +167,22 @@ fn random_tensor(
         keep: Option<&[bool]>,
         conv: fn(f64) -> T,
     ) -> Vec<T> {
-        // Every element is written below.
-        let mut v: Vec<T> = crate::kernels::output_vec(b * k * n);
-        v.par_chunks_mut((k * n).max(1)).enumerate().for_each(|(e, out)| {
-            let mut r = rand::rngs::SmallRng::seed_from_u64(seeds[e]);
-            let keep = keep.map(|m| &m[e * n..][..n]);
-            for row in out.chunks_mut(n.max(1)) {
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = match keep.map(|m| m[j]).unwrap_or(true) {
-                        true if cauchy => conv(cauchy_draw(&mut r)),
-                        true => conv(r.sample::<f64, _>(rand_distr::StandardNormal)),
-                        false => T::default(),
-                    };
+        // Every element is written: the chunks cover `b · k · n`, each row `n` elements.
+        crate::kernels::output_vec(b * k * n, |v| {
+            v.par_chunks_mut((k * n).max(1)).enumerate().for_each(|(e, out)| {
+                let mut r = rand::rngs::SmallRng::seed_from_u64(seeds[e]);
+                let keep = keep.map(|m| &m[e * n..][..n]);
+                for row in out.chunks_mut(n.max(1)) {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        x.write(match keep.map(|m| m[j]).unwrap_or(true) {
+                            true if cauchy => conv(cauchy_draw(&mut r)),
+                            true => conv(r.sample::<f64, _>(rand_distr::StandardNormal)),
+                            false => T::default(),
+                        });
+                    }
                 }
-            }
-        });
-        v
+            })
+        })
     }
     let mut merged = vec![b * k];
     merged.extend_from_slice(&shape[2..]);

@@ -26,6 +26,7 @@
 //! transparent huge pages, which saves most first-touch page faults.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::thread::LocalKey;
 
 use gemm::Parallelism;
@@ -250,14 +251,14 @@ impl Planes {
     }
 
     /// The inverse of [`Planes::gather`] on the valid columns: `dst[i, c, oy, ox] = src[c, (oy·b + i)·cw + ox]`.
-    fn scatter<T: Elem>(&self, src: &[T], b: usize, dst: &mut [T]) {
+    fn scatter<T: Elem>(&self, src: &[T], b: usize, dst: &mut [MaybeUninit<T>]) {
         let (g, n, cw) = (&self.g, self.cols(b), self.cw);
         for i in 0..b {
             for c in 0..g.c_out {
                 let s = &src[c * n..][..n];
                 let d = &mut dst[(i * g.c_out + c) * g.ho * g.wo..][..g.ho * g.wo];
                 for (oy, d) in d.chunks_exact_mut(g.wo).enumerate() {
-                    d.copy_from_slice(&s[(oy * b + i) * cw..][..g.wo]);
+                    super::write_slice(d, &s[(oy * b + i) * cw..][..g.wo]);
                 }
             }
         }
@@ -482,13 +483,16 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
         return zeroed(n * g.out_img());
     }
     // Every output element is written once by `scatter` below (the chunks cover all images).
-    let mut out = super::output_vec(n * g.out_img());
+    super::output_vec(n * g.out_img(), |out| conv2d_into(x, w, n, g, out))
+}
+
+fn conv2d_into<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom, out: &mut [MaybeUninit<T>]) {
     #[cfg(target_os = "linux")]
-    advise_huge_pages(&out);
+    advise_huge_pages(out);
     let (rows, pl) = (g.rows(), Planes::new(g));
     let plan = Plan::new(n, pl.bytes_per_img::<T>());
     let par = plan.gemm_par();
-    let run = |xc: &[T], oc: &mut [T], sc: &mut Scratch<T>| {
+    let run = |xc: &[T], oc: &mut [MaybeUninit<T>], sc: &mut Scratch<T>| {
         let b = xc.len() / g.in_img();
         let ld = pl.cols(b);
         sc.im2col(&pl, xc, b);
@@ -503,7 +507,6 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
     } else {
         x.par_chunks(xs).zip(out.par_chunks_mut(os)).for_each(|(xc, oc)| T::with_scratch(|sc| run(xc, oc, sc)));
     }
-    out
 }
 
 /// `conv_transpose2d` of `n` maps: `nu [n, c_out, ho, wo]`, `w [c_out, c_in, kh, kw]` → `[n, c_in, h, w]`.

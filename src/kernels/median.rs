@@ -126,38 +126,40 @@ struct MedianAbs {
 fn fwd<T: Ord2>(a: &[T], b: usize, k: usize, n: usize) -> (Vec<T>, Vec<u32>) {
     let mid = (k - 1) / 2;
     let net = median_network(k);
-    // Every element is written below.
-    let mut out: Vec<T> = super::output_vec(b * n);
     let mut arg = vec![0u32; b * n];
-    out.par_chunks_mut(n.max(1)).zip(arg.par_chunks_mut(n.max(1))).enumerate().for_each(|(e, (o, ar))| {
-        let ab = &a[e * k * n..][..k * n];
-        let mut buf = vec![[T::default(); LANES]; k];
-        for j0 in (0..n).step_by(LANES) {
-            let w = LANES.min(n - j0);
-            let mut bad = [false; LANES];
-            for (q, lane) in buf.iter_mut().enumerate() {
-                let row = &ab[q * n + j0..][..w];
-                for ((x, &v), b) in lane.iter_mut().zip(row).zip(bad.iter_mut()) {
-                    *x = v.abs();
-                    *b |= !v.is_finite();
+    // Every element is written: each chunk is one example's `n` columns, each column written once (NaN or the
+    // median).
+    let out = super::output_vec(b * n, |out| {
+        out.par_chunks_mut(n.max(1)).zip(arg.par_chunks_mut(n.max(1))).enumerate().for_each(|(e, (o, ar))| {
+            let ab = &a[e * k * n..][..k * n];
+            let mut buf = vec![[T::default(); LANES]; k];
+            for j0 in (0..n).step_by(LANES) {
+                let w = LANES.min(n - j0);
+                let mut bad = [false; LANES];
+                for (q, lane) in buf.iter_mut().enumerate() {
+                    let row = &ab[q * n + j0..][..w];
+                    for ((x, &v), b) in lane.iter_mut().zip(row).zip(bad.iter_mut()) {
+                        *x = v.abs();
+                        *b |= !v.is_finite();
+                    }
+                }
+                for &(i, j) in &net {
+                    let (x, y) = (buf[i], buf[j]);
+                    buf[i] = std::array::from_fn(|l| if y[l] < x[l] { y[l] } else { x[l] });
+                    buf[j] = std::array::from_fn(|l| if y[l] < x[l] { x[l] } else { y[l] });
+                }
+                for l in 0..w {
+                    let m = buf[mid][l];
+                    if bad[l] {
+                        o[j0 + l].write(T::nan());
+                        ar[j0 + l] = 0;
+                        continue;
+                    }
+                    o[j0 + l].write(m);
+                    ar[j0 + l] = (0..k).find(|&q| ab[q * n + j0 + l].abs() == m).unwrap_or(0) as u32;
                 }
             }
-            for &(i, j) in &net {
-                let (x, y) = (buf[i], buf[j]);
-                buf[i] = std::array::from_fn(|l| if y[l] < x[l] { y[l] } else { x[l] });
-                buf[j] = std::array::from_fn(|l| if y[l] < x[l] { x[l] } else { y[l] });
-            }
-            for l in 0..w {
-                let m = buf[mid][l];
-                if bad[l] {
-                    o[j0 + l] = T::nan();
-                    ar[j0 + l] = 0;
-                    continue;
-                }
-                o[j0 + l] = m;
-                ar[j0 + l] = (0..k).find(|&q| ab[q * n + j0 + l].abs() == m).unwrap_or(0) as u32;
-            }
-        }
+        });
     });
     (out, arg)
 }

@@ -88,19 +88,20 @@ num!(f32);
 num!(f64);
 
 fn fwd<T: Num>(lam: &[T], w: &[T], d: Dims, abs: bool) -> Vec<T> {
-    let mut out: Vec<T> = super::output_vec(d.b * d.k);
-    out.par_chunks_mut(d.k.max(1)).enumerate().for_each(|(e, o)| {
-        let we = d.w_row(w, e);
-        for (q, o) in o.iter_mut().enumerate() {
-            let row = &lam[(e * d.k + q) * d.n..][..d.n];
-            let mut acc = T::default();
-            for (&x, &y) in row.iter().zip(we) {
-                acc += x.f(abs) * y;
+    // Every element is written: one per (example, row).
+    super::output_vec(d.b * d.k, |out| {
+        out.par_chunks_mut(d.k.max(1)).enumerate().for_each(|(e, o)| {
+            let we = d.w_row(w, e);
+            for (q, o) in o.iter_mut().enumerate() {
+                let row = &lam[(e * d.k + q) * d.n..][..d.n];
+                let mut acc = T::default();
+                for (&x, &y) in row.iter().zip(we) {
+                    acc += x.f(abs) * y;
+                }
+                o.write(acc);
             }
-            *o = acc;
-        }
-    });
-    out
+        })
+    })
 }
 
 struct RowSums {
@@ -142,18 +143,19 @@ struct GradLam {
 }
 
 fn grad_lam<T: Num>(lam: &[T], w: &[T], g: &[T], d: Dims, abs: bool) -> Vec<T> {
-    let mut out: Vec<T> = super::output_vec(lam.len());
-    out.par_chunks_mut((d.k * d.n).max(1)).enumerate().for_each(|(e, o)| {
-        let we = d.w_row(w, e);
-        for (q, row) in o.chunks_mut(d.n.max(1)).enumerate() {
-            let gq = g[e * d.k + q];
-            let lr = &lam[(e * d.k + q) * d.n..][..d.n];
-            for ((o, &x), &y) in row.iter_mut().zip(lr).zip(we) {
-                *o = x.df(abs, gq * y);
+    // Every element is written: the chunks cover `lam`, each row `n` elements.
+    super::output_vec(lam.len(), |out| {
+        out.par_chunks_mut((d.k * d.n).max(1)).enumerate().for_each(|(e, o)| {
+            let we = d.w_row(w, e);
+            for (q, row) in o.chunks_mut(d.n.max(1)).enumerate() {
+                let gq = g[e * d.k + q];
+                let lr = &lam[(e * d.k + q) * d.n..][..d.n];
+                for ((o, &x), &y) in row.iter_mut().zip(lr).zip(we) {
+                    o.write(x.df(abs, gq * y));
+                }
             }
-        }
-    });
-    out
+        })
+    })
 }
 
 impl CustomOp3 for GradLam {

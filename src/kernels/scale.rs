@@ -55,18 +55,18 @@ fn dims(b: usize, x: &Layout, s: &Layout) -> (usize, usize, usize) {
 }
 
 fn fwd<T: super::Float + std::ops::Mul<Output = T>>(x: &[T], s: &[T], b: usize, m: usize, n: usize) -> Vec<T> {
-    // Every element is written below.
-    let mut out = super::output_vec(b * m * n);
-    out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(e, o)| {
-        let se = &s[e * n..][..n];
-        for (q, row) in o.chunks_mut(n.max(1)).enumerate() {
-            let xr = &x[(e * m + q) * n..][..n];
-            for ((y, &a), &c) in row.iter_mut().zip(xr).zip(se) {
-                *y = a * c;
+    // Every element is written: the chunks cover `b · m · n`, each row `n` elements.
+    super::output_vec(b * m * n, |out| {
+        out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(e, o)| {
+            let se = &s[e * n..][..n];
+            for (q, row) in o.chunks_mut(n.max(1)).enumerate() {
+                let xr = &x[(e * m + q) * n..][..n];
+                for ((y, &a), &c) in row.iter_mut().zip(xr).zip(se) {
+                    y.write(a * c);
+                }
             }
-        }
-    });
-    out
+        })
+    })
 }
 
 impl CustomOp2 for ScaleRows {
