@@ -1,15 +1,23 @@
-//! Optimised lower slopes (α-CROWN, Xu et al. 2021) for the margin objectives.
+//! Optimised lower slopes (α-CROWN, Xu et al. 2021) for the margin objectives and the intermediate bounds.
 //!
 //! Every lower line `a_l · z` of a crossing ReLU (`l < 0 < u`) is a valid lower bound of `relu(z)` for any
-//! `a_l ∈ [0, 1]`, so `J(c; α)`, the dual objective ([`super::objective`]) with those lower slopes, is a valid
-//! lower bound on `c·f(x')` for every α, and each output specification may use its own α: `α` is
-//! `[B, K, *shape]` per activation, one slope per example, margin row and unit. Starting from CROWN's choice,
-//! `iters` steps of projected gradient ascent (Adam, step `lr`, projection onto `[0, 1]`) raise `Σ J`; the
-//! result is, per example and margin, the best bound met along the way, and never below `start` (the caller's
-//! CROWN-and-interval margin) nor below the paper's objective on the same layer bounds.
+//! `a_l` in the op's range ([`crate::ops::OpExec::lower_slope_range`], `[0, 1]` for the ReLU), so `J(c; α)`,
+//! the dual objective ([`super::objective`]) with those lower slopes, is a valid lower bound on `c·f(x')` for
+//! every α, and each objective row may use its own α: `α` is `[B, K, *shape]` per activation, one slope per
+//! example, objective row and unit. Starting from CROWN's choice, `iters` steps of projected gradient ascent
+//! (Adam, step `lr`, projection onto the range) raise `Σ J`; the result is, per example and row, the best bound
+//! met along the way.
 //!
-//! The layer bounds themselves are not optimised: they are those of the `crown` family (the paper's exact
-//! bounds intersected with interval bounds).
+//! 1. **Intermediate bounds.** For each activation input `z` whose bounds come from the dual network run
+//!    backwards from it ([`super::bounds::backward_layers`], the narrow layers: a backward pass costs one row
+//!    per unit), the rows `±e_j` of the units that cross zero in some example of the chunk are optimised with
+//!    the slopes of the activations before `z`: `l_j = max(l_j, J(e_j))`, `u_j = min(u_j, −J(−e_j))`. The
+//!    activation after `z` is relaxed again on the tighter bounds, before the next layer and the margins. Wide
+//!    layers (the convolutions' outputs) keep the `crown` bounds: one row per unit would cost hundreds of
+//!    margin passes.
+//! 2. **Margins.** The margin rows `c = e_y − e_j` with the slopes of every activation. The margin is never
+//!    below `start` (the caller's CROWN-and-interval margin) nor below the paper's objective on the same layer
+//!    bounds.
 
 use std::collections::HashMap;
 
@@ -19,9 +27,9 @@ use petgraph::graph::NodeIndex;
 use super::bounds::{strict_max, Bounds};
 use super::input_set::InputSet;
 use super::model::Model;
-use super::objective::objective;
+use super::objective::{dual_pass, objective};
 use crate::error::{Context, Result};
-use crate::ops::Relaxation;
+use crate::ops::{Family, Relaxation, Role};
 
 /// Examples optimised together: autograd keeps every adjoint `[B, K, *shape]` of the dual pass, so the memory
 /// grows with this (on `mnist_small`, 25 examples per worker at once peaked at 3.3 GB; chunks of 4 stay near
@@ -41,13 +49,10 @@ pub fn optimised_margins(
 ) -> Result<Tensor> {
     let ctx = || "optimising the lower slopes".to_string();
     let b = c.dims()[0];
-    if b <= CHUNK {
-        return optimise_chunk(model, set, bounds, c, start, iters, lr);
-    }
     let mut parts = Vec::new();
     for s in (0..b).step_by(CHUNK) {
         let n = CHUNK.min(b - s);
-        let sub = Bounds {
+        let mut sub = Bounds {
             layers: bounds
                 .layers
                 .iter()
@@ -62,14 +67,16 @@ pub fn optimised_margins(
                 .context(ctx)?,
             finite: Vec::new(),
         };
+        let set = set.narrow(s, n)?;
         let cs = c.narrow(0, s, n).context(ctx)?;
         let st = start.narrow(0, s, n).context(ctx)?;
-        parts.push(optimise_chunk(model, &set.narrow(s, n)?, &sub, &cs, &st, iters, lr)?);
+        tighten(model, &set, &mut sub, iters, lr)?;
+        parts.push(optimise_margins(model, &set, &sub, &cs, &st, iters, lr)?);
     }
     Tensor::cat(&parts, 0).context(ctx)
 }
 
-fn optimise_chunk(
+fn optimise_margins(
     model: &Model,
     set: &InputSet,
     bounds: &Bounds,
@@ -79,19 +86,118 @@ fn optimise_chunk(
     lr: f64,
 ) -> Result<Tensor> {
     let ctx = || "optimising the lower slopes".to_string();
-    let (b, k) = (c.dims()[0], c.dims()[1]);
     // The paper's objective on the same bounds: the result is never below it either.
     let single = Bounds {
         layers: Vec::new(),
         relax: bounds.relax.iter().map(|(i, r)| (*i, r.single_slope())).collect(),
         finite: Vec::new(),
     };
-    let mut best = strict_max(start, &objective(model, set, &single, c)?).context(ctx)?;
+    let best = strict_max(start, &objective(model, set, &single, c)?).context(ctx)?;
+    match ascend(model, set, bounds, model.graph.output, c, iters, lr)? {
+        Some(j) => strict_max(&best, &j).context(ctx),
+        None => Ok(best),
+    }
+}
+
+/// Step 1 of the module doc: optimise the bounds of every narrow activation input, in topological order, and
+/// relax its activations again on them. Every layer bound stays inside the one it had.
+pub fn tighten(model: &Model, set: &InputSet, bounds: &mut Bounds, iters: usize, lr: f64) -> Result<()> {
+    for z in super::bounds::backward_layers(model) {
+        tighten_layer(model, set, bounds, z, iters, lr)?;
+    }
+    Ok(())
+}
+
+/// Tighten the bounds of activation input `z` (see the module doc, step 1) and relax its activations again.
+fn tighten_layer(
+    model: &Model,
+    set: &InputSet,
+    bounds: &mut Bounds,
+    z: NodeIndex,
+    iters: usize,
+    lr: f64,
+) -> Result<()> {
+    let g = &model.graph;
+    let ctx = || format!("optimising the bounds of `{}`", g.node(z).name);
+    let Some(pos) = bounds.layers.iter().position(|(n, _, _)| *n == z) else { return Ok(()) };
+    let (l, u) = (bounds.layers[pos].1.clone(), bounds.layers[pos].2.clone());
+    let (b, shape) = (l.dims()[0], l.dims()[1..].to_vec());
+    let n: usize = shape.iter().product();
+    let host =
+        |t: &Tensor| t.to_dtype(candle_core::DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
+    let (mut lh, mut uh) = (host(&l).context(ctx)?, host(&u).context(ctx)?);
+    let units: Vec<usize> = (0..n).filter(|&j| (0..b).any(|e| lh[e * n + j] < 0.0 && uh[e * n + j] > 0.0)).collect();
+    let m = units.len();
+    if m == 0 {
+        return Ok(());
+    }
+    // Rows `e_j` (lower bounds) then `−e_j` (minus the upper bounds), for every crossing unit `j`.
+    let mut rows = vec![0f64; b * 2 * m * n];
+    for e in 0..b {
+        for (r, &j) in units.iter().enumerate() {
+            rows[(e * 2 * m + r) * n + j] = 1.0;
+            rows[(e * 2 * m + m + r) * n + j] = -1.0;
+        }
+    }
+    let mut c_shape = vec![b, 2 * m];
+    c_shape.extend_from_slice(&shape);
+    let c = Tensor::from_vec(rows, c_shape, l.device()).and_then(|t| t.to_dtype(l.dtype())).context(ctx)?;
+    let Some(j) = ascend(model, set, bounds, z, &c, iters, lr)? else { return Ok(()) };
+    let jh = host(&j).context(ctx)?;
+    let mut changed = false;
+    for e in 0..b {
+        for (r, &q) in units.iter().enumerate() {
+            let (lo, hi) = (jh[e * 2 * m + r], -jh[e * 2 * m + m + r]);
+            let (cl, cu) = (&mut lh[e * n + q], &mut uh[e * n + q]);
+            let (nl, nu) =
+                (if lo.is_finite() { cl.max(lo) } else { *cl }, if hi.is_finite() { cu.min(hi) } else { *cu });
+            // Both are valid bounds; rounding could cross them on a unit fixed at one value: keep the old pair.
+            if nl <= nu && (nl > *cl || nu < *cu) {
+                (*cl, *cu) = (nl, nu);
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(());
+    }
+    let back =
+        |v: Vec<f64>| -> candle_core::Result<Tensor> { Tensor::from_vec(v, l.dims(), l.device())?.to_dtype(l.dtype()) };
+    let (l, u) = (back(lh).context(ctx)?, back(uh).context(ctx)?);
+    for (a, _) in g.consumers(z) {
+        let Some(op) = g.node(a).kind.op().filter(|op| op.role() == Role::Activation) else { continue };
+        let r = op.relax_family(&model.ctx(a), &l, &u, Family::Alpha)?;
+        bounds.relax.insert(a, r);
+    }
+    bounds.layers[pos] = (z, l, u);
+    Ok(())
+}
+
+/// The best `J` (`[B, K]`) met by projected gradient ascent on the lower slopes of the activations before
+/// `start`, from the relaxations' own (CROWN's) slopes, for the rows `c: [B, K, *shape_start]`; `None` when no
+/// activation before `start` has a free lower slope.
+fn ascend(
+    model: &Model,
+    set: &InputSet,
+    bounds: &Bounds,
+    start: NodeIndex,
+    c: &Tensor,
+    iters: usize,
+    lr: f64,
+) -> Result<Option<Tensor>> {
+    let ctx = || "optimising the lower slopes".to_string();
+    let (b, k) = (c.dims()[0], c.dims()[1]);
     // Free slopes: per activation with its own lower line, the crossing mask, the fixed slopes of the other
-    // units (1 active, 0 inactive; zero on crossing units) and the parameter.
-    let mut free: Vec<(NodeIndex, Tensor, Tensor, Var)> = Vec::new();
+    // units (zero on crossing units), the range, and the parameter.
+    let mut free: Vec<(NodeIndex, Tensor, Tensor, (f64, f64), Var)> = Vec::new();
     for (&i, r) in &bounds.relax {
+        if i.index() >= start.index() {
+            continue;
+        }
         let Some(al) = &r.lower else { continue };
+        let Some(range) = model.graph.node(i).kind.op().and_then(|op| op.lower_slope_range(&model.ctx(i))) else {
+            continue;
+        };
         let z = model.graph.node(i).inputs[0];
         let Some((l, u)) = bounds.of(z) else { continue };
         let zero = l.zeros_like().context(ctx)?;
@@ -104,33 +210,38 @@ fn optimise_chunk(
         let mask = expand(&crossing.to_dtype(l.dtype()).context(ctx)?).context(ctx)?;
         let init = expand(al).context(ctx)?;
         let fixed = (1.0 - &mask).and_then(|m| init.mul(&m)).context(ctx)?;
-        free.push((i, mask, fixed, Var::from_tensor(&init).context(ctx)?));
+        free.push((i, mask, fixed, range, Var::from_tensor(&init).context(ctx)?));
     }
     if free.is_empty() || iters == 0 {
-        return Ok(best);
+        return Ok(None);
     }
     let (b1, b2, eps) = (0.9, 0.999, 1e-8);
     let mut moments: Vec<(Tensor, Tensor)> = free
         .iter()
-        .map(|(_, _, _, v)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
+        .map(|(.., v)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
         .collect::<candle_core::Result<_>>()
         .context(ctx)?;
+    let mut best: Option<Tensor> = None;
     for t in 1..=iters {
         let mut relax: HashMap<NodeIndex, Relaxation> = bounds.relax.clone();
-        for (i, mask, fixed, v) in &free {
-            // The parameter stays in [0, 1] (projected after each step); crossing units take it.
+        for (i, mask, fixed, _, v) in &free {
+            // The parameter stays in its range (projected after each step); crossing units take it.
             let lower = v.as_tensor().mul(mask).and_then(|a| a + fixed).context(ctx)?;
             if let Some(r) = relax.get_mut(i) {
                 r.lower = Some(lower);
             }
         }
-        let j = objective(model, set, &Bounds { layers: Vec::new(), relax, finite: Vec::new() }, c)?;
-        best = strict_max(&best, &j.detach()).context(ctx)?;
+        let (lin, rad) = dual_pass(model, set, &relax, start, c)?;
+        let j = (lin - rad).context(ctx)?;
+        best = Some(match &best {
+            None => j.detach(),
+            Some(bst) => strict_max(bst, &j.detach()).context(ctx)?,
+        });
         if t == iters {
             break;
         }
         let grads = j.sum_all().and_then(|s| s.backward()).context(ctx)?;
-        for ((_, _, _, v), (m, s)) in free.iter().zip(moments.iter_mut()) {
+        for ((.., (lo, hi), v), (m, s)) in free.iter().zip(moments.iter_mut()) {
             let Some(g) = grads.get(v.as_tensor()) else { continue };
             // A non-finite gradient is an artefact of the optimisation (e.g. the ℓ2 norm's `sqrt` at 0 on the
             // zero objective row), not a bound: that entry does not move.
@@ -140,9 +251,9 @@ fn optimise_chunk(
             *s = ((&*s * b2).context(ctx)? + (g.sqr().context(ctx)? * (1.0 - b2)).context(ctx)?).context(ctx)?;
             let mh = (&*m / (1.0 - b1.powi(t as i32))).context(ctx)?;
             let sh = (&*s / (1.0 - b2.powi(t as i32))).context(ctx)?;
-            // Ascent on J, then the projection onto [0, 1].
+            // Ascent on J, then the projection onto the range.
             let step = (mh / (sh.sqrt().context(ctx)? + eps).context(ctx)?).context(ctx)?;
-            let next = (v.as_tensor() + (step * lr).context(ctx)?).and_then(|x| x.clamp(0.0, 1.0)).context(ctx)?;
+            let next = (v.as_tensor() + (step * lr).context(ctx)?).and_then(|x| x.clamp(*lo, *hi)).context(ctx)?;
             v.set(&next).context(ctx)?;
         }
     }

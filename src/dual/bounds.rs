@@ -326,6 +326,7 @@ fn op_matrix(model: &Model, i: NodeIndex) -> Result<Option<Tensor>> {
 }
 
 /// Bounds of every activation input and the relaxation of every activation.
+#[derive(Clone)]
 pub struct Bounds {
     /// `(activation input node, lower [B, *shape], upper [B, *shape])`, in topological order.
     pub layers: Vec<(NodeIndex, Tensor, Tensor)>,

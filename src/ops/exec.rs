@@ -78,8 +78,9 @@ pub enum Family {
     Crown,
     /// Interval bound propagation: constant relaxations `σ(z) ∈ [σ(l), σ(u)]` on interval layer bounds.
     Ibp,
-    /// `crown` with the lower slopes optimised per example, margin and unit by projected gradient ascent on the
-    /// margin bounds ([`crate::dual::alpha`]); never below `crown` or `wk` on the same layer bounds.
+    /// `crown` with the lower slopes optimised per example, objective row and unit by projected gradient ascent,
+    /// first on the bounds of the narrow layers, then on the margin bounds ([`crate::dual::alpha`]); never below
+    /// `crown` or `wk`.
     Alpha,
 }
 
@@ -174,6 +175,12 @@ pub trait OpExec {
     /// `A c + b ± |A| r`). No default: an op with a negative coefficient must not inherit [`OpExec::linear`].
     fn linear_abs(&self, _ctx: &NodeCtx, _inputs: &[Tensor]) -> Result<Tensor> {
         Err(no_rule("linear_abs"))
+    }
+    /// Activation ops whose relaxation has its own lower line (`lower: Some`): the slopes `[lo, hi]` for which
+    /// the line `a · z` through the origin stays below `σ(z)` on every crossing unit, whatever its bounds; the
+    /// `alpha` family optimises the slopes in this range. `None` (the default): the lower line is fixed.
+    fn lower_slope_range(&self, _ctx: &NodeCtx) -> Option<(f64, f64)> {
+        None
     }
     /// Activation ops: the interval rule, bounds `[lo, hi]` of `σ(z)` for `z ∈ [l, u]` elementwise.
     fn interval(&self, _ctx: &NodeCtx, _l: &Tensor, _u: &Tensor) -> Result<(Tensor, Tensor)> {

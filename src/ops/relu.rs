@@ -86,6 +86,10 @@ impl OpExec for Relu {
             }
         }
     }
+    /// `a · z <= relu(z)` for every `z` exactly when `0 <= a <= 1`.
+    fn lower_slope_range(&self, _ctx: &NodeCtx) -> Option<(f64, f64)> {
+        Some((0.0, 1.0))
+    }
     /// Monotone: `[relu(l), relu(u)]`.
     fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((self.activate(ctx, l)?, self.activate(ctx, u)?))
