@@ -1,0 +1,121 @@
+//! Registry-driven checks: every op with a dual rule is held to them without anyone listing it here.
+//! - Every such op occurs in one of the test networks of `tests/common/nets.rs`, so the adjoint identity
+//!   (`tests/soundness.rs`), the interval rules and every family's soundness and ε = 0 checks
+//!   (`tests/families.rs`) run on it.
+//! - Every activation's relaxation, in every family, encloses the function on its interval: for `z ∈ [l, u]`,
+//!   `a_l·z + (mid − rad) <= σ(z) <= slope·z + (mid + rad)` and also `slope·z + (mid − rad) <= σ(z)` (the single
+//!   slope form forward propagation uses); its interval rule encloses `σ(z)`; a free lower slope `a` anywhere
+//!   in the declared range keeps `a·z <= σ(z)`.
+
+use candle_core::{Device, Tensor};
+use dualnet::ops::{Family, Role, REGISTRY};
+use rand::{Rng, SeedableRng};
+
+mod common;
+use common::nets::{model, SPECS};
+
+#[test]
+fn every_op_with_a_dual_rule_is_in_a_test_network() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, spec) in SPECS {
+        let m = model(spec, 1, 1.0);
+        for i in m.graph.order() {
+            if let Some(op) = m.graph.node(i).kind.op() {
+                seen.insert(op.name());
+            }
+        }
+    }
+    let missing: Vec<&str> =
+        REGISTRY.iter().filter(|op| op.has_dual() && !seen.contains(op.name())).map(|op| op.name()).collect();
+    assert!(
+        missing.is_empty(),
+        "ops with a dual rule that no test network uses: {missing:?} (add one to tests/common/nets.rs)"
+    );
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
+}
+
+#[test]
+fn every_activation_relaxation_encloses_its_function() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut checked = 0;
+    for op in REGISTRY.iter().filter(|op| op.has_dual() && op.role() == Role::Activation) {
+        let spec = format!(
+            "network m {{ input x: [6]  l = linear(x, out=8)  a = {}(l)  o = linear(a, out=3)  output o }}",
+            op.name()
+        );
+        let m = model(&spec, 2, 1.0);
+        let a = m.graph.find("a").expect("node a");
+        let ctx = m.ctx(a);
+        let n = 8 * 64;
+        // Bounds of every kind: both negative, both positive, crossing, wide, narrow, a point.
+        let (mut lv, mut uv) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for k in 0..n {
+            let c: f64 = rng.random_range(-4.0..4.0);
+            let w: f64 = match k % 4 {
+                0 => 0.0,
+                1 => rng.random_range(0.0..0.1),
+                _ => rng.random_range(0.0..6.0),
+            };
+            lv.push(c - w * rng.random_range(0.0..1.0));
+            uv.push(c + w * rng.random_range(0.0..1.0));
+        }
+        let l = Tensor::from_vec(lv.clone(), (64, 8), &Device::Cpu).expect("l");
+        let u = Tensor::from_vec(uv.clone(), (64, 8), &Device::Cpu).expect("u");
+        let (ilo, ihi) = op.interval(&ctx, &l, &u).expect("interval");
+        let (ilo, ihi) = (flat(&ilo), flat(&ihi));
+        for family in [Family::Wk, Family::Crown, Family::Alpha, Family::Ibp] {
+            let r = op.relax_family(&ctx, &l, &u, family).expect("relax");
+            let (slope, mid, rad) = (flat(&r.slope), flat(&r.mid), flat(&r.rad));
+            let lower = r.lower.as_ref().map(flat).unwrap_or_else(|| slope.clone());
+            for _ in 0..8 {
+                let t: Vec<f64> = (0..n).map(|_| rng.random_range(0.0..=1.0)).collect();
+                let zs: Vec<f64> = (0..n).map(|k| lv[k] + t[k] * (uv[k] - lv[k])).collect();
+                let z = Tensor::from_vec(zs.clone(), (64, 8), &Device::Cpu).expect("z");
+                let s = flat(&op.activate(&ctx, &z).expect("activate"));
+                for k in 0..n {
+                    let tol = 1e-9 * (1.0 + zs[k].abs());
+                    let what = format!("{} ({family}) at z = {} in [{}, {}]", op.name(), zs[k], lv[k], uv[k]);
+                    assert!(
+                        lower[k] * zs[k] + mid[k] - rad[k] <= s[k] + tol,
+                        "{what}: lower line above σ(z) = {}",
+                        s[k]
+                    );
+                    assert!(
+                        slope[k] * zs[k] + mid[k] - rad[k] <= s[k] + tol,
+                        "{what}: single-slope lower line above σ(z)"
+                    );
+                    assert!(
+                        slope[k] * zs[k] + mid[k] + rad[k] >= s[k] - tol,
+                        "{what}: upper line below σ(z) = {}",
+                        s[k]
+                    );
+                    assert!(
+                        ilo[k] <= s[k] + tol && s[k] <= ihi[k] + tol,
+                        "{what}: σ(z) = {} outside the interval",
+                        s[k]
+                    );
+                }
+            }
+        }
+        if let Some((lo, hi)) = op.lower_slope_range(&ctx) {
+            let zs: Vec<f64> = (0..n).map(|_| rng.random_range(-6.0..6.0)).collect();
+            let z = Tensor::from_vec(zs.clone(), (64, 8), &Device::Cpu).expect("z");
+            let s = flat(&op.activate(&ctx, &z).expect("activate"));
+            for a in [lo, hi, 0.5 * (lo + hi)] {
+                for k in 0..n {
+                    assert!(
+                        a * zs[k] <= s[k] + 1e-12,
+                        "{}: slope {a} in its range gives a·z above σ(z) at {}",
+                        op.name(),
+                        zs[k]
+                    );
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} activations checked");
+}
