@@ -349,11 +349,11 @@ network n {
     output l2
 }
 ",
-    tanh_has_no_dual_rule => "\
+    softmax_is_not_a_hidden_activation => "\
 network n {
     input x: [784]
     l1 = linear(x, out=100)
-    t = tanh(l1)
+    t = softmax(l1)
     l2 = linear(t, out=10)
     output l2
 }

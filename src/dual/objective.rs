@@ -91,27 +91,43 @@ pub fn dual_pass(
                     }
                     Role::Activation => {
                         let r = relax.get(&i).ok_or_else(|| Error::Usage("internal: relaxation missing".into()))?;
-                        let t1 = weighted_row_sums(&lam, &r.mid, false).context(ctx_err)?;
-                        let t2 = weighted_row_sums(&lam, &r.rad, true).context(ctx_err)?;
-                        lin = (lin + t1).context(ctx_err)?;
-                        rad = (rad + t2).context(ctx_err)?;
                         // The one place where the adjoint's sign picks the line: a coefficient `λ >= 0` on `σ(z)`
-                        // is bounded below by the lower line, `λ < 0` by the upper one. With one slope for both
-                        // lines (`lower: None`) this is `slope ⊙ λ`.
-                        let back = match &r.lower {
-                            None => crate::kernels::scale::scale_rows(&lam, &r.slope),
-                            // `a_l` is `[B, *shape]` (one slope per unit) or `[B, K, *shape]` (one per objective
-                            // row, optimised by `alpha`).
-                            Some(al) => lam.relu().and_then(|pos| {
-                                let neg = (&lam - &pos)?;
-                                let lo = match al.rank() == lam.rank() {
-                                    true => pos.mul(al)?,
-                                    false => crate::kernels::scale::scale_rows(&pos, al)?,
-                                };
-                                lo + crate::kernels::scale::scale_rows(&neg, &r.slope)?
-                            }),
-                        }
-                        .context(ctx_err)?;
+                        // is bounded below by the lower line, `λ < 0` by the upper one.
+                        let back = if let Some(ln) = &r.lines {
+                            // Two lines with their own offsets: `[λ]₊ (a_l z + b_l) + [λ]₋ (a_u z + b_u)`.
+                            let pos = lam.relu().context(ctx_err)?;
+                            let neg = (&lam - &pos).context(ctx_err)?;
+                            let go = || -> candle_core::Result<(Tensor, Tensor)> {
+                                let off = (weighted_row_sums(&pos, &ln.lo_off, false)?
+                                    + weighted_row_sums(&neg, &ln.up_off, false)?)?;
+                                let back = (crate::kernels::scale::scale_rows(&pos, &ln.lo_slope)?
+                                    + crate::kernels::scale::scale_rows(&neg, &ln.up_slope)?)?;
+                                Ok((off, back))
+                            };
+                            let (off, back) = go().context(ctx_err)?;
+                            lin = (lin + off).context(ctx_err)?;
+                            back
+                        } else {
+                            let t1 = weighted_row_sums(&lam, &r.mid, false).context(ctx_err)?;
+                            let t2 = weighted_row_sums(&lam, &r.rad, true).context(ctx_err)?;
+                            lin = (lin + t1).context(ctx_err)?;
+                            rad = (rad + t2).context(ctx_err)?;
+                            // With one slope for both lines (`lower: None`) this is `slope ⊙ λ`.
+                            match &r.lower {
+                                None => crate::kernels::scale::scale_rows(&lam, &r.slope),
+                                // `a_l` is `[B, *shape]` (one slope per unit) or `[B, K, *shape]` (one per
+                                // objective row, optimised by `alpha`).
+                                Some(al) => lam.relu().and_then(|pos| {
+                                    let neg = (&lam - &pos)?;
+                                    let lo = match al.rank() == lam.rank() {
+                                        true => pos.mul(al)?,
+                                        false => crate::kernels::scale::scale_rows(&pos, al)?,
+                                    };
+                                    lo + crate::kernels::scale::scale_rows(&neg, &r.slope)?
+                                }),
+                            }
+                            .context(ctx_err)?
+                        };
                         accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
                     }
                     Role::Unsupported => return Err(Error::Usage(format!("`{}` has no dual rule", op.name()))),

@@ -58,12 +58,37 @@ impl NodeCtx<'_> {
 /// then picks, per unit and per sign of the adjoint, the line that bounds the objective from below
 /// ([`crate::dual::objective`]); forward propagation keeps using `slope` and `[mid − rad, mid + rad]`, which
 /// stay valid. Cloning is cheap (tensors are reference counted).
+///
+/// `lines: Some` (CROWN's relaxation of an S-shaped activation) gives two independent lines with their own
+/// offsets, `lo_slope · z + lo_off <= σ(z) <= up_slope · z + up_off`; the dual rule then uses them instead of
+/// `slope`, `lower`, `mid` and `rad`, which keep the one-slope band forward propagation needs.
 #[derive(Clone)]
 pub struct Relaxation {
     pub slope: Tensor,
     pub mid: Tensor,
     pub rad: Tensor,
     pub lower: Option<Tensor>,
+    pub lines: Option<Lines>,
+}
+
+/// Two lines bounding an activation on `[l, u]`, each `[B, *shape]`.
+#[derive(Clone)]
+pub struct Lines {
+    pub lo_slope: Tensor,
+    pub lo_off: Tensor,
+    pub up_slope: Tensor,
+    pub up_off: Tensor,
+}
+
+impl Lines {
+    fn narrow(&self, start: usize, len: usize) -> candle_core::Result<Lines> {
+        Ok(Lines {
+            lo_slope: self.lo_slope.narrow(0, start, len)?,
+            lo_off: self.lo_off.narrow(0, start, len)?,
+            up_slope: self.up_slope.narrow(0, start, len)?,
+            up_off: self.up_off.narrow(0, start, len)?,
+        })
+    }
 }
 
 /// A family of relaxations (`--bound`).
@@ -100,7 +125,7 @@ impl Relaxation {
     /// paper). It is valid: `slope · z + [mid − rad, mid + rad]` must contain `σ(z)` whatever `lower` says
     /// (forward propagation relies on it), and `lower` only adds a second valid lower line.
     pub fn single_slope(&self) -> Relaxation {
-        Relaxation { lower: None, ..self.clone() }
+        Relaxation { lower: None, lines: None, ..self.clone() }
     }
 
     /// The relaxation of examples `start..start + len`.
@@ -110,6 +135,7 @@ impl Relaxation {
             mid: self.mid.narrow(0, start, len)?,
             rad: self.rad.narrow(0, start, len)?,
             lower: self.lower.as_ref().map(|l| l.narrow(0, start, len)).transpose()?,
+            lines: self.lines.as_ref().map(|l| l.narrow(start, len)).transpose()?,
         })
     }
 
@@ -118,7 +144,7 @@ impl Relaxation {
     pub fn constant(lo: &Tensor, hi: &Tensor) -> candle_core::Result<Relaxation> {
         let mid = ((lo + hi)? * 0.5)?;
         let rad = ((hi - lo)? * 0.5)?.relu()?;
-        Ok(Relaxation { slope: lo.zeros_like()?, mid, rad, lower: None })
+        Ok(Relaxation { slope: lo.zeros_like()?, mid, rad, lower: None, lines: None })
     }
 }
 

@@ -13,11 +13,13 @@ pub mod conv2d;
 pub mod flatten;
 pub mod hardtanh;
 pub mod identity;
+pub mod leaky_relu;
 pub mod linear;
 pub mod maxpool2d;
 pub mod relu;
 pub mod sigmoid;
 pub mod softmax;
+pub mod sshape;
 pub mod tanh;
 
 mod exec;
@@ -31,6 +33,7 @@ pub static REGISTRY: &[&dyn Op] = &[
     &linear::Linear,
     &conv2d::Conv2d,
     &relu::Relu,
+    &leaky_relu::LeakyRelu,
     &hardtanh::Hardtanh,
     &flatten::Flatten,
     &batchnorm2d::BatchNorm2d,

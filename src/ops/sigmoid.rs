@@ -1,6 +1,16 @@
-//! `sigmoid(src)`: logistic function 1/(1+exp(-z)); known, shaped, but without a dual rule yet.
+//! `sigmoid(src)`: the logistic function 1/(1+exp(-z)), elementwise, any shape.
+//!
+//! An S-shaped activation (convex below 0, concave above): its relaxations are those of [`super::sshape`]:
+//! `wk` one slope (the chord's) with the exact band around it, `crown` (and `alpha`, which has no free slope
+//! here: its tangent points are CROWN's) the tangent and chord lines of Zhang et al. 2018, `ibp` the interval
+//! `[sigmoid(l), sigmoid(u)]` (monotone). The dual rule is `ν_in = slope ⊙ ν` (one slope) or the sign split between
+//! the two lines, with their offsets in the objective.
 
+use candle_core::Tensor;
+
+use super::sshape::{self, Kind};
 use super::*;
+use crate::error::{Context, Result};
 
 pub struct Sigmoid;
 
@@ -9,17 +19,47 @@ impl Op for Sigmoid {
         "sigmoid"
     }
     fn summary(&self) -> &'static str {
-        "logistic function 1/(1+exp(-z)) (no dual rule)"
+        "logistic function 1/(1+exp(-z))"
     }
     fn infer_shape(&self, _a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
         Ok(inputs[0].clone())
     }
     fn dual_name(&self) -> Option<&'static str> {
-        None
+        Some("sigmoid_dual")
     }
-    fn alternatives(&self) -> &'static str {
-        "use `hardtanh` or `relu` as the nonlinearity"
+    fn dual_text(&self, t: &DualText) -> String {
+        format!(
+            "sigmoid_dual({}; slopes of the lines on the bounds of {})",
+            t.nu,
+            t.in_names.first().copied().unwrap_or("?")
+        )
     }
 }
 
-impl OpExec for Sigmoid {}
+impl OpExec for Sigmoid {
+    fn role(&self) -> Role {
+        Role::Activation
+    }
+    fn activate(&self, ctx: &NodeCtx, x: &Tensor) -> Result<Tensor> {
+        Kind::Sigmoid.f(x).context(|| format!("sigmoid `{}`", ctx.name))
+    }
+    fn relax(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
+        sshape::single(Kind::Sigmoid, l, u).context(|| format!("relaxation of sigmoid `{}`", ctx.name))
+    }
+    fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
+        match family {
+            Family::Wk => self.relax(ctx, l, u),
+            Family::Crown | Family::Alpha => {
+                sshape::crown(Kind::Sigmoid, l, u).context(|| format!("CROWN relaxation of sigmoid `{}`", ctx.name))
+            }
+            Family::Ibp => {
+                let (lo, hi) = self.interval(ctx, l, u)?;
+                Relaxation::constant(&lo, &hi).context(|| format!("interval relaxation of sigmoid `{}`", ctx.name))
+            }
+        }
+    }
+    /// Monotone: `[sigmoid(l), sigmoid(u)]`.
+    fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.activate(ctx, l)?, self.activate(ctx, u)?))
+    }
+}

@@ -1,4 +1,6 @@
-//! `softmax(src)`: normalised exponentials over a vector; known, shaped, but without a dual rule yet.
+//! `softmax(src)`: normalised exponentials over a vector; known and shaped, but without a dual rule: it is not a
+//! hidden-layer activation here (the margins are bounded on the logits, and a softmax before them changes
+//! no prediction).
 
 use super::*;
 
@@ -18,7 +20,7 @@ impl Op for Softmax {
         None
     }
     fn alternatives(&self) -> &'static str {
-        "leave the output as logits; the margin bounds and robust cross-entropy work on logits"
+        "softmax is not a hidden-layer activation here; leave the output as logits (the margin bounds and robust cross-entropy work on logits), and use `sigmoid`, `tanh` or `relu` inside the network"
     }
 }
 

@@ -1,0 +1,193 @@
+//! Relaxations of S-shaped activations (`sigmoid`, `tanh`): increasing, convex for `z < 0`, concave for
+//! `z > 0`, with the derivative `σ'` largest at 0 and decreasing in `|z|`. Elementwise over `[B, *shape]`,
+//! in candle ops (so that training can differentiate through them).
+//!
+//! - **`wk` (one slope):** the chord slope `a = (σ(u) − σ(l)) / (u − l)` (the derivative at `l` on a point
+//!   interval), and the band `σ(z) − a z ∈ [b_lo, b_hi]`: the extremes of `g(z) = σ(z) − a z` on `[l, u]` lie at
+//!   `l`, `u` or where `σ'(z) = a`, which is `±z*(a)` in closed form (sigmoid: `σ = (1 ± sqrt(1 − 4a)) / 2`;
+//!   tanh: `σ = ±sqrt(1 − a)`). Exact, no iteration.
+//! - **`crown` (two lines, CROWN's general activation bounds, Zhang et al. 2018):**
+//!   - `u <= 0` (convex): upper line the chord, lower line the tangent at the midpoint;
+//!   - `l >= 0` (concave): lower line the chord, upper line the tangent at the midpoint;
+//!   - `l < 0 < u`: the upper line is the tangent at the smallest `t ∈ [0, u]` whose tangent passes above
+//!     `(l, σ(l))` (found by [`BISECT`] bisection steps, always keeping a valid end), else the chord; the lower
+//!     line likewise with `t ∈ [l, 0]` and `(u, σ(u))`.
+//!
+//!   Why the tangent at `t ∈ [0, u]` is an upper bound on `[l, u]` when `T_t(l) >= σ(l)`: on `[0, u]` by
+//!   concavity; on `[l, 0]`, `T_t − σ` is concave (σ is convex there) and `>= 0` at both ends. `T_t(l)` grows
+//!   with `t` (its derivative is `σ''(t)(l − t) >= 0`), so the valid `t` form an interval and bisection
+//!   finds its end. When even `t = u` fails, `σ'(u) > ` the chord's slope, and the chord is above `σ` on `[l, u]`
+//!   (concave on `[l, 0]` with both ends `>= 0`; convex on `[0, u]` and decreasing to 0 at `u`).
+//!
+//! Each line's offset is widened by [`SLACK_ULPS`] units of rounding, far above the rounding of the few operations that
+//! compute it.
+
+use candle_core::{Result, Tensor};
+
+use super::{Lines, Relaxation};
+
+/// Bisection steps for the tangent points (the bracket shrinks to `2^-BISECT` of `|l|` or `u`).
+pub const BISECT: usize = 24;
+/// Widening of every offset, in units of the dtype's rounding (`|x| · SLACK_ULPS · ε_dtype + SLACK_ULPS · ε_dtype`
+/// with ε the machine epsilon of f32 or f64): σ's values are in [−1, 1], and each offset is a few operations.
+pub const SLACK_ULPS: f64 = 16.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sigmoid,
+    Tanh,
+}
+
+impl Kind {
+    pub fn f(self, z: &Tensor) -> Result<Tensor> {
+        match self {
+            Kind::Sigmoid => candle_nn::ops::sigmoid(z),
+            Kind::Tanh => z.tanh(),
+        }
+    }
+    /// `σ'(z)`.
+    pub fn df(self, z: &Tensor) -> Result<Tensor> {
+        let s = self.f(z)?;
+        match self {
+            Kind::Sigmoid => s.clone() * (1.0 - s)?,
+            Kind::Tanh => 1.0 - s.sqr()?,
+        }
+    }
+    /// The largest derivative, `σ'(0)`.
+    fn df_max(self) -> f64 {
+        match self {
+            Kind::Sigmoid => 0.25,
+            Kind::Tanh => 1.0,
+        }
+    }
+    /// The `z* >= 0` with `σ'(z*) = a`, for `0 < a <= σ'(0)` (clamped into that range).
+    fn inv_df(self, a: &Tensor) -> Result<Tensor> {
+        let a = a.clamp(1e-300, self.df_max())?;
+        match self {
+            Kind::Sigmoid => {
+                // σ(1 − σ) = a → σ = (1 + sqrt(1 − 4a)) / 2, z = ln(σ / (1 − σ)).
+                let r = (1.0 - (a * 4.0)?)?.relu()?.sqrt()?;
+                let s = ((&r + 1.0)? * 0.5)?;
+                let one_minus = ((1.0 - &r)? * 0.5)?.clamp(1e-300, 1.0)?;
+                (s / one_minus)?.log()
+            }
+            Kind::Tanh => {
+                // 1 − t² = a → t = sqrt(1 − a), z = atanh(t) = ln((1 + t) / (1 − t)) / 2.
+                let t = (1.0 - a)?.relu()?.sqrt()?;
+                let den = (1.0 - &t)?.clamp(1e-300, 2.0)?;
+                ((&t + 1.0)? / den)?.log()? * 0.5
+            }
+        }
+    }
+}
+
+/// `max` (or `min`) of `g(z) = σ(z) − a z` over `[l, u]`: at the ends or at `±z*` inside.
+fn band(k: Kind, l: &Tensor, u: &Tensor, a: &Tensor) -> Result<(Tensor, Tensor)> {
+    let g = |z: &Tensor| -> Result<Tensor> { k.f(z)? - (a * z)? };
+    let (gl, gu) = (g(l)?, g(u)?);
+    let mut lo = gl.minimum(&gu)?;
+    let mut hi = gl.maximum(&gu)?;
+    let zs = k.inv_df(a)?;
+    for z in [zs.clone(), zs.neg()?] {
+        let inside = (z.ge(l)? * z.le(u)?)?;
+        let gz = g(&z)?;
+        lo = inside.where_cond(&lo.minimum(&gz)?, &lo)?;
+        hi = inside.where_cond(&hi.maximum(&gz)?, &hi)?;
+    }
+    Ok((lo, hi))
+}
+
+/// The widening of an offset `x` ([`SLACK_ULPS`]).
+fn slack(x: &Tensor) -> Result<Tensor> {
+    let eps = match x.dtype() {
+        candle_core::DType::F64 => f64::EPSILON,
+        _ => f32::EPSILON as f64,
+    } * SLACK_ULPS;
+    (x.abs()? * eps)? + eps
+}
+
+/// The chord slope on `[l, u]`, and the derivative at `l` on a (near) point interval.
+fn chord_slope(k: Kind, l: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let w = (u - l)?;
+    let point = w.le(1e-12)?;
+    let safe = point.where_cond(&w.ones_like()?, &w)?;
+    let chord = ((k.f(u)? - k.f(l)?)? / safe)?;
+    point.where_cond(&k.df(l)?, &chord)
+}
+
+/// The `wk` relaxation: one slope, the chord's, and the exact band around it.
+pub fn single(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
+    let a = chord_slope(k, l, u)?;
+    let (lo, hi) = band(k, l, u, &a)?;
+    let (lo, hi) = ((&lo - slack(&lo)?)?, (&hi + slack(&hi)?)?);
+    let mid = ((&lo + &hi)? * 0.5)?;
+    let rad = ((&hi - &lo)? * 0.5)?;
+    Ok(Relaxation { slope: a, mid, rad, lower: None, lines: None })
+}
+
+/// The tangent line at `t`: slope `σ'(t)`, offset `σ(t) − σ'(t) t`.
+fn tangent(k: Kind, t: &Tensor) -> Result<(Tensor, Tensor)> {
+    let d = k.df(t)?;
+    let off = (k.f(t)? - (&d * t)?)?;
+    Ok((d, off))
+}
+
+/// The `crown` relaxation: the `wk` band (forward propagation uses it) and CROWN's two lines.
+pub fn crown(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
+    let mut r = single(k, l, u)?;
+    let zero = l.zeros_like()?;
+    let a = chord_slope(k, l, u)?;
+    let chord_off = (k.f(l)? - (&a * l)?)?;
+    let (fl, fu) = (k.f(l)?, k.f(u)?);
+    let m = ((l + u)? * 0.5)?;
+    let (tm, tm_off) = tangent(k, &m)?;
+    // Upper tangent from (l, σ(l)) on t ∈ [0, u]: `hi` stays valid (T_hi(l) >= σ(l)) once it is.
+    let valid_up = |t: &Tensor| -> Result<Tensor> {
+        let (d, off) = tangent(k, t)?;
+        ((&d * l)? + off)?.ge(&fl)
+    };
+    let u_pos = u.maximum(&zero)?;
+    let up_ok = valid_up(&u_pos)?;
+    let (mut lo_t, mut hi_t) = (zero.clone(), u_pos.clone());
+    for _ in 0..BISECT {
+        let mid = ((&lo_t + &hi_t)? * 0.5)?;
+        let ok = valid_up(&mid)?;
+        hi_t = ok.where_cond(&mid, &hi_t)?;
+        lo_t = ok.where_cond(&lo_t, &mid)?;
+    }
+    let (tu, tu_off) = tangent(k, &hi_t)?;
+    // Lower tangent towards (u, σ(u)) on t ∈ [l, 0]: `lo` stays valid (T_lo(u) <= σ(u)).
+    let valid_lo = |t: &Tensor| -> Result<Tensor> {
+        let (d, off) = tangent(k, t)?;
+        ((&d * u)? + off)?.le(&fu)
+    };
+    let l_neg = l.minimum(&zero)?;
+    let lo_ok = valid_lo(&l_neg)?;
+    let (mut lo_s, mut hi_s) = (l_neg.clone(), zero.clone());
+    for _ in 0..BISECT {
+        let mid = ((&lo_s + &hi_s)? * 0.5)?;
+        let ok = valid_lo(&mid)?;
+        lo_s = ok.where_cond(&mid, &lo_s)?;
+        hi_s = ok.where_cond(&hi_s, &mid)?;
+    }
+    let (tl, tl_off) = tangent(k, &lo_s)?;
+    let convex = u.le(&zero)?;
+    let concave = l.ge(&zero)?;
+    // Mixed case lines, then the one-sided cases.
+    let up_slope = up_ok.where_cond(&tu, &a)?;
+    let up_off = up_ok.where_cond(&tu_off, &chord_off)?;
+    let lo_slope = lo_ok.where_cond(&tl, &a)?;
+    let lo_off = lo_ok.where_cond(&tl_off, &chord_off)?;
+    let up_slope = convex.where_cond(&a, &concave.where_cond(&tm, &up_slope)?)?;
+    let up_off = convex.where_cond(&chord_off, &concave.where_cond(&tm_off, &up_off)?)?;
+    let lo_slope = convex.where_cond(&tm, &concave.where_cond(&a, &lo_slope)?)?;
+    let lo_off = convex.where_cond(&tm_off, &concave.where_cond(&chord_off, &lo_off)?)?;
+    // A (near) point interval keeps the band: the tangent and chord lines are no better there.
+    let point = (u - l)?.le(1e-9)?;
+    let up_slope = point.where_cond(&r.slope, &up_slope)?;
+    let up_off = point.where_cond(&(&r.mid + &r.rad)?, &(&up_off + slack(&up_off)?)?)?;
+    let lo_slope = point.where_cond(&r.slope, &lo_slope)?;
+    let lo_off = point.where_cond(&(&r.mid - &r.rad)?, &(&lo_off - slack(&lo_off)?)?)?;
+    r.lines = Some(Lines { lo_slope, lo_off, up_slope, up_off });
+    Ok(r)
+}
