@@ -60,21 +60,24 @@ impl Kind {
             Kind::Tanh => 1.0,
         }
     }
-    /// The `z* >= 0` with `σ'(z*) = a`, for `0 < a <= σ'(0)` (clamped into that range).
+    /// The `z* >= 0` with `σ'(z*) = a`, for `0 < a <= σ'(0)` (clamped into `[1e-30, σ'(0)]`, which keeps
+    /// `z*` finite in f32 too: a smaller slope only occurs where σ is flat to below the rounding on `[l, u]`).
+    /// Detached: the band's offsets `g(±z*)` have the derivative `−(±z*)` in `a` with `z*` held fixed (the
+    /// envelope theorem, `g'(z*) = 0`), and the square root and logarithm here would give infinite ones.
     fn inv_df(self, a: &Tensor) -> Result<Tensor> {
-        let a = a.clamp(1e-300, self.df_max())?;
+        let a = a.detach().clamp(1e-30, self.df_max())?;
         match self {
             Kind::Sigmoid => {
                 // σ(1 − σ) = a → σ = (1 + sqrt(1 − 4a)) / 2, z = ln(σ / (1 − σ)).
                 let r = (1.0 - (a * 4.0)?)?.relu()?.sqrt()?;
                 let s = ((&r + 1.0)? * 0.5)?;
-                let one_minus = ((1.0 - &r)? * 0.5)?.clamp(1e-300, 1.0)?;
+                let one_minus = ((1.0 - &r)? * 0.5)?.clamp(1e-30, 1.0)?;
                 (s / one_minus)?.log()
             }
             Kind::Tanh => {
                 // 1 − t² = a → t = sqrt(1 − a), z = atanh(t) = ln((1 + t) / (1 − t)) / 2.
                 let t = (1.0 - a)?.relu()?.sqrt()?;
-                let den = (1.0 - &t)?.clamp(1e-300, 2.0)?;
+                let den = (1.0 - &t)?.clamp(1e-30, 2.0)?;
                 ((&t + 1.0)? / den)?.log()? * 0.5
             }
         }
