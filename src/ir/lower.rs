@@ -744,6 +744,9 @@ impl<'a> Lowerer<'a> {
             );
             return Binding::Poisoned;
         }
+        if let Some(steps) = op.expand(&attrs, &shapes) {
+            return self.expansion(name, op, steps, &idx, span, scope);
+        }
         let weights = op.weights(&attrs, &shapes, &out);
         let node = Node {
             name: format!("{}{}", scope.prefix, name.node),
@@ -759,6 +762,64 @@ impl<'a> Lowerer<'a> {
             self.dag.add_edge(*i, n, pos);
         }
         Binding::Node(n)
+    }
+
+    /// The nodes of an op's expansion ([`ops::Op::expand`]), named `<name>.<suffix>` but the last, `<name>`.
+    fn expansion(
+        &mut self,
+        name: &Ident,
+        op: &'static dyn Op,
+        steps: Vec<ops::Step>,
+        idx: &[NodeIndex],
+        span: Span,
+        scope: &Scope,
+    ) -> Binding {
+        let mut made: Vec<NodeIndex> = Vec::new();
+        let last = steps.len().saturating_sub(1);
+        for (k, step) in steps.into_iter().enumerate() {
+            let ins: Vec<NodeIndex> = step
+                .inputs
+                .iter()
+                .filter_map(|r| match *r {
+                    ops::StepInput::Call(i) => idx.get(i).copied(),
+                    ops::StepInput::Step(j) => made.get(j).copied(),
+                })
+                .collect();
+            let shapes: Vec<&ops::Shape> = ins.iter().map(|i| &self.dag[*i].shape).collect();
+            let shape = match step.op.parse_args(&step.attrs).and_then(|()| step.op.infer_shape(&step.attrs, &shapes)) {
+                Ok(s) if ins.len() == step.inputs.len() => s,
+                other => {
+                    self.report(
+                        Diagnostic::new(
+                            Code::ShapeMismatch,
+                            format!("internal: step `{}` of `{}`'s expansion: {other:?}", step.suffix, op.name()),
+                        )
+                        .label(span, "in this call"),
+                    );
+                    return Binding::Poisoned;
+                }
+            };
+            let weights = step.op.weights(&step.attrs, &shapes, &shape);
+            let node_name = match k == last {
+                true => format!("{}{}", scope.prefix, name.node),
+                false => format!("{}{}.{}", scope.prefix, name.node, step.suffix),
+            };
+            let node = Node {
+                name: node_name,
+                kind: NodeKind::Op(step.op),
+                attrs: step.attrs,
+                shape,
+                inputs: ins.clone(),
+                span,
+                weights,
+            };
+            let n = self.dag.add_node(node);
+            for (pos, i) in ins.iter().enumerate() {
+                self.dag.add_edge(*i, n, pos);
+            }
+            made.push(n);
+        }
+        made.last().map(|&n| Binding::Node(n)).unwrap_or(Binding::Poisoned)
     }
 
     fn shape_error(

@@ -1,5 +1,21 @@
-//! `maxpool2d(src, kernel=K, stride=K, padding=0)`: known, shaped, but without a dual rule yet.
+//! `maxpool2d(src, kernel=K, stride=K, padding=0)`: `[C, H, W] -> [C, H', W']`, the largest element of every
+//! `K×K` window.
+//!
+//! Relaxation: a rewrite through ReLUs, `max(a, b) = a + relu(b − a)`. Lowering builds, in the call's place,
+//! the `K²` window picks `p_0 … p_{K²−1}` ([`super::window_pick`]) and the chain `m_0 = p_0`,
+//! `m_i = m_{i−1} + relu(p_i − m_{i−1})`; the last `m` takes the call's name. Its forward is the max exactly (in
+//! real arithmetic), and its interval rule, relaxations in every family (`wk`, `crown`, `alpha`'s free slopes,
+//! `ibp`) and dual rule are those of `window_pick`, `sub`, `relu` and `add`, already checked op by op. Why this
+//! one: it needs no rule of its own, so every family and every bound route (forward, backward, grouping,
+//! training) gets it for free, and the chain is exact where the maximum is known: if `p_0` is provably the
+//! largest (`l_0 >= u_i`), every `p_i − m_{i−1}` has upper bound `<= u_i − l_0 <= 0`, each ReLU is inactive and
+//! `m = p_0` exactly; more generally a window whose first position dominates relaxes exactly, and a stable
+//! `p_i − m_{i−1}` (either sign) adds no looseness. (DeepPoly's relaxation, lower line the input with the
+//! largest lower bound and upper line the largest upper bound, would need a window op in every bound route.)
+//!
+//! Padding would pad with −∞ (PyTorch's rule), which a sum of ReLUs cannot pick up: `padding` must be 0.
 
+use super::window_pick::WindowPick;
 use super::*;
 
 pub struct MaxPool2d;
@@ -15,7 +31,7 @@ impl Op for MaxPool2d {
         "maxpool2d"
     }
     fn summary(&self) -> &'static str {
-        "max pooling (no dual rule)"
+        "max pooling over square windows (as window picks and ReLUs)"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
@@ -24,13 +40,55 @@ impl Op for MaxPool2d {
         Window::parse(a).map(|_| ())
     }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
+        if Window::parse(a)?.padding > 0 {
+            return Err(ShapeError::BadValue {
+                param: "padding",
+                detail: "max pooling pads with −∞, which dualnet's rewrite cannot express: `padding` must be 0 \
+                         (pad with a `conv2d` before, or use `avgpool2d`)"
+                    .into(),
+            });
+        }
         super::avgpool2d::pool_shape(a, inputs[0])
     }
     fn dual_name(&self) -> Option<&'static str> {
-        None
+        Some("max_as_relus")
     }
-    fn alternatives(&self) -> &'static str {
-        "use `avgpool2d` or a strided `conv2d` to downsample"
+    fn expand(&self, a: &Attrs, _inputs: &[&Shape]) -> Option<Vec<Step>> {
+        let w = Window::parse(a).ok()?;
+        let n = w.kernel * w.kernel;
+        let mut steps = Vec::new();
+        for at in 0..n {
+            let mut attrs = Attrs::default();
+            attrs.0.insert("kernel".into(), Value::Int(w.kernel as i64));
+            attrs.0.insert("stride".into(), Value::Int(w.stride as i64));
+            attrs.0.insert("at".into(), Value::Int(at as i64));
+            steps.push(Step { suffix: format!("pick{at}"), op: &WindowPick, attrs, inputs: vec![StepInput::Call(0)] });
+        }
+        // m_0 = p_0 (step 0); m_i = m_{i-1} + relu(p_i - m_{i-1}).
+        let mut m = 0;
+        for i in 1..n {
+            let d = steps.len();
+            steps.push(Step {
+                suffix: format!("diff{i}"),
+                op: &super::sub::Sub,
+                attrs: Attrs::default(),
+                inputs: vec![StepInput::Step(i), StepInput::Step(m)],
+            });
+            steps.push(Step {
+                suffix: format!("relu{i}"),
+                op: &super::relu::Relu,
+                attrs: Attrs::default(),
+                inputs: vec![StepInput::Step(d)],
+            });
+            steps.push(Step {
+                suffix: format!("max{i}"),
+                op: &super::add::Add,
+                attrs: Attrs::default(),
+                inputs: vec![StepInput::Step(m), StepInput::Step(d + 1)],
+            });
+            m = d + 2;
+        }
+        Some(steps)
     }
 }
 

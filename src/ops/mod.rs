@@ -20,7 +20,9 @@ pub mod relu;
 pub mod sigmoid;
 pub mod softmax;
 pub mod sshape;
+pub mod sub;
 pub mod tanh;
+pub mod window_pick;
 
 mod exec;
 pub use exec::*;
@@ -40,6 +42,8 @@ pub static REGISTRY: &[&dyn Op] = &[
     &avgpool2d::AvgPool2d,
     &identity::Identity,
     &add::Add,
+    &sub::Sub,
+    &window_pick::WindowPick,
     &maxpool2d::MaxPool2d,
     &sigmoid::Sigmoid,
     &tanh::Tanh,
@@ -279,6 +283,12 @@ pub trait Op: Sync + Send + OpExec {
     fn arity(&self) -> Arity {
         Arity::Exactly(1)
     }
+    /// An op defined by other ops: the nodes lowering builds in its place (the last one takes the call's name,
+    /// the others `<name>.<suffix>`), so that its forward, interval rule, relaxations and dual rule are theirs.
+    /// Called after [`Op::infer_shape`] succeeded. The default, `None`, builds the op's own node.
+    fn expand(&self, _attrs: &Attrs, _inputs: &[&Shape]) -> Option<Vec<Step>> {
+        None
+    }
     /// Parse the typed arguments ([`Args`]); lowering calls it before [`Op::infer_shape`], so an op that reads a
     /// name it does not declare fails at lowering. Ops without parameters keep the default.
     fn parse_args(&self, _attrs: &Attrs) -> std::result::Result<(), ShapeError> {
@@ -316,6 +326,23 @@ pub trait Op: Sync + Send + OpExec {
     fn relaxation_text(&self, t: &DualText, nu_in: &str) -> String {
         format!("J += Σ_j min({nu_in},j·lo_j, {nu_in},j·hi_j) over the relaxation of {}", t.name)
     }
+}
+
+/// One node of an op's expansion ([`Op::expand`]).
+pub struct Step {
+    pub suffix: String,
+    pub op: &'static dyn Op,
+    pub attrs: Attrs,
+    pub inputs: Vec<StepInput>,
+}
+
+/// Where a step's input comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum StepInput {
+    /// The `i`-th input of the call.
+    Call(usize),
+    /// An earlier step.
+    Step(usize),
 }
 
 /// What a node's lines of `compile --emit dual` are made of ([`Op::dual_text`]).
