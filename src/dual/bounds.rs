@@ -499,8 +499,9 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 continue;
                             }
                             let v = if node.inputs.len() > 1 {
-                                // A sum: absent operands contribute zero. Operands shared by the batch (bs = 1)
-                                // are broadcast to the others' `bs` (all have the source's `m`).
+                                // Several operands (a sum, a difference): an operand the source does not reach is
+                                // zero there, passed in its place. Operands shared by the batch (bs = 1) are
+                                // broadcast to the others' `bs` (all have the source's `m`).
                                 let ds: Vec<(Tensor, usize, usize)> = present
                                     .iter()
                                     .map(|(j, v)| dense(v, &g.node(*j).shape, x))
@@ -519,6 +520,22 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                                 .and_then(|t| t.broadcast_as(full))
                                                 .and_then(|t| t.contiguous())
                                                 .and_then(|t| merge_lead(&t))
+                                        }
+                                    })
+                                    .collect::<candle_core::Result<Vec<Tensor>>>()
+                                    .context(ctx_err)?;
+                                let mut present_ts = ts.into_iter();
+                                let ts: Vec<Tensor> = node
+                                    .inputs
+                                    .iter()
+                                    .map(|j| match s.vals.contains_key(j) {
+                                        true => present_ts
+                                            .next()
+                                            .ok_or_else(|| candle_core::Error::Msg("internal: operand count".into())),
+                                        false => {
+                                            let mut shape = vec![bs * m];
+                                            shape.extend_from_slice(&g.node(*j).shape);
+                                            Tensor::zeros(shape, x.dtype(), x.device())
                                         }
                                     })
                                     .collect::<candle_core::Result<_>>()

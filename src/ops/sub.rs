@@ -38,16 +38,22 @@ impl Op for Sub {
     }
 }
 
+fn two(ctx: &NodeCtx, inputs: &[Tensor]) -> crate::error::Error {
+    crate::error::Error::Usage(format!("internal: `{}` got {} operands, not 2", ctx.name, inputs.len()))
+}
+
 impl OpExec for Sub {
     fn role(&self) -> Role {
         Role::Affine
     }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
-        (&inputs[0] - &inputs[1]).context(|| format!("difference `{}`", ctx.name))
+        let [a, b] = inputs else { return Err(two(ctx, inputs)) };
+        (a - b).context(|| format!("difference `{}`", ctx.name))
     }
     /// `|A| r = r_a + r_b`.
     fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
-        (&inputs[0] + &inputs[1]).context(|| format!("interval rule of `{}`", ctx.name))
+        let [a, b] = inputs else { return Err(two(ctx, inputs)) };
+        (a + b).context(|| format!("interval rule of `{}`", ctx.name))
     }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![nu.clone(), nu.neg().context(|| format!("dual of `{}`", ctx.name))?])
