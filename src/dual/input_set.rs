@@ -85,6 +85,55 @@ impl InputSet {
         }
     }
 
+    /// The per-element box `{x' : lo <= x' <= hi}` (`lo`, `hi`: `[B, *in]`), e.g. a VNN-LIB property's input
+    /// bounds; the ε ball clipped to `[0, 1]` is the special case `lo = max(x - ε, 0)`, `hi = min(x + ε, 1)`.
+    /// Refuses non-finite bounds (E0110), shapes that differ and empty intervals (E0106).
+    pub fn from_box(lo: &Tensor, hi: &Tensor) -> Result<Self> {
+        let ctx = || "building the input box".to_string();
+        if lo.dims() != hi.dims() || lo.rank() < 1 {
+            return Err(Error::Usage(format!("internal: box bounds of shapes {:?} and {:?}", lo.dims(), hi.dims())));
+        }
+        let l = crate::finite::host_values(lo, "the box's lower bounds")?;
+        let h = crate::finite::host_values(hi, "the box's upper bounds")?;
+        crate::finite::check_input_values(&l, lo.dims(), "the box's lower bounds")?;
+        crate::finite::check_input_values(&h, hi.dims(), "the box's upper bounds")?;
+        if let Some(i) = l.iter().zip(&h).position(|(a, b)| !(a <= b)) {
+            return Err(Error::input(
+                Diagnostic::new(
+                    Code::BadOption,
+                    format!("empty box: element {i} has lower bound {} above its upper bound {}", l[i], h[i]),
+                )
+                .help("every lower bound must be at most its upper bound"),
+            ));
+        }
+        // Center and radius computed in f64 and rounded outward to the compute dtype, so that the box
+        // `center ± radius` the bounds see contains `[lo, hi]` exactly (no input of the box is lost to rounding).
+        let f32 = lo.dtype() != candle_core::DType::F64;
+        let mut c = Vec::with_capacity(l.len());
+        let mut r = Vec::with_capacity(l.len());
+        for (&a, &b) in l.iter().zip(&h) {
+            let mid = 0.5 * a + 0.5 * b;
+            let mid = if f32 { mid as f32 as f64 } else { mid };
+            let rad = (b - mid).max(mid - a).max(0.0);
+            let rad = if f32 {
+                let r32 = rad as f32;
+                if (r32 as f64) < rad {
+                    r32.next_up() as f64
+                } else {
+                    r32 as f64
+                }
+            } else {
+                rad
+            };
+            c.push(mid);
+            r.push(rad);
+        }
+        let t = |v: Vec<f64>| {
+            Tensor::from_vec(v, lo.shape(), lo.device()).and_then(|t| t.to_dtype(lo.dtype())).context(ctx)
+        };
+        Ok(InputSet::Box { center: t(c)?, radius: t(r)? })
+    }
+
     pub fn center(&self) -> &Tensor {
         match self {
             InputSet::Box { center, .. } | InputSet::L2 { center, .. } => center,

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod linear;
 pub mod maxpool2d;
 pub mod relu;
+pub mod scale_shift;
 pub mod sigmoid;
 pub mod softmax;
 pub mod tanh;
@@ -37,6 +38,7 @@ pub static REGISTRY: &[&dyn Op] = &[
     &avgpool2d::AvgPool2d,
     &identity::Identity,
     &add::Add,
+    &scale_shift::ScaleShift,
     &maxpool2d::MaxPool2d,
     &sigmoid::Sigmoid,
     &tanh::Tanh,
