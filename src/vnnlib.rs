@@ -76,8 +76,8 @@ impl Property {
                     format!("the property has {have} {what} ({var}_0..{var}_{}), the network {want}", have.saturating_sub(1)),
                 )
                 .help(format!(
-                    "declare exactly `{var}_0` … `{var}_{}` (the network's {what}, flattened row-major); is this the property of another network?",
-                    want.saturating_sub(1)
+                    "declare exactly {} (the network's {what}, flattened row-major); is this the property of another network?",
+                    if want == 1 { format!("`{var}_0`") } else { format!("`{var}_0` … `{var}_{}`", want.saturating_sub(1)) }
                 ))
                 .with_source(self.source.clone());
                 if let Some(s) = span {

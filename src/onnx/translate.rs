@@ -21,6 +21,35 @@ use super::{attr, input_dims, invalid, sanitize, tensor_values, Arr, Imported};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::error::{Error, Result};
 
+/// The op types the translator knows (some only on constants or with some attributes).
+const KNOWN: &[&str] = &[
+    "Identity",
+    "Dropout",
+    "Cast",
+    "Constant",
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Gemm",
+    "MatMul",
+    "Conv",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "LeakyRelu",
+    "Flatten",
+    "Reshape",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "BatchNormalization",
+    "AveragePool",
+    "MaxPool",
+];
+
 /// A computed tensor: a node of the network.
 #[derive(Debug, Clone)]
 struct NodeRef {
@@ -168,6 +197,11 @@ impl<'a> Translator<'a> {
                 format!("`{}`", node.name)
             };
             if node.input.iter().any(|i| self.poisoned.contains(i)) {
+                // Downstream of a failed node: quiet, unless the node could not be imported anyway.
+                if !KNOWN.contains(&node.op_type.as_str()) {
+                    self.unsupported
+                        .push(format!("node {label} ({0}): `{0}` has no counterpart in dualnet", node.op_type));
+                }
                 self.poison(node);
                 continue;
             }
@@ -385,7 +419,7 @@ impl<'a> Translator<'a> {
                         format!(
                             "leaky_relu({}, negative_slope={})",
                             a.name,
-                            fmt_f(Self::float_attr(node, "alpha", 0.01))
+                            fmt_f32(Self::float_attr(node, "alpha", 0.01))
                         ),
                     ),
                 };
@@ -433,11 +467,7 @@ impl<'a> Translator<'a> {
             "Add" | "Sub" | "Mul" | "Div" => self.arith(node).map(|v| vec![v]),
             "BatchNormalization" => self.batchnorm(node).map(|v| vec![v]),
             "AveragePool" | "MaxPool" => self.pool(node).map(|v| vec![v]),
-            other => unsup(format!(
-                "`{other}` has no counterpart in dualnet; supported: Gemm, MatMul, Add, Sub, Mul, Div, Conv, Relu, \
-                 Sigmoid, Tanh, LeakyRelu, Flatten, Reshape, BatchNormalization, AveragePool, MaxPool, Identity, \
-                 Dropout, Constant"
-            )),
+            other => unsup(format!("`{other}` has no counterpart in dualnet")),
         }
     }
 
@@ -681,13 +711,13 @@ impl<'a> Translator<'a> {
                 ("running_mean", arr(&p[2])),
                 ("running_var", arr(&p[3])),
             ];
-            let i = self.emit(node, "bn", format!("batchnorm2d({}, eps={})", a.name, fmt_f(eps)), params, Kind::Other);
+            let i =
+                self.emit(node, "bn", format!("batchnorm2d({}, eps={})", a.name, fmt_f32(eps)), params, Kind::Other);
             return Ok(self.node_out(i, a.shape.clone(), a.onnx.clone()));
         }
         // On a vector: the per-feature affine map, as `scale_shift`.
         let s: Vec<f64> = (0..c).map(|j| p[0][j] / (p[3][j] + eps).sqrt()).collect();
         let t: Vec<f64> = (0..c).map(|j| p[1][j] - p[2][j] * s[j]).collect();
-        self.all_f32 = false;
         let i = self.emit(
             node,
             "bn",
@@ -746,9 +776,6 @@ impl<'a> Translator<'a> {
                         (c.data.iter().map(|v| 1.0 / v).collect(), vec![0.0; n])
                     }
                 };
-                if op == "Div" {
-                    self.all_f32 = false;
-                }
                 self.affine(node, 0, a, w, b)
             }
             (Val::Const(c), Val::Node(a)) => {
@@ -781,7 +808,7 @@ impl<'a> Translator<'a> {
                         for (x, y) in bias.data.iter_mut().zip(&b) {
                             *x += y;
                         }
-                        return Ok(Val::Node(a));
+                        return Ok(self.folded(e, node, a));
                     }
                 }
                 Kind::Conv if unit_scale => {
@@ -792,7 +819,7 @@ impl<'a> Translator<'a> {
                             for (ch, x) in bias.data.iter_mut().enumerate() {
                                 *x += b[ch * hw];
                             }
-                            return Ok(Val::Node(a));
+                            return Ok(self.folded(e, node, a));
                         }
                     }
                 }
@@ -809,7 +836,7 @@ impl<'a> Translator<'a> {
                             }
                         }
                     }
-                    return Ok(Val::Node(a));
+                    return Ok(self.folded(e, node, a));
                 }
                 _ => {}
             }
@@ -823,6 +850,14 @@ impl<'a> Translator<'a> {
             Kind::ScaleShift,
         );
         Ok(self.node_out(i, a.shape.clone(), a.onnx.clone()))
+    }
+
+    /// `node` folded into statement `e`: noted in its comment.
+    fn folded(&mut self, e: usize, node: &NodeProto, a: NodeRef) -> Val {
+        let what =
+            if node.name.is_empty() { node.op_type.clone() } else { format!("{} `{}`", node.op_type, node.name) };
+        self.emits[e].comment.push_str(&format!(" + {what}"));
+        Val::Node(a)
     }
 
     pub(super) fn finish(self, file: &str, net_name: &str, crc32: u32, model: &ModelProto) -> Result<Imported> {
@@ -879,7 +914,8 @@ impl<'a> Translator<'a> {
         let producer = if model.producer_name.is_empty() {
             String::new()
         } else {
-            format!(", producer `{} {}`", model.producer_name, model.producer_version).replace('\n', " ")
+            format!(", producer `{}`", format!("{} {}", model.producer_name, model.producer_version).trim())
+                .replace('\n', " ")
         };
         let opset = model.opset_import.iter().map(|o| o.version).max().unwrap_or(0);
         let mut text = String::new();
@@ -912,11 +948,13 @@ impl<'a> Translator<'a> {
             }
         }
         text.push_str("}\n");
+        let f32_weights = self.all_f32 && tensors.values().all(|t: &Arr| t.data.iter().all(|&v| v as f32 as f64 == v));
         Ok(Imported {
             name: net_name.to_string(),
             text,
             tensors,
-            f32_weights: self.all_f32,
+            // float32 when every value is one (folded biases and scales may not be: then float64, exact).
+            f32_weights,
             onnx_input: self.input.onnx.clone(),
             input_shape: self.input.shape.clone(),
             outputs: out.shape[0],
@@ -924,6 +962,12 @@ impl<'a> Translator<'a> {
             crc32,
         })
     }
+}
+
+/// An attribute read from float32, written with the fewest digits that give it back (`1e-5`, not
+/// `9.999999747378752e-6`).
+fn fmt_f32(v: f64) -> String {
+    fmt_f(format!("{:?}", v as f32).parse::<f64>().unwrap_or(v))
 }
 
 /// A number as `.net` text (always with a decimal point or exponent so that it reads as a float).

@@ -92,6 +92,8 @@ impl Answer {
                             s.push_str("\n ");
                         }
                         first = false;
+                        // `-0` is written `0`; `{:e}` is the shortest text that reads back as the same f64.
+                        let v = if *v == 0.0 { 0.0 } else { *v };
                         s.push_str(&format!("({name}_{i} {v:e})"));
                     }
                 }
