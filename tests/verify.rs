@@ -102,6 +102,57 @@ fn answers_are_sound_and_counterexamples_valid() {
     assert!(unsat >= 8 && sat >= 8, "{unsat} unsat, {sat} sat");
 }
 
+/// The conv fixture: per-channel normalisation (as `scale_shift`), padding, batchnorm, a residual sum, average
+/// pooling and a stride-2 convolution. Boxes in pixel units; every answer checked as above.
+#[test]
+fn conv_networks_with_normalisation_answer_soundly() {
+    let net = Network::load(&common::repo().join("tests/fixtures/onnx/tiny_conv.onnx"), DType::F32).expect("load");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut unsat, mut sat) = (0, 0);
+    for case in 0..8 {
+        let center: Vec<f64> = (0..192).map(|_| rng.random_range(0.1..0.9)).collect();
+        let eps = [0.0005, 0.004, 0.05, 0.3][case % 4];
+        let lo: Vec<f64> = center.iter().map(|c| (c - eps).max(0.0)).collect();
+        let hi: Vec<f64> = center.iter().map(|c| (c + eps).min(1.0)).collect();
+        let label = argmax(&eval(&net, &center));
+        let prop = dualnet::vnnlib::parse("conv.vnnlib", &property(&lo, &hi, label, 5)).expect("parse");
+        let (answer, _) =
+            verify(&net, &prop, &VerifyConfig { timeout: 30.0, ..VerifyConfig::default() }).expect("verify");
+        match &answer {
+            Answer::Unsat => {
+                unsat += 1;
+                for s in 0..200 {
+                    let x: Vec<f64> = (0..192)
+                        .map(|i| {
+                            if s % 2 == 0 {
+                                rng.random_range(lo[i]..=hi[i])
+                            } else if rng.random_bool(0.5) {
+                                lo[i]
+                            } else {
+                                hi[i]
+                            }
+                        })
+                        .collect();
+                    let y = eval(&net, &x);
+                    assert!(
+                        (0..5).filter(|j| *j != label).all(|j| y[j] < y[label]),
+                        "unsat, but {y:?} (label {label})"
+                    );
+                }
+            }
+            Answer::Sat { x, y } => {
+                sat += 1;
+                assert!(x.iter().zip(&lo).zip(&hi).all(|((v, l), h)| l <= v && v <= h));
+                assert_eq!(&eval(&net, x), y);
+                assert!((0..5).any(|j| j != label && y[j] >= y[label]));
+            }
+            Answer::Unknown => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(unsat >= 2 && sat >= 1, "{unsat} unsat, {sat} sat");
+}
+
 #[test]
 fn general_specifications_agree_with_label_margins() {
     let net = Network::load(&fc(), DType::F64).expect("load");
