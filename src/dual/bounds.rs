@@ -554,7 +554,15 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                     Role::Activation => {
                         let z = node.inputs[0];
                         if out.of(z).is_none() {
-                            let crown = opts.crown_layers && matches!(opts.family, Family::Crown | Family::Alpha);
+                            // The backward pass holds `2n` adjoints of every node's size per example: within
+                            // 512 MB, else the layer keeps the default bounds.
+                            let n_z: usize = g.node(z).shape.iter().product();
+                            let widest =
+                                g.order().map(|j| g.node(j).shape.iter().product::<usize>()).max().unwrap_or(0);
+                            let bytes = (b * 2 * n_z * widest * x.dtype().size_in_bytes()) as f64;
+                            let crown = opts.crown_layers
+                                && matches!(opts.family, Family::Crown | Family::Alpha)
+                                && bytes <= 512e6;
                             let (l, u) = if crown {
                                 crown_backward_bounds(model, set, &out.relax, z, b)?
                             } else if backward.contains(&z) {

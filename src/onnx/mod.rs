@@ -131,7 +131,13 @@ pub fn tensor_values(file: &str, t: &TensorProto) -> Result<(Arr, bool)> {
                 "export the model again",
             )
         })?;
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|n| *n <= 1 << 31).ok_or_else(|| {
+        invalid(
+            file,
+            format!("tensor `{}` is too large ({:?})", t.name, t.dims),
+            "the file is damaged; export it again",
+        )
+    })?;
     if !t.external_data.is_empty() {
         return Err(invalid(
             file,

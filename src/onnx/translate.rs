@@ -147,7 +147,16 @@ impl<'a> Translator<'a> {
         let batch = dims.len() >= 2 && matches!(dims[0], None | Some(1));
         let onnx: Vec<usize> = dims.iter().map(|d| d.unwrap_or(1)).collect();
         let per: Vec<usize> = if batch { onnx[1..].to_vec() } else { onnx.clone() };
-        let shape = if per.len() == 3 { per.clone() } else { vec![per.iter().product()] };
+        // At most 2^28 values per example (the checker's own limit is lower and says so).
+        let total = per.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|n| *n <= 1 << 28);
+        let Some(total) = total else {
+            return Err(invalid(
+                file,
+                format!("the input `{input_name}` is too large ({onnx:?})"),
+                "export a smaller network",
+            ));
+        };
+        let shape = if per.len() == 3 { per.clone() } else { vec![total] };
         if shape.iter().any(|&d| d == 0) {
             return Err(invalid(file, format!("the input `{input_name}` has an empty shape {onnx:?}"), "export again"));
         }
