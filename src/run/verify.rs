@@ -183,6 +183,14 @@ fn prove_region(net: &Network, r: &Region, cfg: &VerifyConfig) -> Result<(bool, 
             data[row * k + j] -= v;
         }
     }
+    // Refuse up front what cannot fit (an allocation failure would abort the whole benchmark).
+    if net.model.device.is_cpu() {
+        crate::memory::ensure_fits(
+            crate::dual::bounds::exact_bytes_per_example(&net.model) as f64,
+            &format!("the bounds of `{}` on one input box", net.model.graph.name),
+            "verify a smaller network, or on a machine with more memory",
+        )?;
+    }
     let set = region_set(&net.model, r)?;
     let c =
         Tensor::from_vec(data, (1, rows.len(), k), &net.model.device).context(|| "the specification".to_string())?;
