@@ -157,7 +157,7 @@ impl<'a> Translator<'a> {
             ));
         };
         let shape = if per.len() == 3 { per.clone() } else { vec![total] };
-        if shape.iter().any(|&d| d == 0) {
+        if shape.contains(&0) {
             return Err(invalid(file, format!("the input `{input_name}` has an empty shape {onnx:?}"), "export again"));
         }
         let name =
