@@ -70,14 +70,10 @@ impl InputSet {
             Norm::Linf => {
                 let e = eps_t.reshape(shape).context(ctx)?;
                 let (lo, hi) = (x.broadcast_sub(&e).context(ctx)?, x.broadcast_add(&e).context(ctx)?);
-                let (lo, hi) = match bounds {
-                    None => (lo, hi),
-                    Some((a, z)) => {
-                        let lo = lo.clamp(a, z).context(ctx)?;
-                        let hi = hi.clamp(a, z).context(ctx)?;
-                        (lo, hi)
-                    }
-                };
+                if let Some((a, z)) = bounds {
+                    // The ball clipped to the box is the per-element box `[max(x - ε, a), min(x + ε, z)]`.
+                    return InputSet::from_box(&lo.clamp(a, z).context(ctx)?, &hi.clamp(a, z).context(ctx)?);
+                }
                 let center = ((&lo + &hi).context(ctx)? * 0.5).context(ctx)?;
                 let radius = ((&hi - &lo).context(ctx)? * 0.5).context(ctx)?.relu().context(ctx)?;
                 Ok(InputSet::Box { center, radius })
