@@ -506,7 +506,7 @@ fn parse_var(s: &str) -> Option<(char, usize)> {
 
 /// Read and parse a VNN-LIB file.
 pub fn parse_file(path: &std::path::Path) -> Result<Property> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read property", path, e))?;
+    let bytes = crate::gz::read(path, "cannot read property")?;
     let text = String::from_utf8_lossy(&bytes).to_string();
     parse(&path.display().to_string(), &text)
 }

@@ -66,7 +66,7 @@ fn invalid(file: &str, msg: impl Into<String>, help: impl Into<String>) -> Error
 
 /// Read and import an ONNX file.
 pub fn import_file(path: &Path) -> Result<Imported> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read onnx model", path, e))?;
+    let bytes = crate::gz::read(path, "cannot read onnx model")?;
     import_bytes(&path.display().to_string(), &bytes)
 }
 

@@ -304,7 +304,12 @@ pub struct Instance {
 impl Instance {
     /// `<onnx stem>__<vnnlib stem>.txt`.
     pub fn result_name(&self) -> String {
-        let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        // `net.onnx` and `net.onnx.gz` both give `net`.
+        let stem = |p: &Path| {
+            let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
+            Path::new(&name).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+        };
         format!("{}__{}.txt", stem(&self.onnx_path), stem(&self.vnnlib_path))
     }
 }
