@@ -425,11 +425,7 @@ impl<'a> Translator<'a> {
                     "Tanh" => ("tanh", format!("tanh({})", a.name)),
                     _ => (
                         "lrelu",
-                        format!(
-                            "leaky_relu({}, negative_slope={})",
-                            a.name,
-                            fmt_f32(Self::float_attr(node, "alpha", 0.01))
-                        ),
+                        format!("leaky_relu({}, slope={})", a.name, fmt_f32(Self::float_attr(node, "alpha", 0.01))),
                     ),
                 };
                 let i = self.emit(node, hint, call, vec![], Kind::Other);
