@@ -95,6 +95,11 @@ codes! {
     NonFinite = "E0110", Error, "number is not finite";
     OutsideBox = "E0111", Error, "input lies outside its box";
     TooLarge = "E0112", Error, "work exceeds the available memory";
+    OnnxInvalid = "E0120", Error, "not a valid onnx model";
+    OnnxUnsupported = "E0121", Error, "onnx node not supported";
+    VnnlibSyntax = "E0122", Error, "vnn-lib syntax error";
+    VnnlibUnsupported = "E0123", Error, "vnn-lib constraint not supported";
+    VnnlibVariable = "E0124", Error, "vnn-lib variable undeclared or out of range";
     Contradiction = "E0900", Error, "internal error: a certificate was contradicted";
     UnusedNode = "W0001", Warning, "unused node";
     ShadowedOp = "W0002", Warning, "block shadows a built-in op";

@@ -37,6 +37,10 @@ enum Command {
     Cascade(cli::cascade::Command),
     /// List the ops the compiler knows and which have dual rules.
     Ops,
+    /// Import an ONNX model as a `.net` spec and safetensors weights.
+    Import(cli::import::Args),
+    /// VNN-COMP verification of ONNX networks against VNN-LIB properties (one instance or a benchmark).
+    Verify(cli::verify::Args),
 }
 
 /// Large freed blocks are reused instead of going back to the system (see `dualnet::alloc`).
@@ -68,6 +72,8 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Train(a) => cli::train::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
         Command::Cascade(c) => cli::cascade::run(c).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Import(a) => cli::import::run(a).map(|_| 0).unwrap_or_else(|e| cli::report(&e)),
+        Command::Verify(a) => cli::verify::run(a).unwrap_or_else(|e| cli::report(&e)),
         Command::Ops => {
             cli::ops::run();
             0

@@ -24,6 +24,7 @@ fn lower_layers_never_name_higher_ones() {
         ("ops", &["crate::cli", "crate::run", "crate::dual"]),
         ("kernels", &["crate::cli", "crate::run", "crate::dual", "crate::ops"]),
         ("check", &["crate::cli", "crate::run", "crate::dual"]),
+        ("onnx", &["crate::cli", "crate::run", "crate::dual"]),
     ];
     let mut problems = Vec::new();
     let mut files_seen = 0;

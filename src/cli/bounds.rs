@@ -89,11 +89,14 @@ impl SetArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// The network (`.net`).
-    #[arg(long)]
-    pub spec: PathBuf,
+    #[arg(long, required_unless_present = "onnx", requires = "weights")]
+    pub spec: Option<PathBuf>,
     /// Its weights (safetensors, keys `NODE.weight`, `NODE.bias`, ...).
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[arg(long, required_unless_present = "onnx", requires = "spec")]
+    pub weights: Option<PathBuf>,
+    /// An ONNX model instead of `--spec`/`--weights` (imported in memory, as `dualnet import` writes it).
+    #[arg(long, conflicts_with_all = ["spec", "weights"])]
+    pub onnx: Option<PathBuf>,
     /// Where to compute: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
@@ -102,7 +105,12 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Open `--device` and load the model onto it.
     pub fn load(&self, dtype: DType) -> Result<Model> {
-        load_model(&self.spec, &self.weights, dtype, &self.device.open()?)
+        let device = self.device.open()?;
+        match (&self.onnx, &self.spec, &self.weights) {
+            (Some(onnx), _, _) => crate::run::verify::load_onnx_model(onnx, dtype, &device),
+            (None, Some(spec), Some(weights)) => load_model(spec, weights, dtype, &device),
+            _ => Err(Error::Usage("give `--spec S --weights W`, or `--onnx MODEL.onnx`".into())),
+        }
     }
 }
 

@@ -10,9 +10,11 @@ pub mod cascade;
 pub mod certify;
 pub mod check;
 pub mod compile;
+pub mod import;
 pub mod init;
 pub mod ops;
 pub mod train;
+pub mod verify;
 
 pub use crate::check::{load_graph, read_spec};
 

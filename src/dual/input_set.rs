@@ -70,19 +70,64 @@ impl InputSet {
             Norm::Linf => {
                 let e = eps_t.reshape(shape).context(ctx)?;
                 let (lo, hi) = (x.broadcast_sub(&e).context(ctx)?, x.broadcast_add(&e).context(ctx)?);
-                let (lo, hi) = match bounds {
-                    None => (lo, hi),
-                    Some((a, z)) => {
-                        let lo = lo.clamp(a, z).context(ctx)?;
-                        let hi = hi.clamp(a, z).context(ctx)?;
-                        (lo, hi)
-                    }
-                };
+                if let Some((a, z)) = bounds {
+                    // The ball clipped to the box is the per-element box `[max(x - ε, a), min(x + ε, z)]`.
+                    return InputSet::from_box(&lo.clamp(a, z).context(ctx)?, &hi.clamp(a, z).context(ctx)?);
+                }
                 let center = ((&lo + &hi).context(ctx)? * 0.5).context(ctx)?;
                 let radius = ((&hi - &lo).context(ctx)? * 0.5).context(ctx)?.relu().context(ctx)?;
                 Ok(InputSet::Box { center, radius })
             }
         }
+    }
+
+    /// The per-element box `{x' : lo <= x' <= hi}` (`lo`, `hi`: `[B, *in]`), e.g. a VNN-LIB property's input
+    /// bounds; the ε ball clipped to `[0, 1]` is the special case `lo = max(x - ε, 0)`, `hi = min(x + ε, 1)`.
+    /// Refuses non-finite bounds (E0110), shapes that differ and empty intervals (E0106).
+    pub fn from_box(lo: &Tensor, hi: &Tensor) -> Result<Self> {
+        let ctx = || "building the input box".to_string();
+        if lo.dims() != hi.dims() || lo.rank() < 1 {
+            return Err(Error::Usage(format!("internal: box bounds of shapes {:?} and {:?}", lo.dims(), hi.dims())));
+        }
+        let l = crate::finite::host_values(lo, "the box's lower bounds")?;
+        let h = crate::finite::host_values(hi, "the box's upper bounds")?;
+        crate::finite::check_input_values(&l, lo.dims(), "the box's lower bounds")?;
+        crate::finite::check_input_values(&h, hi.dims(), "the box's upper bounds")?;
+        if let Some(i) = l.iter().zip(&h).position(|(a, b)| !(a <= b)) {
+            return Err(Error::input(
+                Diagnostic::new(
+                    Code::BadOption,
+                    format!("empty box: element {i} has lower bound {} above its upper bound {}", l[i], h[i]),
+                )
+                .help("every lower bound must be at most its upper bound"),
+            ));
+        }
+        // Center and radius computed in f64 and rounded outward to the compute dtype, so that the box
+        // `center ± radius` the bounds see contains `[lo, hi]` exactly (no input of the box is lost to rounding).
+        let f32 = lo.dtype() != candle_core::DType::F64;
+        let mut c = Vec::with_capacity(l.len());
+        let mut r = Vec::with_capacity(l.len());
+        for (&a, &b) in l.iter().zip(&h) {
+            let mid = 0.5 * a + 0.5 * b;
+            let mid = if f32 { mid as f32 as f64 } else { mid };
+            let rad = (b - mid).max(mid - a).max(0.0);
+            let rad = if f32 {
+                let r32 = rad as f32;
+                if (r32 as f64) < rad {
+                    r32.next_up() as f64
+                } else {
+                    r32 as f64
+                }
+            } else {
+                rad
+            };
+            c.push(mid);
+            r.push(rad);
+        }
+        let t = |v: Vec<f64>| {
+            Tensor::from_vec(v, lo.shape(), lo.device()).and_then(|t| t.to_dtype(lo.dtype())).context(ctx)
+        };
+        Ok(InputSet::Box { center: t(c)?, radius: t(r)? })
     }
 
     pub fn center(&self) -> &Tensor {

@@ -52,10 +52,24 @@ pub fn certify_batch_with(
     labels: &[u32],
     opts: &bounds::Options,
 ) -> Result<Certificate> {
-    let bounds = bounds::compute_with(model, set, opts)?;
     let k = model.graph.num_classes();
     let c = margin_objectives(labels, k, set.center())?;
-    let margin_lb = objective(model, set, &bounds, &c)?;
+    let (bounds, margin_lb) = lower_bounds_with(model, set, &c, opts)?;
+    Ok(Certificate { bounds, margin_lb })
+}
+
+/// Lower bounds of `c_r · f(x')` over the input set for arbitrary specification rows `c: [B, K, out]` (a
+/// property's linear output constraints; the label margins are `c = e_y − e_j`), with the family of `opts`:
+/// the layer bounds and `[B, K]`. The margins of [`certify_batch_with`] are this with the margin objectives.
+pub fn lower_bounds_with(
+    model: &Model,
+    set: &InputSet,
+    c: &Tensor,
+    opts: &bounds::Options,
+) -> Result<(Bounds, Tensor)> {
+    let bounds = bounds::compute_with(model, set, opts)?;
+    let c = &c.to_dtype(set.center().dtype()).context(|| "specification matrix".to_string())?;
+    let margin_lb = objective(model, set, &bounds, c)?;
     let margin_lb = match opts.family {
         Family::Wk | Family::Ibp => margin_lb,
         // Both are valid lower bounds on the same margins, so their maximum is: the CROWN lines on the layer
@@ -74,7 +88,7 @@ pub fn certify_batch_with(
             }
         }
     };
-    Ok(Certificate { bounds, margin_lb })
+    Ok((bounds, margin_lb))
 }
 
 /// The interval family's constant relaxation `σ(z) ∈ [σ(l), σ(u)]` of every activation, on the layer bounds of

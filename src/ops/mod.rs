@@ -17,6 +17,7 @@ pub mod leaky_relu;
 pub mod linear;
 pub mod maxpool2d;
 pub mod relu;
+pub mod scale_shift;
 pub mod sigmoid;
 pub mod softmax;
 pub mod sshape;
@@ -44,6 +45,7 @@ pub static REGISTRY: &[&dyn Op] = &[
     &add::Add,
     &sub::Sub,
     &window_pick::WindowPick,
+    &scale_shift::ScaleShift,
     &maxpool2d::MaxPool2d,
     &sigmoid::Sigmoid,
     &tanh::Tanh,

@@ -2,5 +2,7 @@
 pub mod attack;
 pub mod cascade;
 pub mod certify;
+pub mod falsify;
 pub use crate::memory;
 pub mod train;
+pub mod verify;

@@ -1,0 +1,235 @@
+//! ONNX import: the imported network computes what onnxruntime computed on the fixtures (their outputs are stored
+//! beside them, made by `scripts/make_onnx_fixtures.py`); the files `dualnet import` writes load back to the same
+//! network; bad models (truncated, unsupported nodes, shapes that do not fit) are coded diagnostics, never panics.
+
+mod common;
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use dualnet::diagnostics::Code;
+use dualnet::dual::Model;
+use dualnet::error::Error;
+use dualnet::onnx::{import_bytes, import_file};
+use onnx_protobuf::{Message, ModelProto};
+
+fn fixture(name: &str) -> PathBuf {
+    common::repo().join("tests/fixtures/onnx").join(name)
+}
+
+fn io(name: &str) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let text = std::fs::read_to_string(fixture(&format!("{name}.json"))).expect("fixture json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let rows = |k: &str| -> Vec<Vec<f64>> {
+        v[k].as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("number")).collect())
+            .collect()
+    };
+    (rows("inputs"), rows("outputs"))
+}
+
+fn forward(model: &Model, x: &[f64]) -> Vec<f64> {
+    let mut shape = vec![1];
+    shape.extend_from_slice(model.graph.input_shape());
+    let t = Tensor::from_vec(x.to_vec(), shape, &Device::Cpu).expect("tensor").to_dtype(model.dtype).expect("dtype");
+    let y = model.forward(&t).expect("forward");
+    y.to_dtype(DType::F64).and_then(|y| y.flatten_all()).and_then(|y| y.to_vec1()).expect("read")
+}
+
+fn close(got: &[f64], want: &[f64], tol: f64) {
+    let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= tol * scale, "got {got:?}\nwant {want:?}");
+    }
+}
+
+fn model_of(name: &str, dtype: DType) -> Model {
+    let imp = import_file(&fixture(&format!("{name}.onnx"))).expect("import");
+    let (g, w) = imp.graph_and_weights(dtype, &Device::Cpu).expect("graph");
+    Model::new(g, w, dtype, Device::Cpu)
+}
+
+#[test]
+fn imported_networks_compute_what_onnxruntime_computed() {
+    for name in ["tiny_conv", "tiny_fc"] {
+        let (xs, ys) = io(name);
+        for dtype in [DType::F64, DType::F32] {
+            let m = model_of(name, dtype);
+            for (x, y) in xs.iter().zip(&ys) {
+                // onnxruntime computes in float32.
+                close(&forward(&m, x), y, 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_written_spec_and_weights_load_back_to_the_same_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["tiny_conv", "tiny_fc"] {
+        let imp = import_file(&fixture(&format!("{name}.onnx"))).expect("import");
+        let (spec, weights) = imp.write(dir.path()).expect("write");
+        let text = std::fs::read_to_string(&spec).expect("spec");
+        assert!(text.starts_with(&format!("# Imported from `{}` (crc32 ", fixture(&format!("{name}.onnx")).display())));
+        assert!(text.contains(&format!("{:08x}", imp.crc32)));
+        let loaded = dualnet::cli::bounds::load_model(&spec, &weights, DType::F64, &Device::Cpu).expect("load");
+        let direct = model_of(name, DType::F64);
+        let (xs, _) = io(name);
+        for x in &xs {
+            close(&forward(&loaded, x), &forward(&direct, x), 1e-12);
+        }
+    }
+    // Node names are kept where they are valid names; the input `input` is a keyword and becomes `x`.
+    let text = import_file(&fixture("tiny_conv.onnx")).expect("import").text;
+    for stmt in [
+        "input x: [3, 8, 8]",
+        "conv1 = conv2d(center, out=4, kernel=3, stride=1, padding=1)",
+        "bn = batchnorm2d(conv1, eps=1e-5)",
+        "residual = conv2 + relu1",
+        "down = conv2d(pool, out=6, kernel=2, stride=2, padding=0)",
+        "fc2 = linear(relu4, out=5)",
+    ] {
+        assert!(text.contains(stmt), "`{stmt}` missing from\n{text}");
+    }
+    // The normalisation's Sub and Div are one exact scale_shift; MatMul + Add one linear.
+    assert!(text.contains("center = scale_shift(x)") && text.contains("+ Div `scale`"), "{text}");
+    assert!(text.contains("+ Add `fc2_bias`"), "{text}");
+}
+
+fn decode(name: &str) -> ModelProto {
+    ModelProto::parse_from_bytes(&std::fs::read(fixture(name)).expect("read")).expect("decode")
+}
+
+fn codes(r: dualnet::error::Result<dualnet::onnx::Imported>) -> Vec<(Code, String)> {
+    match r {
+        Err(Error::Input(d)) => d.iter().map(|d| (d.code, d.render(false))).collect(),
+        Err(e) => panic!("not a diagnostic: {e}"),
+        Ok(_) => panic!("imported"),
+    }
+}
+
+#[test]
+fn every_unsupported_node_is_reported_at_once() {
+    let mut m = decode("tiny_fc.onnx");
+    let g = m.graph.as_mut().expect("graph");
+    g.node[1].op_type = "Softsign".into();
+    g.node[3].op_type = "Elu".into();
+    let bytes = m.write_to_bytes().expect("encode");
+    let d = codes(import_bytes("two_unsupported.onnx", &bytes));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].0, Code::OnnxUnsupported);
+    insta::with_settings!({ omit_expression => true }, {
+        insta::assert_snapshot!("onnx_two_unsupported", d[0].1);
+    });
+}
+
+#[test]
+fn unsupported_attributes_are_named() {
+    let mut m = decode("tiny_conv.onnx");
+    let g = m.graph.as_mut().expect("graph");
+    for n in g.node.iter_mut() {
+        if n.name == "conv1" {
+            for a in n.attribute.iter_mut() {
+                if a.name == "pads" {
+                    a.ints = vec![1, 1, 0, 0];
+                }
+            }
+        }
+    }
+    let d = codes(import_bytes("asymmetric.onnx", &m.write_to_bytes().expect("encode")));
+    assert_eq!(d[0].0, Code::OnnxUnsupported);
+    assert!(d[0].1.contains("conv1") && d[0].1.contains("pads [1, 1, 0, 0]"), "{}", d[0].1);
+}
+
+#[test]
+fn truncated_and_malformed_models_are_diagnostics() {
+    let bytes = std::fs::read(fixture("tiny_conv.onnx")).expect("read");
+    let d = codes(import_bytes("truncated.onnx", &bytes[..bytes.len() / 2]));
+    assert_eq!(d[0].0, Code::OnnxInvalid);
+    insta::with_settings!({ omit_expression => true }, {
+        insta::assert_snapshot!("onnx_truncated", d[0].1);
+    });
+    // A weight whose shape does not fit its layer.
+    let mut m = decode("tiny_fc.onnx");
+    let g = m.graph.as_mut().expect("graph");
+    for a in g.node[4].attribute.iter_mut() {
+        if a.name == "transB" {
+            a.i = 0;
+        }
+    }
+    let d = codes(import_bytes("bad_shape.onnx", &m.write_to_bytes().expect("encode")));
+    assert_eq!(d[0].0, Code::OnnxInvalid);
+    assert!(d[0].1.contains("does not fit an input of size 12"), "{}", d[0].1);
+    // A weight with fewer values than its shape.
+    let mut m = decode("tiny_fc.onnx");
+    m.graph.as_mut().expect("graph").initializer[0].dims = vec![6, 13];
+    let d = codes(import_bytes("short.onnx", &m.write_to_bytes().expect("encode")));
+    assert_eq!(d[0].0, Code::OnnxInvalid);
+    // Two inputs.
+    let mut m = decode("tiny_fc.onnx");
+    let g = m.graph.as_mut().expect("graph");
+    let extra = g.input[0].clone();
+    g.input.push(onnx_protobuf::ValueInfoProto { name: "x2".into(), ..extra });
+    let d = codes(import_bytes("two_inputs.onnx", &m.write_to_bytes().expect("encode")));
+    assert_eq!(d[0].0, Code::OnnxInvalid);
+}
+
+#[test]
+fn damaged_files_never_panic() {
+    let bytes = std::fs::read(fixture("tiny_conv.onnx")).expect("read");
+    let mut state = 0x1234_5678_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..300 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() as usize) % b.len();
+            b[i] = next() as u8;
+        }
+        let cut = (next() as usize) % (b.len() + 1);
+        let b = if next() % 3 == 0 { &b[..cut] } else { &b[..] };
+        // Ok (a still valid model) or a diagnostic; either way no panic, and what imports also checks.
+        if let Ok(imp) = import_bytes("damaged.onnx", b) {
+            let _ = imp.graph_and_weights(DType::F32, &Device::Cpu);
+        }
+    }
+}
+
+#[test]
+fn mnistfc_networks_import() {
+    let Some(dir) = common::shared("vnncomp/mnistfc", "the mnistfc import test") else { return };
+    for n in ["mnist-net_256x2", "mnist-net_256x4", "mnist-net_256x6"] {
+        let imp = import_file(&dir.join(format!("{n}.onnx"))).expect("import");
+        assert_eq!(imp.input_shape, vec![784]);
+        assert_eq!(imp.outputs, 10);
+        assert!(imp.f32_weights);
+    }
+}
+
+/// MaxPool, Sigmoid, Tanh and LeakyRelu import as the ops of the same name; whether they have a dual rule yet is
+/// the checker's word (E0003, or E0002 for an op not yet in the registry), never a silent change of the network.
+#[test]
+fn nonlinearities_import_as_the_ops_of_the_same_name() {
+    for (onnx_op, stmt) in
+        [("Sigmoid", "a1 = sigmoid(l1)"), ("Tanh", "a1 = tanh(l1)"), ("LeakyRelu", "a1 = leaky_relu(l1, slope=")]
+    {
+        let mut m = decode("tiny_fc.onnx");
+        m.graph.as_mut().expect("graph").node[1].op_type = onnx_op.into();
+        let imp = import_bytes("nonlinear.onnx", &m.write_to_bytes().expect("encode")).expect("import");
+        assert!(imp.text.contains(stmt), "{}", imp.text);
+        match imp.graph() {
+            Ok(_) => {}
+            Err(Error::Input(d)) => {
+                assert!(d.iter().all(|d| matches!(d.code, Code::NoDualRule | Code::UnknownOp)), "{onnx_op}: {d:?}")
+            }
+            Err(e) => panic!("{onnx_op}: {e}"),
+        }
+    }
+}
