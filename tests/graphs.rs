@@ -55,6 +55,7 @@ specs! {
     cifar_resnet => "specs/cifar_resnet.net",
     examples_dense_skip => "specs/examples/dense_skip.net",
     examples_hardtanh_mlp => "specs/examples/hardtanh_mlp.net",
+    examples_maxpool_smooth => "specs/examples/maxpool_smooth.net",
     examples_batchnorm_conv => "specs/examples/batchnorm_conv.net",
     examples_avgpool => "specs/examples/avgpool.net",
     examples_blocks_nested => "specs/examples/blocks_nested.net",

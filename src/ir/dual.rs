@@ -45,12 +45,13 @@ pub fn dual_name(g: &Graph, i: NodeIndex) -> String {
 }
 
 /// What op `m`'s rule texts are made of: its node, names and shapes.
-fn text_ctx<'g>(g: &'g Graph, m: NodeIndex, nu: &'g str) -> DualText<'g> {
+fn text_ctx<'g>(g: &'g Graph, m: NodeIndex, nu: &'g str, operand: usize) -> DualText<'g> {
     let node = g.node(m);
     DualText {
         name: &node.name,
         attrs: &node.attrs,
         nu,
+        operand,
         in_names: node.inputs.iter().map(|&i| g.node(i).name.as_str()).collect(),
         in_shapes: node.inputs.iter().map(|&i| &g.node(i).shape).collect(),
         out_shape: &node.shape,
@@ -59,10 +60,10 @@ fn text_ctx<'g>(g: &'g Graph, m: NodeIndex, nu: &'g str) -> DualText<'g> {
 }
 
 /// The dual rule of consumer `m` applied to `ν_m`, as the op's own file writes it ([`crate::ops::Op::dual_text`]).
-fn rule_text(g: &Graph, m: NodeIndex) -> String {
+fn rule_text(g: &Graph, m: NodeIndex, operand: usize) -> String {
     let nu = dual_name(g, m);
     match g.node(m).kind {
-        NodeKind::Op(op) => op.dual_text(&text_ctx(g, m, &nu)),
+        NodeKind::Op(op) => op.dual_text(&text_ctx(g, m, &nu, operand)),
         _ => nu,
     }
 }
@@ -77,17 +78,17 @@ pub fn build(g: &Graph) -> DualGraph {
         let node = g.node(n);
         let mut terms = Vec::new();
         for (m, pos) in g.consumers(n) {
-            terms.push(DualTerm { from: m, operand: pos, text: rule_text(g, m) });
+            terms.push(DualTerm { from: m, operand: pos, text: rule_text(g, m, pos) });
         }
         let mut objective = Vec::new();
         let nu = dual_name(g, n);
         if let NodeKind::Op(op) = node.kind {
-            objective.extend(op.objective_text(&text_ctx(g, n, &nu)));
+            objective.extend(op.objective_text(&text_ctx(g, n, &nu, 0)));
         }
         for (m, _) in g.consumers(n) {
             if let Some(op) = g.node(m).kind.op().filter(|o| o.role() == Role::Activation) {
                 let nu_m = dual_name(g, m);
-                objective.push(op.relaxation_text(&text_ctx(g, m, &nu_m), &nu));
+                objective.push(op.relaxation_text(&text_ctx(g, m, &nu_m, 0), &nu));
             }
         }
         if node.kind.op().is_none() {

@@ -354,6 +354,8 @@ pub struct DualText<'a> {
     pub attrs: &'a Attrs,
     /// The dual variable at the node's output, `ν_<name>`.
     pub nu: &'a str,
+    /// For [`Op::dual_text`]: which input the term goes to (operand position).
+    pub operand: usize,
     /// The names of the node's inputs.
     pub in_names: Vec<&'a str>,
     pub in_shapes: Vec<&'a Shape>,

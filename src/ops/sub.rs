@@ -28,13 +28,12 @@ impl Op for Sub {
     fn dual_name(&self) -> Option<&'static str> {
         Some("fan_out_negated")
     }
+    /// `ν` to the first operand, `−ν` to the second.
     fn dual_text(&self, t: &DualText) -> String {
-        format!(
-            "fan_out_negated({}; +{}, −{})",
-            t.nu,
-            t.in_names.first().unwrap_or(&"?"),
-            t.in_names.get(1).unwrap_or(&"?")
-        )
+        match t.operand {
+            0 => t.nu.to_string(),
+            _ => format!("−{}", t.nu),
+        }
     }
 }
 
