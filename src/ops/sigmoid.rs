@@ -44,19 +44,11 @@ impl OpExec for Sigmoid {
         Kind::Sigmoid.f(x).context(|| format!("sigmoid `{}`", ctx.name))
     }
     fn relax(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
-        sshape::single(Kind::Sigmoid, l, u).context(|| format!("relaxation of sigmoid `{}`", ctx.name))
+        self.relax_family(ctx, l, u, Family::Wk)
     }
     fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
-        match family {
-            Family::Wk => self.relax(ctx, l, u),
-            Family::Crown | Family::Alpha => {
-                sshape::crown(Kind::Sigmoid, l, u).context(|| format!("CROWN relaxation of sigmoid `{}`", ctx.name))
-            }
-            Family::Ibp => {
-                let (lo, hi) = self.interval(ctx, l, u)?;
-                Relaxation::constant(&lo, &hi).context(|| format!("interval relaxation of sigmoid `{}`", ctx.name))
-            }
-        }
+        sshape::relax_family(Kind::Sigmoid, l, u, family)
+            .context(|| format!("{family} relaxation of sigmoid `{}`", ctx.name))
     }
     /// Monotone: `[sigmoid(l), sigmoid(u)]`.
     fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {

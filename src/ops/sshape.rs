@@ -135,6 +135,31 @@ fn tangent(k: Kind, t: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((d, off))
 }
 
+/// The tangent point closest to 0 between `inner` (0) and `outer` whose tangent line `(slope, offset)` passes
+/// `valid`, which holds at every point from the first valid one out to `outer` (see the module doc): whether
+/// `outer` itself is valid, and the bisection's end on the valid side after [`BISECT`] steps (`outer` where it
+/// is not valid; the caller then uses the chord).
+fn tangent_point(
+    k: Kind,
+    inner: &Tensor,
+    outer: &Tensor,
+    valid: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let ok_at = |t: &Tensor| -> Result<Tensor> {
+        let (d, off) = tangent(k, t)?;
+        valid(&d, &off)
+    };
+    let outer_ok = ok_at(outer)?;
+    let (mut bad, mut good) = (inner.clone(), outer.clone());
+    for _ in 0..BISECT {
+        let mid = ((&bad + &good)? * 0.5)?;
+        let ok = ok_at(&mid)?;
+        good = ok.where_cond(&mid, &good)?;
+        bad = ok.where_cond(&bad, &mid)?;
+    }
+    Ok((outer_ok, good))
+}
+
 /// The `crown` relaxation: the `wk` band (forward propagation uses it) and CROWN's two lines.
 pub fn crown(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
     let mut r = single(k, l, u)?;
@@ -144,36 +169,14 @@ pub fn crown(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
     let (fl, fu) = (k.f(l)?, k.f(u)?);
     let m = ((l + u)? * 0.5)?;
     let (tm, tm_off) = tangent(k, &m)?;
-    // Upper tangent from (l, σ(l)) on t ∈ [0, u]: `hi` stays valid (T_hi(l) >= σ(l)) once it is.
-    let valid_up = |t: &Tensor| -> Result<Tensor> {
-        let (d, off) = tangent(k, t)?;
-        ((&d * l)? + off)?.ge(&fl)
-    };
+    // Upper tangent from (l, σ(l)) on t ∈ [0, u]: the valid `t` are those towards u (T_t(l) >= σ(l)).
     let u_pos = u.maximum(&zero)?;
-    let up_ok = valid_up(&u_pos)?;
-    let (mut lo_t, mut hi_t) = (zero.clone(), u_pos.clone());
-    for _ in 0..BISECT {
-        let mid = ((&lo_t + &hi_t)? * 0.5)?;
-        let ok = valid_up(&mid)?;
-        hi_t = ok.where_cond(&mid, &hi_t)?;
-        lo_t = ok.where_cond(&lo_t, &mid)?;
-    }
-    let (tu, tu_off) = tangent(k, &hi_t)?;
-    // Lower tangent towards (u, σ(u)) on t ∈ [l, 0]: `lo` stays valid (T_lo(u) <= σ(u)).
-    let valid_lo = |t: &Tensor| -> Result<Tensor> {
-        let (d, off) = tangent(k, t)?;
-        ((&d * u)? + off)?.le(&fu)
-    };
+    let (up_ok, t_up) = tangent_point(k, &zero, &u_pos, |d, off| ((d * l)? + off)?.ge(&fl))?;
+    let (tu, tu_off) = tangent(k, &t_up)?;
+    // Lower tangent towards (u, σ(u)) on t ∈ [l, 0]: the valid `t` are those towards l (T_t(u) <= σ(u)).
     let l_neg = l.minimum(&zero)?;
-    let lo_ok = valid_lo(&l_neg)?;
-    let (mut lo_s, mut hi_s) = (l_neg.clone(), zero.clone());
-    for _ in 0..BISECT {
-        let mid = ((&lo_s + &hi_s)? * 0.5)?;
-        let ok = valid_lo(&mid)?;
-        lo_s = ok.where_cond(&mid, &lo_s)?;
-        hi_s = ok.where_cond(&hi_s, &mid)?;
-    }
-    let (tl, tl_off) = tangent(k, &lo_s)?;
+    let (lo_ok, t_lo) = tangent_point(k, &zero, &l_neg, |d, off| ((d * u)? + off)?.le(&fu))?;
+    let (tl, tl_off) = tangent(k, &t_lo)?;
     let convex = u.le(&zero)?;
     let concave = l.ge(&zero)?;
     // Mixed case lines, then the one-sided cases.
@@ -193,4 +196,14 @@ pub fn crown(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
     let lo_off = point.where_cond(&(&r.mid - &r.rad)?, &(&lo_off - slack(&lo_off)?)?)?;
     r.lines = Some(Lines { lo_slope, lo_off, up_slope, up_off });
     Ok(r)
+}
+
+/// The relaxation of `family` for an S-shaped op: `wk` [`single`], `crown` and `alpha` [`crown`] (no free slope:
+/// the tangent points are CROWN's), `ibp` the constant relaxation on the monotone interval `[σ(l), σ(u)]`.
+pub fn relax_family(k: Kind, l: &Tensor, u: &Tensor, family: super::Family) -> Result<Relaxation> {
+    match family {
+        super::Family::Wk => single(k, l, u),
+        super::Family::Crown | super::Family::Alpha => crown(k, l, u),
+        super::Family::Ibp => Relaxation::constant(&k.f(l)?, &k.f(u)?),
+    }
 }

@@ -44,19 +44,10 @@ impl OpExec for Tanh {
         Kind::Tanh.f(x).context(|| format!("tanh `{}`", ctx.name))
     }
     fn relax(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
-        sshape::single(Kind::Tanh, l, u).context(|| format!("relaxation of tanh `{}`", ctx.name))
+        self.relax_family(ctx, l, u, Family::Wk)
     }
     fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
-        match family {
-            Family::Wk => self.relax(ctx, l, u),
-            Family::Crown | Family::Alpha => {
-                sshape::crown(Kind::Tanh, l, u).context(|| format!("CROWN relaxation of tanh `{}`", ctx.name))
-            }
-            Family::Ibp => {
-                let (lo, hi) = self.interval(ctx, l, u)?;
-                Relaxation::constant(&lo, &hi).context(|| format!("interval relaxation of tanh `{}`", ctx.name))
-            }
-        }
+        sshape::relax_family(Kind::Tanh, l, u, family).context(|| format!("{family} relaxation of tanh `{}`", ctx.name))
     }
     /// Monotone: `[tanh(l), tanh(u)]`.
     fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
