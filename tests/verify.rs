@@ -49,6 +49,18 @@ fn argmax(y: &[f64]) -> usize {
     (0..y.len()).fold(0, |b, j| if y[j] > y[b] { j } else { b })
 }
 
+/// A point of the box `[lo, hi]`: uniform inside, or a random corner.
+fn box_point(rng: &mut rand::rngs::StdRng, lo: &[f64], hi: &[f64], corner: bool) -> Vec<f64> {
+    lo.iter()
+        .zip(hi)
+        .map(|(&l, &h)| match corner {
+            false => rng.random_range(l..=h),
+            true if rng.random_bool(0.5) => l,
+            true => h,
+        })
+        .collect()
+}
+
 #[test]
 fn answers_are_sound_and_counterexamples_valid() {
     let net = Network::load(&fc(), DType::F32).expect("load");
@@ -68,18 +80,7 @@ fn answers_are_sound_and_counterexamples_valid() {
                 Answer::Unsat => {
                     unsat += 1;
                     for s in 0..400 {
-                        let x: Vec<f64> = (0..6)
-                            .map(|i| match s % 2 {
-                                0 => rng.random_range(lo[i]..=hi[i]),
-                                _ => {
-                                    if rng.random_bool(0.5) {
-                                        lo[i]
-                                    } else {
-                                        hi[i]
-                                    }
-                                }
-                            })
-                            .collect();
+                        let x = box_point(&mut rng, &lo, &hi, s % 2 == 1);
                         let y = eval(&net, &x);
                         assert!(
                             (0..3).filter(|j| *j != label).all(|j| y[j] < y[label]),
@@ -122,17 +123,7 @@ fn conv_networks_with_normalisation_answer_soundly() {
             Answer::Unsat => {
                 unsat += 1;
                 for s in 0..200 {
-                    let x: Vec<f64> = (0..192)
-                        .map(|i| {
-                            if s % 2 == 0 {
-                                rng.random_range(lo[i]..=hi[i])
-                            } else if rng.random_bool(0.5) {
-                                lo[i]
-                            } else {
-                                hi[i]
-                            }
-                        })
-                        .collect();
+                    let x = box_point(&mut rng, &lo, &hi, s % 2 == 1);
                     let y = eval(&net, &x);
                     assert!(
                         (0..5).filter(|j| *j != label).all(|j| y[j] < y[label]),

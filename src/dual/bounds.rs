@@ -505,7 +505,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             }
                             let v = if node.inputs.len() > 1 {
                                 // Several operands (a sum, a difference): an operand the source does not reach is
-                                // zero there, passed in its place. Operands shared by the batch (bs = 1) are
+                                // zero there ([`OpExec::linear_partial`]). Operands shared by the batch (bs = 1) are
                                 // broadcast to the others' `bs` (all have the source's `m`).
                                 let ds: Vec<(Tensor, usize, usize)> = present
                                     .iter()
@@ -530,22 +530,12 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                     .collect::<candle_core::Result<Vec<Tensor>>>()
                                     .context(ctx_err)?;
                                 let mut present_ts = ts.into_iter();
-                                let ts: Vec<Tensor> = node
+                                let ops: Vec<Option<Tensor>> = node
                                     .inputs
                                     .iter()
-                                    .map(|j| match s.vals.contains_key(j) {
-                                        true => present_ts
-                                            .next()
-                                            .ok_or_else(|| candle_core::Error::Msg("internal: operand count".into())),
-                                        false => {
-                                            let mut shape = vec![bs * m];
-                                            shape.extend_from_slice(&g.node(*j).shape);
-                                            Tensor::zeros(shape, x.dtype(), x.device())
-                                        }
-                                    })
-                                    .collect::<candle_core::Result<_>>()
-                                    .context(ctx_err)?;
-                                Val::Dense { t: op.linear(&ctx, &ts)?, bs, m }
+                                    .map(|j| s.vals.contains_key(j).then(|| present_ts.next()).flatten())
+                                    .collect();
+                                Val::Dense { t: op.linear_partial(&ctx, &ops)?, bs, m }
                             } else {
                                 let (j, v) = &present[0];
                                 let mat = match v {
@@ -875,6 +865,18 @@ fn projected_offset_source(
     Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0, cauchy: true } }))
 }
 
+/// The objective rows `e_j` of every unit of a node of `shape`, for each of `b` examples: `[b, n, *shape]`, or
+/// with `both` the rows `e_j` then `−e_j`, `[b, 2n, *shape]`.
+fn unit_rows(like: &Tensor, b: usize, shape: &[usize], both: bool) -> candle_core::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let e = Tensor::eye(n, like.dtype(), like.device())?;
+    let e = if both { Tensor::cat(&[&e, &e.neg()?], 0)? } else { e };
+    let rows = e.dims()[0];
+    let mut full = vec![b, rows];
+    full.extend_from_slice(shape);
+    e.unsqueeze(0)?.broadcast_as((b, rows, n))?.contiguous()?.reshape(full)
+}
+
 /// Bounds of `z` from the dual network run backwards from it with `c = e_j` for each of its units
 /// (`[B, n_z, *shape]` rows): `l, u = lin ∓ rad`.
 fn backward_bounds(
@@ -886,16 +888,7 @@ fn backward_bounds(
 ) -> Result<(Tensor, Tensor)> {
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
-    let n: usize = node.shape.iter().product();
-    let x = set.center();
-    let mut shape = vec![b, n];
-    shape.extend_from_slice(&node.shape);
-    let c = Tensor::eye(n, x.dtype(), x.device())
-        .and_then(|e| e.unsqueeze(0))
-        .and_then(|e| e.broadcast_as((b, n, n)))
-        .and_then(|e| e.contiguous())
-        .and_then(|e| e.reshape(shape))
-        .context(ctx_err)?;
+    let c = unit_rows(set.center(), b, &node.shape, false).context(ctx_err)?;
     // Layer bounds use one slope per unit (the lines of [`Relaxation::single_slope`]): then the dual of `-c` is
     // minus the dual of `c`, and one pass gives both bounds. (CROWN's own lower slopes would need a second pass,
     // from `-c`, for each layer; measured on `mnist_small`, they certify no more than these bounds intersected
@@ -921,16 +914,7 @@ fn crown_backward_bounds(
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
     let n: usize = node.shape.iter().product();
-    let x = set.center();
-    let mut shape = vec![b, 2 * n];
-    shape.extend_from_slice(&node.shape);
-    let c = Tensor::eye(n, x.dtype(), x.device())
-        .and_then(|e| Tensor::cat(&[&e, &e.neg()?], 0))
-        .and_then(|e| e.unsqueeze(0))
-        .and_then(|e| e.broadcast_as((b, 2 * n, n)))
-        .and_then(|e| e.contiguous())
-        .and_then(|e| e.reshape(shape))
-        .context(ctx_err)?;
+    let c = unit_rows(set.center(), b, &node.shape, true).context(ctx_err)?;
     let (lin, rad) = super::objective::dual_pass(model, set, relax, z, &c)?;
     let j = (&lin - &rad).context(ctx_err)?;
     let mut out_shape = vec![b];

@@ -46,6 +46,14 @@ impl OpExec for Add {
         }
         Ok(acc)
     }
+    /// A sum: an absent operand adds nothing, so only the present ones are summed.
+    fn linear_partial(&self, ctx: &NodeCtx, inputs: &[Option<Tensor>]) -> Result<Tensor> {
+        let present: Vec<Tensor> = inputs.iter().flatten().cloned().collect();
+        if present.is_empty() {
+            return Err(crate::error::Error::Usage(format!("internal: `{}` got no operand", ctx.name)));
+        }
+        self.linear(ctx, &present)
+    }
     /// Every coefficient is nonnegative (ones, or `1/k²` for the average), so `|A| r = A r`.
     fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         self.linear(ctx, inputs)

@@ -160,6 +160,28 @@ pub trait OpExec {
     fn linear(&self, _ctx: &NodeCtx, _inputs: &[Tensor]) -> Result<Tensor> {
         Err(no_rule("linear"))
     }
+    /// Affine ops with several operands: `linear` where the absent operands (`None`) are zero. The default passes
+    /// zeros of each absent operand's shape (`[N, *in_i]`, `N` from a present one) in its place; a sum overrides
+    /// it to add only what is there.
+    fn linear_partial(&self, ctx: &NodeCtx, inputs: &[Option<Tensor>]) -> Result<Tensor> {
+        let Some(like) = inputs.iter().flatten().next() else {
+            return Err(Error::Usage(format!("internal: `{}` got no operand", ctx.name)));
+        };
+        let full: Vec<Tensor> = inputs
+            .iter()
+            .zip(&ctx.in_shapes)
+            .map(|(t, shape)| match t {
+                Some(t) => Ok(t.clone()),
+                None => {
+                    let mut dims = vec![lead(like)];
+                    dims.extend_from_slice(shape);
+                    Tensor::zeros(dims, like.dtype(), like.device())
+                }
+            })
+            .collect::<candle_core::Result<_>>()
+            .map_err(|e| Error::Tensor { context: format!("operands of `{}`", ctx.name), source: e })?;
+        self.linear(ctx, &full)
+    }
     /// Affine ops: the dual rule (adjoint of `linear`), `[N, *out] -> [N, *in_i]` for each input.
     fn transpose(&self, _ctx: &NodeCtx, _nu: &Tensor) -> Result<Vec<Tensor>> {
         Err(no_rule("transpose"))
