@@ -12,6 +12,7 @@ use crate::diagnostics::{Code, Diagnostic};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
 use crate::ops::{shape::fmt as fmt_shape, Init};
+use petgraph::graph::NodeIndex;
 
 /// Per node: suffix -> tensor, in the compute dtype.
 pub type NodeWeights = BTreeMap<String, Tensor>;
@@ -175,6 +176,36 @@ impl Weights {
             }
         }
         Ok(Weights { per_node })
+    }
+
+    /// [`Weights::init`], then Shi et al. 2021's IBP initialisation: every weight matrix or kernel (a fan-in
+    /// initialised tensor of rank ≥ 2) but the last in node order is redrawn from `N(0, σ²)`, `σ = √(2π) / fan_in`.
+    /// Then `E|w| = σ √(2/π) = 2 / fan_in`: a layer maps input radii `r` to `|W| r`, of mean `2 · mean(r)`, which
+    /// the ReLU after it halves on average, so interval widths stay about constant with depth.
+    pub fn init_ibp(g: &Graph, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        use rand_distr::Distribution;
+        let mut w = Self::init(g, seed, dtype, device)?;
+        let mats: Vec<(NodeIndex, &'static str, Vec<usize>, usize)> = g
+            .order()
+            .flat_map(|i| {
+                g.node(i).weights.iter().filter_map(move |spec| match spec.init {
+                    Init::FanIn(f) if spec.shape.len() >= 2 => Some((i, spec.suffix, spec.shape.clone(), f.max(1))),
+                    _ => None,
+                })
+            })
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x1b9_1417);
+        for (i, suffix, shape, fan_in) in mats.iter().take(mats.len().saturating_sub(1)) {
+            let sigma = (2.0 * std::f64::consts::PI).sqrt() / *fan_in as f64;
+            let normal = rand_distr::Normal::new(0.0, sigma).map_err(|e| Error::Usage(format!("internal: {e}")))?;
+            let n: usize = shape.iter().product();
+            let data: Vec<f64> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+            let t = Tensor::from_vec(data, shape.as_slice(), device)
+                .and_then(|t| t.to_dtype(dtype))
+                .context(|| format!("initialising `{}.{}`", g.node(*i).name, suffix))?;
+            w.per_node[i.index()].insert(suffix.to_string(), t);
+        }
+        Ok(w)
     }
 
     /// The same weights on `device` (a checkpoint is read on the CPU, then moved).

@@ -13,6 +13,7 @@ use dualnet::run::train::interrupt;
 use dualnet::run::train::optim::{Optim, Params};
 use dualnet::run::train::plot::{plot_metrics, plot_series, ChartKind, Series, SeriesChart};
 use dualnet::run::train::runfolder::{epoch_seed, EpochMetrics, RunFolder, TrainState};
+use dualnet::run::train::runfolder::{Record, StepMetrics};
 
 fn codes(e: &Error) -> Vec<Code> {
     match e {
@@ -41,6 +42,26 @@ fn metrics(epoch: usize) -> EpochMetrics {
         test_certified_err: if epoch % 3 == 2 { None } else { Some(0.35 + 0.5 / (1.0 + 0.3 * t)) },
         seconds: 12.5,
         examples: 60000,
+        eval_bound: Some("crown".into()),
+        eval_eps: Some(0.1),
+    }
+}
+
+fn step(step: u64) -> StepMetrics {
+    let t = step as f64;
+    StepMetrics {
+        kind: "step".into(),
+        step,
+        epoch: (step / 100) as usize,
+        at: t / 100.0,
+        eps: (0.001 * t).min(0.1),
+        kappa: 1.0 - (0.005 * t).min(0.5),
+        beta: 1.0 - (0.01 * t).min(1.0),
+        lr: 1e-3,
+        loss: 2.3 / (1.0 + 0.01 * t),
+        batch_robust_err: 0.9 / (1.0 + 0.01 * t),
+        batch_clean_err: 0.3 / (1.0 + 0.01 * t),
+        reg: 0.5 / (1.0 + t),
     }
 }
 
@@ -201,7 +222,7 @@ fn metrics_append_read_and_truncate_on_resume() {
         assert!(close(b.test_certified_err.unwrap_or(0.0), m.test_certified_err.unwrap_or(0.0)) && close(b.eps, m.eps));
     }
     // Resuming after 3 completed epochs drops epochs 3 and 4.
-    let kept = folder.truncate_metrics(3).unwrap();
+    let kept = folder.truncate_metrics(3, 0).unwrap();
     assert_eq!(kept.len(), 3);
     folder.append_metrics(&metrics(3)).unwrap();
     let back = folder.read_metrics().unwrap();
@@ -216,6 +237,40 @@ fn metrics_append_read_and_truncate_on_resume() {
     let e = folder.read_metrics().unwrap_err();
     assert_eq!(codes(&e), vec![Code::DataInvalid]);
     assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn step_records_share_the_file_and_truncate_by_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = RunFolder::create(dir.path(), false).unwrap();
+    // Two epochs of 100 steps, a step record every 50 steps, as the trainer writes them.
+    for e in 0..2u64 {
+        folder.append_step(&step(100 * e + 50)).unwrap();
+        folder.append_step(&step(100 * e + 100)).unwrap();
+        folder.append_metrics(&metrics(e as usize)).unwrap();
+    }
+    let recs = folder.read_records().unwrap();
+    assert_eq!(recs.len(), 6);
+    assert_eq!(folder.read_metrics().unwrap().len(), 2, "read_metrics returns the epoch records only");
+    assert!(matches!(&recs[0], Record::Step(s) if s.step == 50 && s.kind == "step"));
+    // Resuming from a checkpoint taken mid-epoch 1 (after step 150): epoch 1's record and step 200 go.
+    let kept = folder.truncate_metrics(1, 150).unwrap();
+    let steps: Vec<u64> = kept
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step(s) => Some(s.step),
+            Record::Epoch(_) => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![50, 100, 150]);
+    assert_eq!(folder.read_metrics().unwrap().iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![0]);
+    // A NaN loss is written as null and read back as NaN.
+    let mut s = step(300);
+    s.loss = f64::NAN;
+    s.beta = f64::NAN;
+    folder.append_step(&s).unwrap();
+    let back = folder.read_records().unwrap();
+    assert!(matches!(back.last(), Some(Record::Step(s)) if s.loss.is_nan() && s.beta.is_nan()));
 }
 
 #[test]
@@ -277,14 +332,19 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 #[test]
 fn charts_are_written_as_png() {
     let dir = tempfile::tempdir().unwrap();
-    let ms: Vec<EpochMetrics> = (0..20).map(metrics).collect();
+    let ms: Vec<Record> = (0..20).map(|e| Record::Epoch(metrics(e))).collect();
     let p = dir.path().join("metrics.png");
     plot_metrics(&ms, &p).unwrap();
     let bytes = std::fs::read(&p).unwrap();
-    assert_eq!(png_size(&bytes), (1000, 960));
+    assert_eq!(png_size(&bytes), (1000, 1180));
+    // With step records: an extra panel of batch errors, loss and schedules per step.
+    let mut mixed: Vec<Record> = (0..2000).step_by(50).map(|s| Record::Step(step(s))).collect();
+    mixed.extend((0..20).map(|e| Record::Epoch(metrics(e))));
+    plot_metrics(&mixed, &dir.path().join("steps.png")).unwrap();
     // Degenerate inputs still draw.
     plot_metrics(&[], &dir.path().join("empty.png")).unwrap();
     plot_metrics(&ms[..1], &dir.path().join("one.png")).unwrap();
+    plot_metrics(&mixed[..1], &dir.path().join("one_step.png")).unwrap();
 
     let mut chart = SeriesChart::new(
         "robust error per cascade stage",

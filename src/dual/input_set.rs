@@ -130,6 +130,19 @@ impl InputSet {
         Ok(InputSet::Box { center: t(c)?, radius: t(r)? })
     }
 
+    /// The mean radius of the set per input entry: the box's mean half-width, or the ℓ2 ball's mean ε (the
+    /// radius of the ℓ∞ box that encloses it).
+    pub fn mean_radius(&self) -> Result<f64> {
+        let t = match self {
+            InputSet::Box { radius, .. } => radius,
+            InputSet::L2 { eps, .. } => eps,
+        };
+        t.mean_all()
+            .and_then(|m| m.to_dtype(candle_core::DType::F64))
+            .and_then(|m| m.to_scalar::<f64>())
+            .context(|| "the input set's radius".to_string())
+    }
+
     pub fn center(&self) -> &Tensor {
         match self {
             InputSet::Box { center, .. } | InputSet::L2 { center, .. } => center,

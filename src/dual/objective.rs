@@ -128,7 +128,10 @@ pub fn dual_pass(
                             }
                             .context(ctx_err)?
                         };
-                        accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
+                        // A constant relaxation (slope 0) sends nothing back: the network before it adds nothing.
+                        if !(r.constant && r.lines.is_none() && r.lower.is_none()) {
+                            accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
+                        }
                     }
                     Role::Unsupported => return Err(Error::Usage(format!("`{}` has no dual rule", op.name()))),
                 }

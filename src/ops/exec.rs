@@ -69,6 +69,9 @@ pub struct Relaxation {
     pub rad: Tensor,
     pub lower: Option<Tensor>,
     pub lines: Option<Lines>,
+    /// `slope` is zero everywhere and there is no other line ([`Relaxation::constant`], the `ibp` family's): the
+    /// dual rule sends nothing back through the activation, so the dual network stops there.
+    pub constant: bool,
 }
 
 /// Two lines bounding an activation on `[l, u]`, each `[B, *shape]`.
@@ -136,6 +139,7 @@ impl Relaxation {
             rad: self.rad.narrow(0, start, len)?,
             lower: self.lower.as_ref().map(|l| l.narrow(0, start, len)).transpose()?,
             lines: self.lines.as_ref().map(|l| l.narrow(start, len)).transpose()?,
+            constant: self.constant,
         })
     }
 
@@ -144,7 +148,7 @@ impl Relaxation {
     pub fn constant(lo: &Tensor, hi: &Tensor) -> candle_core::Result<Relaxation> {
         let mid = ((lo + hi)? * 0.5)?;
         let rad = ((hi - lo)? * 0.5)?.relu()?;
-        Ok(Relaxation { slope: lo.zeros_like()?, mid, rad, lower: None, lines: None })
+        Ok(Relaxation { slope: lo.zeros_like()?, mid, rad, lower: None, lines: None, constant: true })
     }
 }
 

@@ -87,7 +87,7 @@ pub fn hardtanh_relaxation(l: &Tensor, u: &Tensor, lo_v: f64, hi_v: f64) -> cand
     }
     let mid = ((&lo + &hi)? * 0.5)?;
     let rad = ((&hi - &lo)? * 0.5)?;
-    Ok(Relaxation { slope, mid, rad, lower: None, lines: None })
+    Ok(Relaxation { slope, mid, rad, lower: None, lines: None, constant: false })
 }
 
 impl OpExec for Hardtanh {

@@ -69,7 +69,7 @@ pub fn leaky_relaxation(l: &Tensor, u: &Tensor, s: f64) -> candle_core::Result<R
     let chord = ((u - (l * s)?)? / denom)?;
     let slope = crossing.where_cond(&chord, &active.where_cond(&one, &(&one * s)?)?)?;
     let half = crossing.where_cond(&((u * (1.0 - &chord)?)? * 0.5)?, &zero)?;
-    Ok(Relaxation { slope, mid: half.clone(), rad: half, lower: None, lines: None })
+    Ok(Relaxation { slope, mid: half.clone(), rad: half, lower: None, lines: None, constant: false })
 }
 
 impl OpExec for LeakyRelu {

@@ -49,7 +49,7 @@ pub fn relu_relaxation(l: &Tensor, u: &Tensor) -> candle_core::Result<Relaxation
     let slope = crossing.where_cond(&chord, &active.where_cond(&one, &zero)?)?;
     // offset in [0, -d l] on crossing units: mid = rad = -d l / 2.
     let half = crossing.where_cond(&((&chord * l)? * -0.5)?, &zero)?;
-    Ok(Relaxation { slope, mid: half.clone(), rad: half, lower: None, lines: None })
+    Ok(Relaxation { slope, mid: half.clone(), rad: half, lower: None, lines: None, constant: false })
 }
 
 /// CROWN's relaxation (Zhang et al. 2018): the upper line is the chord, as in [`relu_relaxation`]; the lower line

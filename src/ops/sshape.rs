@@ -125,7 +125,7 @@ pub fn single(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
     let (lo, hi) = ((&lo - slack(&lo)?)?, (&hi + slack(&hi)?)?);
     let mid = ((&lo + &hi)? * 0.5)?;
     let rad = ((&hi - &lo)? * 0.5)?;
-    Ok(Relaxation { slope: a, mid, rad, lower: None, lines: None })
+    Ok(Relaxation { slope: a, mid, rad, lower: None, lines: None, constant: false })
 }
 
 /// The tangent line at `t`: slope `σ'(t)`, offset `σ(t) − σ'(t) t`.

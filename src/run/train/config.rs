@@ -44,6 +44,46 @@ pub enum EpsRamp {
     Epoch,
     /// A new ε every optimizer step: linear from `eps_start` to `eps` over the first `ramp_steps` steps.
     Step,
+    /// Shi et al. 2021's smoothed ramp, a new ε every step over `ramp_steps` steps: polynomial growth
+    /// (`p^4`) over the first quarter, then linear, with value and slope continuous where they meet.
+    Smooth,
+}
+
+/// Which bound the robust loss is computed from (`method:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Method {
+    /// The paper's dual network (the `wk` relaxation), exact or with random projections (`proj`).
+    #[serde(rename = "dual")]
+    Dual,
+    /// Interval bound propagation (Gowal et al. 2018): two forward passes, the last layer folded into the margin.
+    #[serde(rename = "ibp")]
+    Ibp,
+    /// CROWN-IBP (Zhang et al. 2020): interval bounds for every layer, then one CROWN pass back from the margins;
+    /// the loss bound is `β · crown + (1 − β) · ibp`, with β following `beta_start → beta` over the ε ramp.
+    #[serde(rename = "crown-ibp")]
+    #[value(name = "crown-ibp")]
+    CrownIbp,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Dual => "dual",
+            Method::Ibp => "ibp",
+            Method::CrownIbp => "crown-ibp",
+        })
+    }
+}
+
+/// How the weights start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The reference's: PyTorch's default uniform initialisation of each layer.
+    Default,
+    /// Shi et al. 2021's IBP initialisation: every affine layer but the last drawn from `N(0, 2π / fan_in²)`, so
+    /// that interval widths neither grow nor shrink from layer to layer at initialisation.
+    Ibp,
 }
 
 /// What the training loss is.
@@ -107,12 +147,48 @@ pub struct TrainConfig {
     pub proj: Option<usize>,
     /// `robust` (provable training, default), `plain` (clean cross-entropy) or `pgd` (adversarial training).
     pub mode: Mode,
-    /// The relaxation family of the robust loss: `wk` (the paper's, default; with or without projections) or
-    /// `ibp` (interval bounds, cheap: two forward passes). `crown` and `alpha` are for certification.
-    pub bound: crate::ops::Family,
-    /// Weight κ of the clean cross-entropy in the robust loss, `κ · CE + (1 − κ) · robust` (default 0: the
-    /// robust loss alone, as in the paper; interval training wants e.g. 0.5).
+    /// The bound of the robust loss: `dual` (the paper's, default), `ibp` or `crown-ibp`.
+    pub method: Method,
+    /// Weight κ of the clean cross-entropy in the robust loss, `κ · CE + (1 − κ) · robust`, at the end of the
+    /// ε ramp (default 0: the robust loss alone, as in the paper; interval training wants e.g. 0.5).
     pub kappa: f64,
+    /// κ at the start of the ε ramp; κ moves linearly from it to `kappa` as ε ramps up (default: `kappa`, a
+    /// fixed mix; Gowal et al. start at 1).
+    pub kappa_start: Option<f64>,
+    /// `crown-ibp`: the weight β of the CROWN bound at the start of the ε ramp (default 1).
+    pub beta_start: f64,
+    /// `crown-ibp`: β at the end of the ε ramp (default 0: pure interval bounds at the final ε, as Zhang et al.).
+    pub beta: f64,
+    /// Epochs of plain cross-entropy (ε = 0) before the ε ramp starts (default 0).
+    pub eps_ramp_start: usize,
+    /// The ε of the per-epoch certified evaluation (default: `eps`). Training at a larger ε than the one to
+    /// certify (`eps: 0.4`, `eps_eval: 0.3`) is common with interval bounds.
+    pub eps_eval: Option<f64>,
+    /// Weight initialisation: `default` or `ibp` (Shi et al. 2021).
+    pub init: Init,
+    /// Shi et al.'s warm-up regularisers (interval tightness and ReLU balance) with weight
+    /// `reg_lambda · (1 − ramp progress)`: strongest at the start of the ε ramp, gone at its end (default 0: off).
+    pub reg_lambda: f64,
+    /// The tolerance τ of the warm-up regularisers (default 0.5).
+    pub reg_tol: f64,
+    /// Multiply the learning rate by `lr_decay_factor` at each of these epochs (0-based, e.g. `[25, 35]`);
+    /// when given, `lr_halve_every` is not used (default: none).
+    pub lr_decay_epochs: Vec<usize>,
+    /// The factor of each `lr_decay_epochs` step (default 0.2).
+    pub lr_decay_factor: f64,
+    /// Write a per-step record (loss, ε, κ, β, batch errors) to `metrics.jsonl` every N steps (default 50;
+    /// 0: none).
+    pub step_metrics_every: usize,
+    /// Also write the resumable `last` checkpoint every this many minutes of training (default 5; 0: only at
+    /// epoch ends and on Ctrl-C).
+    pub checkpoint_minutes: f64,
+    /// The bound of the per-epoch certified evaluation (default `crown`, which is never looser than `ibp`).
+    pub eval_bound: crate::ops::Family,
+    /// Evaluate every N epochs, and always after the last one (default 1).
+    pub eval_every: usize,
+    /// Steps per epoch, filled in by the trainer (not a setting).
+    #[serde(skip)]
+    pub steps_per_epoch: usize,
     /// PGD steps for `mode: pgd` (default 40).
     pub pgd_steps: usize,
     /// Seed for initialisation, shuffling, projections and augmentation (default 0).
@@ -153,8 +229,23 @@ impl Default for TrainConfig {
             norm: Norm::Linf,
             proj: Some(50),
             mode: Mode::Robust,
-            bound: crate::ops::Family::Wk,
+            method: Method::Dual,
             kappa: 0.0,
+            kappa_start: None,
+            beta_start: 1.0,
+            beta: 0.0,
+            eps_ramp_start: 0,
+            eps_eval: None,
+            init: Init::Default,
+            reg_lambda: 0.0,
+            reg_tol: 0.5,
+            lr_decay_epochs: Vec::new(),
+            lr_decay_factor: 0.2,
+            step_metrics_every: 50,
+            checkpoint_minutes: 5.0,
+            eval_bound: crate::ops::Family::Crown,
+            eval_every: 1,
+            steps_per_epoch: 0,
             pgd_steps: 40,
             seed: 0,
             augment: false,
@@ -189,8 +280,22 @@ pub const FIELDS: &[&str] = &[
     "norm",
     "proj",
     "mode",
-    "bound",
+    "method",
     "kappa",
+    "kappa_start",
+    "beta_start",
+    "beta",
+    "eps_ramp_start",
+    "eps_eval",
+    "init",
+    "reg_lambda",
+    "reg_tol",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "step_metrics_every",
+    "checkpoint_minutes",
+    "eval_bound",
+    "eval_every",
     "pgd_steps",
     "seed",
     "augment",
@@ -235,11 +340,52 @@ impl TrainConfig {
         self.bounded.then_some((0.0, 1.0))
     }
 
-    /// For `eps_ramp: step` without `ramp_steps`: ramp over `eps_schedule_epochs` epochs of `steps_per_epoch`.
+    /// Record the epoch length, and for a per-step ramp (`step`, `smooth`) without `ramp_steps`: ramp over
+    /// `eps_schedule_epochs` epochs of `steps_per_epoch`.
     pub fn fill_ramp_steps(&mut self, steps_per_epoch: usize) {
-        if self.eps_ramp == EpsRamp::Step && self.ramp_steps.is_none() {
+        self.steps_per_epoch = steps_per_epoch;
+        if self.eps_ramp != EpsRamp::Epoch && self.ramp_steps.is_none() {
             self.ramp_steps = Some(self.eps_schedule_epochs.saturating_mul(steps_per_epoch));
         }
+    }
+
+    /// The ε of the per-epoch certified evaluation.
+    pub fn eval_eps(&self) -> f64 {
+        self.eps_eval.unwrap_or(self.eps)
+    }
+
+    /// Whether `epoch` is a warm-up epoch of plain cross-entropy (before `eps_ramp_start`).
+    pub fn warmup(&self, epoch: usize) -> bool {
+        epoch < self.eps_ramp_start
+    }
+
+    /// How far the ε ramp has gone at this point, in [0, 1]: `(ε − eps_start) / (eps − eps_start)` (1 when the
+    /// two are equal). κ, β and the regularisers' weight follow it.
+    pub fn progress(&self, epoch: usize, step_in_run: usize) -> f64 {
+        if self.warmup(epoch) {
+            return 0.0;
+        }
+        let span = self.eps - self.eps_start;
+        if span <= 0.0 {
+            return 1.0;
+        }
+        ((self.eps_at(epoch, step_in_run) - self.eps_start) / span).clamp(0.0, 1.0)
+    }
+
+    /// κ at this point: linear from `kappa_start` to `kappa` with the ramp's progress.
+    pub fn kappa_at(&self, epoch: usize, step_in_run: usize) -> f64 {
+        let k0 = self.kappa_start.unwrap_or(self.kappa);
+        k0 + (self.kappa - k0) * self.progress(epoch, step_in_run)
+    }
+
+    /// `crown-ibp`'s β at this point: linear from `beta_start` to `beta` with the ramp's progress.
+    pub fn beta_at(&self, epoch: usize, step_in_run: usize) -> f64 {
+        self.beta_start + (self.beta - self.beta_start) * self.progress(epoch, step_in_run)
+    }
+
+    /// The warm-up regularisers' weight at this point: `reg_lambda · (1 − progress)`.
+    pub fn reg_weight_at(&self, epoch: usize, step_in_run: usize) -> f64 {
+        self.reg_lambda * (1.0 - self.progress(epoch, step_in_run))
     }
 
     /// Check every setting; all problems are reported together, one diagnostic each.
@@ -330,12 +476,63 @@ impl TrainConfig {
                 "the weight of the clean loss: 0 for the robust loss alone, e.g. 0.5 for interval training".into(),
             );
         }
-        if matches!(self.bound, crate::ops::Family::Crown | crate::ops::Family::Alpha) {
+        if let Some(k) = self.kappa_start {
+            if !(k.is_finite() && (0.0..=1.0).contains(&k)) {
+                bad(
+                    "kappa_start",
+                    format!("`kappa_start` must be in [0, 1], got `{k}`"),
+                    "κ at the start of the ε ramp, e.g. 1 (clean loss only) moving to `kappa`".into(),
+                );
+            }
+        }
+        for (field, v) in [("beta_start", self.beta_start), ("beta", self.beta)] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                bad(
+                    field,
+                    format!("`{field}` must be in [0, 1], got `{v}`"),
+                    "the weight of the CROWN bound in `crown-ibp`: 1 at the start, 0 at the end in Zhang et al.".into(),
+                );
+            }
+        }
+        if let Some(e) = self.eps_eval {
+            if !(e.is_finite() && e >= 0.0) {
+                bad(
+                    "eps_eval",
+                    format!("`eps_eval` must be a finite number >= 0, got `{e}`"),
+                    "the ε to certify at, in input units, e.g. 0.3 while training at `eps: 0.4`".into(),
+                );
+            }
+        }
+        if !(self.reg_lambda.is_finite() && self.reg_lambda >= 0.0) {
             bad(
-                "bound",
-                format!("`bound: {}` is for certification; training takes `wk` or `ibp`", self.bound),
-                "use `bound: wk` (the paper's) or `bound: ibp` (interval bounds)".into(),
+                "reg_lambda",
+                format!("`reg_lambda` must be a number >= 0, got `{}`", self.reg_lambda),
+                "the warm-up regularisers' weight, e.g. 0.5 (Shi et al.), or 0 for none".into(),
             );
+        }
+        if !(self.reg_tol.is_finite() && self.reg_tol > 0.0 && self.reg_tol <= 1.0) {
+            bad(
+                "reg_tol",
+                format!("`reg_tol` must be in (0, 1], got `{}`", self.reg_tol),
+                "the regularisers' tolerance τ, e.g. 0.5".into(),
+            );
+        }
+        if !(self.lr_decay_factor.is_finite() && self.lr_decay_factor > 0.0 && self.lr_decay_factor <= 1.0) {
+            bad(
+                "lr_decay_factor",
+                format!("`lr_decay_factor` must be in (0, 1], got `{}`", self.lr_decay_factor),
+                "the learning rate is multiplied by it at each `lr_decay_epochs` entry, e.g. 0.2".into(),
+            );
+        }
+        if !(self.checkpoint_minutes.is_finite() && self.checkpoint_minutes >= 0.0) {
+            bad(
+                "checkpoint_minutes",
+                format!("`checkpoint_minutes` must be a number >= 0, got `{}`", self.checkpoint_minutes),
+                "minutes between checkpoints within an epoch, e.g. 5, or 0 for epoch ends only".into(),
+            );
+        }
+        if self.eval_every == 0 {
+            bad("eval_every", "`eval_every` must be at least 1".into(), "evaluate every N epochs, e.g. 1".into());
         }
         if self.mode == Mode::Pgd && self.pgd_steps == 0 {
             bad("pgd_steps", "`pgd_steps` must be at least 1 with `mode: pgd`".into(), "use e.g. 40".into());
@@ -394,29 +591,56 @@ impl TrainConfig {
     }
 
     /// The training ε for `epoch` (0-based) at optimizer step `step_in_run` (0-based, counted over the whole
-    /// run). With `eps_ramp: step` and no `ramp_steps` (see [`TrainConfig::fill_ramp_steps`]) the per-epoch
-    /// schedule is used.
+    /// run): 0 in the warm-up epochs, then the ramp, which starts at epoch `eps_ramp_start`. With a per-step
+    /// ramp and no `ramp_steps` (see [`TrainConfig::fill_ramp_steps`]) the per-epoch schedule is used.
     pub fn eps_at(&self, epoch: usize, step_in_run: usize) -> f64 {
+        if self.warmup(epoch) {
+            return 0.0;
+        }
+        let start = self.eps_ramp_start.saturating_mul(self.steps_per_epoch);
         match (self.eps_ramp, self.ramp_steps) {
-            (EpsRamp::Step, Some(n)) => {
-                if step_in_run >= n {
-                    self.eps
-                } else {
-                    self.eps_start + (self.eps - self.eps_start) * step_in_run as f64 / n as f64
+            (EpsRamp::Step | EpsRamp::Smooth, Some(n)) => {
+                let t = step_in_run.saturating_sub(start);
+                if t >= n {
+                    return self.eps;
                 }
+                let p = t as f64 / n as f64;
+                let p = if self.eps_ramp == EpsRamp::Smooth { smooth_ramp(p) } else { p };
+                self.eps_start + (self.eps - self.eps_start) * p
             }
-            _ => self.eps_of_epoch(epoch),
+            _ => self.eps_of_epoch(epoch - self.eps_ramp_start),
         }
     }
 
-    /// The learning rate for `epoch` (0-based): `lr · 0.5^⌊max(epoch − eps_schedule_epochs, 0) / lr_halve_every⌋`
-    /// (the reference's `StepLR(step_size=10, gamma=0.5)` stepped at `max(t − schedule_length, 0)`).
+    /// The learning rate for `epoch` (0-based). With `lr_decay_epochs`: `lr · lr_decay_factor^k`, `k` the number
+    /// of entries `<= epoch`. Otherwise `lr · 0.5^⌊max(epoch − ramp end, 0) / lr_halve_every⌋`, the ramp ending at
+    /// epoch `eps_ramp_start + eps_schedule_epochs` (the reference's `StepLR(step_size=10, gamma=0.5)` stepped at
+    /// `max(t − schedule_length, 0)`).
     pub fn lr_at(&self, epoch: usize) -> f64 {
+        if !self.lr_decay_epochs.is_empty() {
+            let k = self.lr_decay_epochs.iter().filter(|&&m| m <= epoch).count();
+            return self.lr * self.lr_decay_factor.powi(k.min(i32::MAX as usize) as i32);
+        }
         if self.lr_halve_every == 0 {
             return self.lr;
         }
-        let halvings = epoch.saturating_sub(self.eps_schedule_epochs) / self.lr_halve_every;
+        let halvings = epoch.saturating_sub(self.eps_ramp_start + self.eps_schedule_epochs) / self.lr_halve_every;
         self.lr * 0.5f64.powi(halvings.min(i32::MAX as usize) as i32)
+    }
+}
+
+/// Shi et al.'s smoothed ramp on progress `p ∈ [0, 1]`: `c · p^4` up to `p = 1/4`, then the line to `(1, 1)`
+/// whose value and slope meet the polynomial's there. With `m = 1/4`, `β = 4`: the slope of the line is
+/// `b = 1 / (1 − m + m/β)`, and `c · m^β = b m / β`, `c β m^(β−1) = b` (both hold for this `c`).
+pub fn smooth_ramp(p: f64) -> f64 {
+    let (m, beta) = (0.25f64, 4.0f64);
+    let b = 1.0 / (1.0 - m + m / beta);
+    let at_m = b * m / beta;
+    let p = p.clamp(0.0, 1.0);
+    if p < m {
+        at_m * (p / m).powf(beta)
+    } else {
+        (at_m + b * (p - m)).min(1.0)
     }
 }
 
@@ -542,9 +766,45 @@ pub struct TrainOverrides {
     /// Training loss [default: robust].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// Relaxation family of the robust loss: `wk` or `ibp` [default: wk].
+    /// The bound of the robust loss [default: dual].
     #[arg(long, value_enum)]
-    pub bound: Option<crate::ops::Family>,
+    pub method: Option<Method>,
+    /// κ at the start of the ε ramp, in [0, 1] [default: `kappa`].
+    #[arg(long)]
+    pub kappa_start: Option<f64>,
+    /// `crown-ibp`: β at the start of the ε ramp [default: 1].
+    #[arg(long)]
+    pub beta_start: Option<f64>,
+    /// `crown-ibp`: β at the end of the ε ramp [default: 0].
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Epochs of plain cross-entropy before the ε ramp [default: 0].
+    #[arg(long)]
+    pub eps_ramp_start: Option<usize>,
+    /// The ε of the certified evaluation [default: `eps`].
+    #[arg(long)]
+    pub eps_eval: Option<f64>,
+    /// Weight initialisation [default: default].
+    #[arg(long, value_enum)]
+    pub init: Option<Init>,
+    /// Weight of the warm-up regularisers [default: 0].
+    #[arg(long)]
+    pub reg_lambda: Option<f64>,
+    /// Multiply the learning rate by `--lr-decay-factor` at these epochs, comma separated.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub lr_decay_epochs: Option<Vec<usize>>,
+    /// Factor of each learning-rate decay step [default: 0.2].
+    #[arg(long)]
+    pub lr_decay_factor: Option<f64>,
+    /// Minutes between mid-epoch checkpoints (0: epoch ends only) [default: 5].
+    #[arg(long)]
+    pub checkpoint_minutes: Option<f64>,
+    /// The bound of the certified evaluation [default: crown].
+    #[arg(long, value_enum)]
+    pub eval_bound: Option<crate::ops::Family>,
+    /// Evaluate every N epochs [default: 1].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
     /// Weight of the clean cross-entropy in the robust loss, in [0, 1) [default: 0].
     #[arg(long)]
     pub kappa: Option<f64>,
@@ -611,7 +871,23 @@ impl TrainOverrides {
             cfg.proj = (k > 0).then_some(k);
         }
         set(&mut cfg.mode, &self.mode);
-        set(&mut cfg.bound, &self.bound);
+        set(&mut cfg.method, &self.method);
+        if let Some(k) = self.kappa_start {
+            cfg.kappa_start = Some(k);
+        }
+        set(&mut cfg.beta_start, &self.beta_start);
+        set(&mut cfg.beta, &self.beta);
+        set(&mut cfg.eps_ramp_start, &self.eps_ramp_start);
+        if let Some(e) = self.eps_eval {
+            cfg.eps_eval = Some(e);
+        }
+        set(&mut cfg.init, &self.init);
+        set(&mut cfg.reg_lambda, &self.reg_lambda);
+        set(&mut cfg.lr_decay_epochs, &self.lr_decay_epochs);
+        set(&mut cfg.lr_decay_factor, &self.lr_decay_factor);
+        set(&mut cfg.checkpoint_minutes, &self.checkpoint_minutes);
+        set(&mut cfg.eval_bound, &self.eval_bound);
+        set(&mut cfg.eval_every, &self.eval_every);
         set(&mut cfg.kappa, &self.kappa);
         set(&mut cfg.pgd_steps, &self.pgd_steps);
         set(&mut cfg.seed, &self.seed);
@@ -650,7 +926,7 @@ mod tests {
         assert_eq!(c.data, "mnist");
         assert!(c.spec.is_none() && c.mean.is_none() && c.std.is_none() && c.grad_clip.is_none());
         assert_eq!(c.device, DeviceSpec::Cpu);
-        assert_eq!(FIELDS.len(), 30);
+        assert_eq!(FIELDS.len(), 44);
     }
 
     #[test]
@@ -776,6 +1052,81 @@ mod tests {
         assert_eq!(c.eps_at(12, 5000), 0.1);
         c.fill_ramp_steps(7);
         assert_eq!(c.ramp_steps, Some(1000));
+    }
+
+    #[test]
+    fn warm_up_ramp_start_and_smooth_ramp() {
+        // 2 warm-up epochs (ε = 0), then a smooth ramp 0 -> 0.4 over 10 steps of an epoch of 5 steps.
+        let mut c = TrainConfig {
+            eps_ramp: EpsRamp::Smooth,
+            eps_start: 0.0,
+            eps: 0.4,
+            eps_ramp_start: 2,
+            ramp_steps: Some(10),
+            kappa_start: Some(1.0),
+            kappa: 0.5,
+            beta_start: 1.0,
+            beta: 0.0,
+            reg_lambda: 0.5,
+            ..Default::default()
+        };
+        c.fill_ramp_steps(5);
+        assert_eq!(c.steps_per_epoch, 5);
+        assert!(c.warmup(1) && !c.warmup(2));
+        assert_eq!((c.eps_at(0, 0), c.eps_at(1, 9)), (0.0, 0.0));
+        assert_eq!((c.kappa_at(1, 9), c.beta_at(1, 9), c.reg_weight_at(1, 9)), (1.0, 1.0, 0.5));
+        // The ramp starts at step 10 (epoch 2): p = 0 there, 1 from step 20 on.
+        assert_eq!(c.eps_at(2, 10), 0.0);
+        assert_eq!(c.eps_at(4, 20), 0.4);
+        assert_eq!((c.kappa_at(4, 20), c.beta_at(4, 20), c.reg_weight_at(4, 20)), (0.5, 0.0, 0.0));
+        // Half-way through the ramp (p = 1/2): smooth_ramp(1/2) = b m/β + b (1/2 − m) with m = 1/4, β = 4,
+        // b = 1 / (1 − 1/4 + 1/16) = 16/13: 16/13 · (1/16 + 1/4) = 5/13.
+        assert!((smooth_ramp(0.5) - 5.0 / 13.0).abs() < 1e-12);
+        assert!((c.eps_at(3, 15) - 0.4 * 5.0 / 13.0).abs() < 1e-12);
+        assert!((c.kappa_at(3, 15) - (1.0 - 0.5 * 5.0 / 13.0)).abs() < 1e-12);
+        // The smooth ramp is continuous and monotone, with value 1/13 at m = 1/4 from both sides.
+        assert!((smooth_ramp(0.25) - 1.0 / 13.0).abs() < 1e-12);
+        assert!((smooth_ramp(0.25 - 1e-9) - 1.0 / 13.0).abs() < 1e-8);
+        let v: Vec<f64> = (0..=100).map(|i| smooth_ramp(i as f64 / 100.0)).collect();
+        assert!(v.windows(2).all(|w| w[1] >= w[0]) && v[0] == 0.0 && (v[100] - 1.0).abs() < 1e-12);
+        // The linear per-step ramp with a ramp start.
+        let mut s = TrainConfig { eps_ramp: EpsRamp::Step, eps_start: 0.0, eps: 0.1, eps_ramp_start: 1, ..c };
+        s.ramp_steps = Some(10);
+        assert!(s.eps_at(1, 5).abs() < 1e-15 && (s.eps_at(1, 7) - 0.02).abs() < 1e-15);
+        // A fixed κ when `kappa_start` is not given.
+        let fixed = TrainConfig { kappa: 0.3, ..Default::default() };
+        assert_eq!((fixed.kappa_at(0, 0), fixed.kappa_at(50, 0)), (0.3, 0.3));
+    }
+
+    #[test]
+    fn lr_decay_steps_and_bad_schedule_values() {
+        let c = TrainConfig { lr: 1e-3, lr_decay_epochs: vec![25, 35], lr_decay_factor: 0.2, ..Default::default() };
+        assert_eq!(c.lr_at(24), 1e-3);
+        assert!((c.lr_at(25) - 2e-4).abs() < 1e-18 && (c.lr_at(40) - 4e-5).abs() < 1e-18);
+        let bad = TrainConfig {
+            spec: Some("a.net".into()),
+            kappa_start: Some(1.5),
+            beta: -0.1,
+            eps_eval: Some(f64::NAN),
+            reg_lambda: -1.0,
+            reg_tol: 0.0,
+            lr_decay_factor: 0.0,
+            checkpoint_minutes: -1.0,
+            eval_every: 0,
+            ..Default::default()
+        };
+        let e = bad.validate().unwrap_err();
+        let msgs: Vec<String> = codes(&e).into_iter().map(|(_, m)| m).collect();
+        assert_eq!(msgs.len(), 8, "{msgs:#?}");
+        for key in ["kappa_start", "beta", "eps_eval", "reg_lambda", "reg_tol", "lr_decay_factor", "checkpoint_minutes"]
+        {
+            assert!(msgs.iter().any(|m| m.contains(&format!("`{key}`"))), "{key}: {msgs:#?}");
+        }
+        let y = TrainConfig::from_yaml("method: crown-ibp\ninit: ibp\neps_ramp: smooth\n", "c.yaml").unwrap();
+        assert_eq!((y.method, y.init, y.eps_ramp), (Method::CrownIbp, Init::Ibp, EpsRamp::Smooth));
+        assert!(y.to_yaml().contains("method: crown-ibp"));
+        let e = TrainConfig::from_yaml("method: crown\n", "c.yaml").unwrap_err();
+        assert!(codes(&e)[0].1.contains("unknown value `crown`"), "{:?}", codes(&e));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! PNG charts of a run: [`plot_metrics`] draws a training run's curves from `metrics.jsonl` (error rates, loss
-//! and ε per epoch), and [`plot_series`] draws any named series over labelled categories as lines or grouped bars
+//! PNG charts of a run: [`plot_metrics`] draws a training run's curves from `metrics.jsonl` (error rates per
+//! epoch; batch errors, loss and the ε/κ/β schedules per step where the run wrote step records), and [`plot_series`] draws any named series over labelled categories as lines or grouped bars
 //! (e.g. robust error per cascade stage).
 //!
 //! Rendering is self-contained: an RGB canvas, embedded-graphics primitives and its built-in bitmap fonts
@@ -18,7 +18,7 @@ use embedded_graphics::primitives::{Circle, Line, PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Alignment, Baseline, Text, TextStyleBuilder};
 use embedded_graphics::Drawable;
 
-use super::runfolder::EpochMetrics;
+use super::runfolder::{EpochMetrics, Record, StepMetrics};
 use crate::error::{Error, Result};
 use crate::weights::write_atomic;
 
@@ -130,17 +130,32 @@ const PALETTE: [[u8; 3]; 10] = [
     [23, 190, 207],
 ];
 
-/// Write the curves of a training run as a PNG to `path` (atomically): error rates (top), training loss
-/// (middle) and the training ε (bottom), each against the epoch (1-based).
-pub fn plot_metrics(metrics: &[EpochMetrics], path: &Path) -> Result<()> {
-    let png = render_metrics(metrics)?;
+/// Write the curves of a training run as a PNG to `path` (atomically): the epochs' error rates (top), then, against
+/// the position in the run in epochs, the training batches' errors, the training loss and the schedules (ε, κ,
+/// β). Without step records the lower panels show the epochs' values.
+pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
+    let png = render_metrics(records)?;
     write_atomic(path, &png)
 }
 
 /// The PNG bytes of [`plot_metrics`].
-pub fn render_metrics(metrics: &[EpochMetrics]) -> Result<Vec<u8>> {
+pub fn render_metrics(records: &[Record]) -> Result<Vec<u8>> {
+    let metrics: Vec<&EpochMetrics> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Epoch(m) => Some(m),
+            Record::Step(_) => None,
+        })
+        .collect();
+    let steps: Vec<&StepMetrics> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step(m) => Some(m),
+            Record::Epoch(_) => None,
+        })
+        .collect();
     let xs: Vec<f64> = metrics.iter().map(|m| m.epoch as f64 + 1.0).collect();
-    let col = |f: fn(&EpochMetrics) -> f64| metrics.iter().map(f).collect::<Vec<f64>>();
+    let col = |f: fn(&EpochMetrics) -> f64| metrics.iter().map(|m| f(m)).collect::<Vec<f64>>();
     let mut errors = Vec::new();
     if metrics.iter().any(|m| m.test_certified_err.is_some()) {
         errors.push(Series::new("test certified", col(|m| m.test_certified_err.unwrap_or(f64::NAN))).color(RED));
@@ -148,28 +163,59 @@ pub fn render_metrics(metrics: &[EpochMetrics]) -> Result<Vec<u8>> {
     errors.push(Series::new("test clean", col(|m| m.test_clean_err)).color(BLUE));
     errors.push(Series::new("train robust", col(|m| m.train_robust_err)).color(RED).dashed());
     errors.push(Series::new("train clean", col(|m| m.train_clean_err)).color(BLUE).dashed());
-    let loss = [Series::new("train robust loss", col(|m| m.train_robust_loss)).color(PURPLE)];
-    let eps = [Series::new("training ε", col(|m| m.eps)).color(GREEN)];
-    let (w, h) = (1000u32, 960u32);
+    // The per-step panels: step records where there are any, else the epochs' values.
+    let (sx, batch, loss, sched) = if steps.is_empty() {
+        (
+            xs.clone(),
+            Vec::new(),
+            vec![Series::new("train loss", col(|m| m.train_robust_loss)).color(PURPLE)],
+            vec![Series::new("training ε", col(|m| m.eps)).color(GREEN)],
+        )
+    } else {
+        let sc = |f: fn(&StepMetrics) -> f64| steps.iter().map(|m| f(m)).collect::<Vec<f64>>();
+        (
+            steps.iter().map(|m| m.at).collect(),
+            vec![
+                Series::new("batch robust", sc(|m| m.batch_robust_err)).color(RED),
+                Series::new("batch clean", sc(|m| m.batch_clean_err)).color(BLUE),
+            ],
+            vec![
+                Series::new("train loss", sc(|m| m.loss)).color(PURPLE),
+                Series::new("regulariser", sc(|m| m.reg)).color(GREEN).dashed(),
+            ],
+            vec![
+                Series::new("ε / max ε", {
+                    let top = steps.iter().map(|m| m.eps).fold(0.0f64, f64::max);
+                    steps.iter().map(|m| if top > 0.0 { m.eps / top } else { 0.0 }).collect()
+                })
+                .color(GREEN),
+                Series::new("κ", sc(|m| m.kappa)).color(BLUE),
+                Series::new("β", sc(|m| m.beta)).color(RED).dashed(),
+            ],
+        )
+    };
+    let (w, h) = (1000u32, 1180u32);
     let mut c = Canvas::new(w, h);
     // One legend width for all panels, so that their x axes line up.
-    let legend_w = errors.iter().chain(&loss).chain(&eps).map(|s| legend_width(&s.name)).max().unwrap_or(0);
-    let panel = |title, y_label, series, percent| Panel {
+    let legend_w =
+        errors.iter().chain(&batch).chain(&loss).chain(&sched).map(|s| legend_width(&s.name)).max().unwrap_or(0);
+    let panel = |title, y_label, x: &'static str, xs, series, percent| Panel {
         title,
-        x_label: "epoch",
+        x_label: x,
         y_label,
-        x: XAxis::Numeric(&xs),
+        x: XAxis::Numeric(xs),
         series,
         kind: ChartKind::Line,
         percent,
         y_from_zero: true,
         legend_w,
     };
-    let panels = [
-        (panel("error rates", "error (%)", &errors[..], true), 440),
-        (panel("training loss", "loss", &loss[..], false), 280),
-        (panel("training ε", "ε", &eps[..], false), 240),
-    ];
+    let mut panels = vec![(panel("error rates", "error (%)", "epoch", &xs, &errors[..], true), 400)];
+    if !batch.is_empty() {
+        panels.push((panel("training batches", "error (%)", "epoch (steps)", &sx, &batch[..], true), 260));
+    }
+    panels.push((panel("training loss", "loss", "epoch (steps)", &sx, &loss[..], false), 260));
+    panels.push((panel("schedules", "value", "epoch (steps)", &sx, &sched[..], false), 260));
     let mut y = 0;
     for (p, ph) in &panels {
         p.draw(&mut c, Rect { x: 0, y, w: w as i32, h: *ph });

@@ -7,7 +7,8 @@
 //! DIR/last.optim.safetensors   optimizer state (moments, momentum buffers, step counts)
 //! DIR/last.state.json          TrainState: epochs done, steps, best metric, seed, ε, lr, file checksums
 //! DIR/best.*                   the same three for the epoch with the lowest test error
-//! DIR/metrics.jsonl            one EpochMetrics JSON object per line, appended and flushed each epoch
+//! DIR/metrics.jsonl            one JSON object per line, appended and flushed: an EpochMetrics after each epoch,
+//!                              and a StepMetrics (`"kind": "step"`) every `step_metrics_every` steps
 //! ```
 //!
 //! A checkpoint is three files; `NAME.state.json` is written last and records a checksum of the other two, so a
@@ -107,6 +108,68 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training examples seen in the epoch.
     pub examples: usize,
+    /// The bound and ε of `test_certified_err` (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_bound: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_eps: Option<f64>,
+}
+
+/// The running values of the last `step_metrics_every` steps; one line of `metrics.jsonl` with `"kind": "step"`.
+/// Losses and errors are means over those steps' examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Always `"step"` (what tells the two kinds of line apart).
+    pub kind: String,
+    /// Optimizer steps done in the run (after this one).
+    pub step: u64,
+    /// 0-based epoch, and the position in the run in epochs (`epoch + fraction of the epoch done`).
+    pub epoch: usize,
+    pub at: f64,
+    /// The schedules at this step (`beta` is null, read as NaN, unless the method is `crown-ibp`).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub eps: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub kappa: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub beta: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub lr: f64,
+    /// Mean loss, and the fractions of the batches' examples not certified (PGD: broken) and misclassified.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub loss: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub batch_robust_err: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub batch_clean_err: f64,
+    /// Mean value of the warm-up regularisers (0 when off).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub reg: f64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Epoch(EpochMetrics),
+    Step(StepMetrics),
+}
+
+impl Record {
+    fn parse(line: &str) -> serde_json::Result<Record> {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v.get("kind").and_then(|k| k.as_str()) == Some("step") {
+            Ok(Record::Step(serde_json::from_value(v)?))
+        } else {
+            Ok(Record::Epoch(serde_json::from_value(v)?))
+        }
+    }
+
+    fn to_line(&self) -> serde_json::Result<String> {
+        match self {
+            Record::Epoch(m) => serde_json::to_string(m),
+            Record::Step(m) => serde_json::to_string(m),
+        }
+    }
 }
 
 fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
@@ -254,11 +317,19 @@ impl RunFolder {
         })
     }
 
-    /// Append one line to `metrics.jsonl` and flush it to disk.
+    /// Append one epoch's line to `metrics.jsonl` and flush it to disk.
     pub fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
+        self.append_record(&Record::Epoch(m.clone()))
+    }
+
+    /// Append one per-step line to `metrics.jsonl` and flush it to disk.
+    pub fn append_step(&self, m: &StepMetrics) -> Result<()> {
+        self.append_record(&Record::Step(m.clone()))
+    }
+
+    fn append_record(&self, r: &Record) -> Result<()> {
         let path = self.file(METRICS_FILE);
-        let line = serde_json::to_string(m)
-            .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+        let line = r.to_line().map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -269,9 +340,9 @@ impl RunFolder {
         f.sync_data().map_err(|e| Error::io("cannot write", &path, e))
     }
 
-    /// Every record of `metrics.jsonl` (none if the file is missing). A torn last line (a run killed while
-    /// writing it) is skipped.
-    pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
+    /// Every record of `metrics.jsonl`, both kinds, in file order (none if the file is missing). A torn last line
+    /// (a run killed while writing it) is skipped.
+    pub fn read_records(&self) -> Result<Vec<Record>> {
         let path = self.file(METRICS_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -285,13 +356,14 @@ impl RunFolder {
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<EpochMetrics>(line) {
+            match Record::parse(line) {
                 Ok(m) => out.push(m),
                 Err(_) if i + 1 == lines.len() && !complete => {}
                 Err(e) => {
                     return Err(Error::input(
-                        Diagnostic::new(Code::DataInvalid, format!("`{}` line {}: {e}", path.display(), i + 1))
-                            .help("each line must be one epoch's metrics as JSON; remove the damaged line"),
+                        Diagnostic::new(Code::DataInvalid, format!("`{}` line {}: {e}", path.display(), i + 1)).help(
+                            "each line must be one epoch's or one step's metrics as JSON; remove the damaged line",
+                        ),
                     ))
                 }
             }
@@ -299,15 +371,35 @@ impl RunFolder {
         Ok(out)
     }
 
-    /// Keep only the records of the first `epochs_done` epochs (on resume, records of epochs after the
-    /// checkpoint are dropped, as those epochs run again). Returns the records kept.
-    pub fn truncate_metrics(&self, epochs_done: usize) -> Result<Vec<EpochMetrics>> {
-        let kept: Vec<EpochMetrics> = self.read_metrics()?.into_iter().filter(|m| m.epoch < epochs_done).collect();
+    /// The epoch records of `metrics.jsonl`.
+    pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
+        Ok(self
+            .read_records()?
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Epoch(m) => Some(m),
+                Record::Step(_) => None,
+            })
+            .collect())
+    }
+
+    /// Keep only the records of what the checkpoint holds: the epoch records of the first `epochs_done` epochs
+    /// and the step records up to step `steps_done` (on resume, later ones are dropped, as that part of the run
+    /// runs again). Returns the records kept.
+    pub fn truncate_metrics(&self, epochs_done: usize, steps_done: u64) -> Result<Vec<Record>> {
+        let kept: Vec<Record> = self
+            .read_records()?
+            .into_iter()
+            .filter(|r| match r {
+                Record::Epoch(m) => m.epoch < epochs_done,
+                Record::Step(m) => m.step <= steps_done,
+            })
+            .collect();
         let path = self.file(METRICS_FILE);
         let mut text = String::new();
-        for m in &kept {
-            let line = serde_json::to_string(m)
-                .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+        for r in &kept {
+            let line =
+                r.to_line().map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
             text.push_str(&line);
             text.push('\n');
         }
@@ -342,6 +434,8 @@ mod tests {
             test_certified_err: None,
             seconds: 1.5,
             examples: 100,
+            eval_bound: None,
+            eval_eps: None,
         };
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.contains("\"train_robust_loss\":null"), "{s}");

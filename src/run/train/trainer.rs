@@ -1,8 +1,12 @@
 //! The training loop (paper Section 4 and the reference's `train_robust`): per batch, the robust cross-entropy of
-//! the margin lower bounds (random projections by default, `proj: 50`), or plain / PGD-adversarial training for
-//! comparison; ε and the learning rate follow the config's schedules; each epoch ends with an exact certified
-//! error on a test subset, `metrics.jsonl`, a plot, and atomic checkpoints (`last`, `best`). Ctrl-C saves a
-//! resumable checkpoint mid-epoch; a non-finite loss stops the run keeping the last good checkpoint.
+//! the margin lower bounds of the config's `method` — the paper's dual network (random projections by default,
+//! `proj: 50`), interval bounds (`ibp`) or CROWN-IBP — mixed with the clean cross-entropy by κ, plus Shi et al.'s
+//! warm-up regularisers; or plain / PGD-adversarial training for comparison. ε, κ, β, the regularisers' weight
+//! and the learning rate follow the config's schedules; a step with ε = 0 (warm-up) is a plain cross-entropy
+//! step. Every `step_metrics_every` steps a step record goes to `metrics.jsonl`; each epoch (every `eval_every`)
+//! ends with a certified error on a test subset at `eps_eval` with `eval_bound`, an epoch record, a plot, and
+//! atomic checkpoints (`last`, `best`). The `last` checkpoint is also written every `checkpoint_minutes` and on
+//! Ctrl-C, resumable mid-epoch; a non-finite loss stops the run keeping the last good checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,15 +14,15 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::config::{Mode, TrainConfig};
+use super::config::{Init, Method, Mode, TrainConfig};
 use super::optim::{clip_grad_norm, Optim};
-use super::runfolder::{epoch_seed, EpochMetrics, RunFolder, TrainState};
+use super::runfolder::{epoch_seed, EpochMetrics, Record, RunFolder, StepMetrics, TrainState};
 use super::{interrupt, plot};
 use crate::data::{self, Dataset, Split};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
 use crate::dual::input_set::normalize;
-use crate::dual::robust::{certify_batch_with, robust_ce_per_example};
+use crate::dual::robust::{certify_batch_with, crown_ibp_batch, robust_ce_per_example, Certificate};
 use crate::dual::{InputSet, Model};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
@@ -136,9 +140,9 @@ pub fn train_on(
             dtype,
             device.clone(),
         );
-        let per_example = match (cfg.mode, cfg.projections()) {
-            (Mode::Robust, Some(k)) => crate::dual::bounds::projected_bytes_per_example(&probe, k),
-            (Mode::Robust, None) => crate::dual::bounds::exact_bytes_per_example(&probe) as f64,
+        let per_example = match (cfg.mode, cfg.method, cfg.projections()) {
+            (Mode::Robust, Method::Dual, Some(k)) => crate::dual::bounds::projected_bytes_per_example(&probe, k),
+            (Mode::Robust, Method::Dual, None) => crate::dual::bounds::exact_bytes_per_example(&probe) as f64,
             _ => 0.0,
         };
         crate::memory::ensure_fits(
@@ -167,10 +171,14 @@ pub fn train_on(
             .to_device(&device)?;
         (w, Some(o), s)
     } else {
-        (Weights::init(&graph, cfg.seed, dtype, &device)?, None, TrainState { seed: cfg.seed, ..TrainState::default() })
+        let w = match cfg.init {
+            Init::Default => Weights::init(&graph, cfg.seed, dtype, &device)?,
+            Init::Ibp => Weights::init_ibp(&graph, cfg.seed, dtype, &device)?,
+        };
+        (w, None, TrainState { seed: cfg.seed, ..TrainState::default() })
     };
     folder.write_config(&cfg)?;
-    let mut metrics = if resume { folder.truncate_metrics(state.epoch)? } else { Vec::new() };
+    let mut records = if resume { folder.truncate_metrics(state.epoch, state.step)? } else { Vec::new() };
 
     let mut model = Model::new(graph, weights, dtype, device.clone());
     let vars = make_vars(&mut model)?;
@@ -184,6 +192,8 @@ pub fn train_on(
         folder.save_checkpoint(name, &model.weights.to_map(&model.graph), &opt.state_tensors()?, state)
     };
 
+    let mut window = StepWindow::default();
+    let mut last_save = Instant::now();
     for epoch in state.epoch..cfg.epochs {
         let t0 = Instant::now();
         let lr = cfg.lr_at(epoch);
@@ -208,7 +218,10 @@ pub fn train_on(
         bar.inc(skip as u64);
         let (mut loss_sum, mut robust_wrong, mut clean_wrong, mut seen) = (0f64, 0usize, 0usize, 0usize);
         for (bi, idx) in batches.iter().enumerate().skip(skip) {
-            let eps = cfg.eps_at(epoch, state.step as usize);
+            let at = state.step as usize;
+            let eps = cfg.eps_at(epoch, at);
+            let (kappa, beta, reg_weight) =
+                (cfg.kappa_at(epoch, at), cfg.beta_at(epoch, at), cfg.reg_weight_at(epoch, at));
             let (x, y) = train_set.batch(idx, &device, dtype)?;
             let x = if cfg.augment { augment(&x, &mut aug_rng)? } else { x };
             let labels: Vec<u32> = y.to_vec1().context(|| "labels".to_string())?;
@@ -219,20 +232,35 @@ pub fn train_on(
             };
             let logits = model.forward(&x)?;
             let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
-            clean_wrong += preds.iter().zip(&labels).filter(|(p, l)| p != l).count();
+            let batch_clean_wrong = preds.iter().zip(&labels).filter(|(p, l)| p != l).count();
+            clean_wrong += batch_clean_wrong;
+            let mut batch_robust_wrong = batch_clean_wrong;
+            let mut reg_value = 0.0;
             let loss = match cfg.mode {
+                // ε = 0 (warm-up): the robust loss is the clean one; a plain step.
+                Mode::Robust if eps <= 0.0 => Step::Loss(cross_entropy(&logits, &y)?),
                 Mode::Robust => {
-                    let opts = Options {
-                        family: cfg.bound,
-                        proj: cfg.projections(),
-                        seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize),
-                        ..Default::default()
+                    let spec = RobustLoss {
+                        opts: Options {
+                            family: match cfg.method {
+                                Method::Ibp | Method::CrownIbp => crate::ops::Family::Ibp,
+                                Method::Dual => crate::ops::Family::Wk,
+                            },
+                            proj: if cfg.method == Method::Dual { cfg.projections() } else { None },
+                            seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize),
+                            ..Default::default()
+                        },
+                        method: cfg.method,
+                        beta,
+                        reg_weight,
+                        reg_tol: cfg.reg_tol,
                     };
-                    let (lv, grads, wrong) = robust_grads(&model, &set, &labels, &opts, &vars)?;
-                    robust_wrong += wrong;
-                    if cfg.kappa > 0.0 {
+                    let (lv, grads, wrong, reg) = robust_grads_with(&model, &set, &labels, &spec, &vars)?;
+                    batch_robust_wrong = wrong;
+                    reg_value = reg;
+                    if kappa > 0.0 {
                         // κ · clean cross-entropy + (1 − κ) · robust loss (Gowal et al.'s mix).
-                        let clean = (cross_entropy(&logits, &y)? * cfg.kappa).context(|| "clean loss".to_string())?;
+                        let clean = (cross_entropy(&logits, &y)? * kappa).context(|| "clean loss".to_string())?;
                         let cv: f64 =
                             clean.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
                         let mut g = clean.backward().context(|| "backward pass".to_string())?;
@@ -240,7 +268,7 @@ pub fn train_on(
                             let t = v.as_tensor();
                             let r = grads
                                 .get(t)
-                                .map(|r| r * (1.0 - cfg.kappa))
+                                .map(|r| r * (1.0 - kappa))
                                 .transpose()
                                 .context(|| "mixing gradients".to_string())?;
                             let sum = match (g.get(t), r) {
@@ -252,7 +280,7 @@ pub fn train_on(
                                 g.insert(t, s);
                             }
                         }
-                        Step::Done(cv + (1.0 - cfg.kappa) * lv, g)
+                        Step::Done(cv + (1.0 - kappa) * lv, g)
                     } else {
                         Step::Done(lv, grads)
                     }
@@ -261,10 +289,11 @@ pub fn train_on(
                 Mode::Pgd => {
                     let pc = PgdConfig { steps: cfg.pgd_steps, step_size: None, restarts: 1, seed: state.step };
                     let (xa, fooled) = pgd(&detached(&model), &set, &labels, eps, Goal::Untargeted, &pc)?;
-                    robust_wrong += fooled.iter().filter(|f| **f).count();
+                    batch_robust_wrong = fooled.iter().filter(|f| **f).count();
                     Step::Loss(cross_entropy(&model.forward(&xa.detach())?, &y)?)
                 }
             };
+            robust_wrong += batch_robust_wrong;
             let (lv, mut grads) = match loss {
                 Step::Done(lv, g) => (lv, g),
                 Step::Loss(l) => {
@@ -299,17 +328,38 @@ pub fn train_on(
             state.lr = lr;
             loss_sum += lv * labels.len() as f64;
             seen += labels.len();
+            window.add(lv, labels.len(), batch_robust_wrong, batch_clean_wrong, reg_value);
+            if cfg.step_metrics_every > 0 && state.step % cfg.step_metrics_every as u64 == 0 {
+                let m = window.take(
+                    state.step,
+                    epoch,
+                    epoch as f64 + (bi + 1) as f64 / batches.len().max(1) as f64,
+                    [eps, kappa, if cfg.method == Method::CrownIbp { beta } else { f64::NAN }, lr],
+                );
+                folder.append_step(&m)?;
+                records.push(Record::Step(m));
+            }
             bar.inc(1);
             bar.set_message(format!(
-                "loss {:.4} robust err {:.1}% clean err {:.1}% eps {eps:.3}",
+                "loss {:.4} {}clean err {:.1}% eps {eps:.3}",
                 loss_sum / seen as f64,
-                100.0 * robust_wrong as f64 / seen as f64,
+                match cfg.mode {
+                    Mode::Plain => String::new(),
+                    _ => format!("robust err {:.1}% ", 100.0 * robust_wrong as f64 / seen as f64),
+                },
                 100.0 * clean_wrong as f64 / seen as f64
             ));
-            if interrupt::requested() {
+            let timed = cfg.checkpoint_minutes > 0.0
+                && last_save.elapsed().as_secs_f64() >= 60.0 * cfg.checkpoint_minutes
+                && bi + 1 < batches.len();
+            if interrupt::requested() || timed {
                 state.epoch = epoch;
                 state.batch_in_epoch = bi + 1;
                 save("last", &model, &opt, &state)?;
+                last_save = Instant::now();
+                if timed {
+                    continue;
+                }
                 bar.abandon();
                 return Err(Error::Stopped(format!(
                     "interrupted at epoch {} batch {}; saved `{}` — continue with `dualnet train --resume {}`",
@@ -321,30 +371,27 @@ pub fn train_on(
             }
         }
         bar.finish_and_clear();
-        // Evaluation: exact certified error at the final ε on the test subset.
+        // Evaluation: certified error at `eps_eval` with `eval_bound` on the test subset, every `eval_every`
+        // epochs and after the last.
+        let evaluate = (epoch + 1) % cfg.eval_every.max(1) == 0 || epoch + 1 == cfg.epochs;
         let eval = detached(&model);
         let ccfg = CertifyConfig {
-            // The paper's exact bounds for its own training; a network trained on interval bounds is hopeless
-            // for them, so it is evaluated with `crown` (which is never looser than its interval bounds).
-            family: match cfg.bound {
-                crate::ops::Family::Ibp => crate::ops::Family::Crown,
-                _ => crate::ops::Family::Wk,
-            },
-            alpha: (0, 0.1),
-            eps: cfg.eps,
+            family: cfg.eval_bound,
+            alpha: (crate::dual::bounds::DEFAULT_ALPHA_ITERS, crate::dual::bounds::DEFAULT_ALPHA_LR),
+            eps: cfg.eval_eps(),
             norm: cfg.norm,
             bounds: cfg.input_box(),
-            batch: cfg.batch,
+            batch: cfg.batch.max(100),
             safety_margin: 0.0,
             attack: None,
             progress,
             normalize: cfg.mean.clone().zip(cfg.std.clone()),
             proj: None,
         };
-        let (test_clean, test_cert) = if test_set.is_empty() {
+        let (test_clean, test_cert) = if test_set.is_empty() || !evaluate {
             (f64::NAN, None)
         } else {
-            let (_, s) = certify_dataset(&eval, &test_set, &ccfg)?;
+            let (_, s) = certify_dataset(&eval, test_set, &ccfg)?;
             (s.clean_err, Some(s.certified_robust_err))
         };
         let seen_f = seen.max(1) as f64;
@@ -359,31 +406,36 @@ pub fn train_on(
             test_certified_err: test_cert,
             seconds: t0.elapsed().as_secs_f64(),
             examples: seen,
+            eval_bound: test_cert.map(|_| cfg.eval_bound.to_string()),
+            eval_eps: test_cert.map(|_| cfg.eval_eps()),
         };
         state.epoch = epoch + 1;
         state.batch_in_epoch = 0;
         let metric = test_cert.unwrap_or(test_clean);
         folder.append_metrics(&m)?;
-        metrics.push(m.clone());
+        records.push(Record::Epoch(m.clone()));
         save("last", &model, &opt, &state)?;
+        last_save = Instant::now();
         if state.best_metric.map(|b| metric < b).unwrap_or(true) && metric.is_finite() {
             state.best_metric = Some(metric);
             state.best_epoch = Some(epoch);
             save("best", &model, &opt, &state)?;
             save("last", &model, &opt, &state)?;
         }
-        plot::plot_metrics(&metrics, &folder.file("metrics.png"))?;
+        plot::plot_metrics(&records, &folder.file("metrics.png"))?;
         if progress {
             eprintln!(
-                "epoch {}/{}: eps {:.3} lr {:.2e} loss {:.4} train robust err {:.2}% clean err {:.2}% | test certified err {} clean err {} ({:.1} s)",
+                "epoch {}/{}: eps {:.3} lr {:.2e} loss {:.4} train robust err {} clean err {:.2}% | test certified err {} clean err {} ({:.1} s)",
                 epoch + 1,
                 cfg.epochs,
                 m.eps,
                 lr,
                 m.train_robust_loss,
-                100.0 * m.train_robust_err,
+                if m.train_robust_err.is_finite() { format!("{:.2}%", 100.0 * m.train_robust_err) } else { "n/a".into() },
                 100.0 * m.train_clean_err,
-                m.test_certified_err.map(|c| format!("{:.2}%", 100.0 * c)).unwrap_or_else(|| "n/a".into()),
+                m.test_certified_err
+                    .map(|c| format!("{:.2}% ({} at eps {})", 100.0 * c, cfg.eval_bound, cfg.eval_eps()))
+                    .unwrap_or_else(|| "n/a".into()),
                 if m.test_clean_err.is_finite() { format!("{:.2}%", 100.0 * m.test_clean_err) } else { "n/a".into() },
                 m.seconds
             );
@@ -393,7 +445,10 @@ pub fn train_on(
     Ok(TrainSummary {
         out: out.to_path_buf(),
         epochs: cfg.epochs,
-        last: metrics.last().cloned(),
+        last: records.iter().rev().find_map(|r| match r {
+            Record::Epoch(m) => Some(m.clone()),
+            Record::Step(_) => None,
+        }),
         best_metric: state.best_metric,
     })
 }
@@ -432,9 +487,62 @@ enum Step {
     Done(f64, candle_core::backprop::GradStore),
 }
 
-/// The robust cross-entropy (mean over the batch) and its gradients, with the batch split across worker threads,
-/// one per core: each part's loss is its share of the mean, and the parts' gradients are summed. Returns the loss,
-/// the gradients and the number of uncertified examples. Each part draws its own projections (seed + part).
+/// Running sums of the steps since the last step record.
+#[derive(Default)]
+struct StepWindow {
+    loss: f64,
+    reg: f64,
+    examples: usize,
+    robust_wrong: usize,
+    clean_wrong: usize,
+    steps: usize,
+}
+
+impl StepWindow {
+    fn add(&mut self, loss: f64, n: usize, robust_wrong: usize, clean_wrong: usize, reg: f64) {
+        self.loss += loss * n as f64;
+        self.reg += reg;
+        self.examples += n;
+        self.robust_wrong += robust_wrong;
+        self.clean_wrong += clean_wrong;
+        self.steps += 1;
+    }
+
+    /// The record of the window (`[eps, kappa, beta, lr]` at its last step), and a fresh window.
+    fn take(&mut self, step: u64, epoch: usize, at: f64, [eps, kappa, beta, lr]: [f64; 4]) -> StepMetrics {
+        let n = self.examples.max(1) as f64;
+        let m = StepMetrics {
+            kind: "step".into(),
+            step,
+            epoch,
+            at,
+            eps,
+            kappa,
+            beta,
+            lr,
+            loss: self.loss / n,
+            batch_robust_err: self.robust_wrong as f64 / n,
+            batch_clean_err: self.clean_wrong as f64 / n,
+            reg: self.reg / self.steps.max(1) as f64,
+        };
+        *self = StepWindow::default();
+        m
+    }
+}
+
+/// What a robust training step computes: the bound (`opts` for the dual network and `ibp`; `method`), the
+/// CROWN-IBP mix β, and the warm-up regularisers' weight and tolerance.
+#[derive(Debug, Clone, Copy)]
+pub struct RobustLoss {
+    pub opts: Options,
+    pub method: Method,
+    pub beta: f64,
+    pub reg_weight: f64,
+    pub reg_tol: f64,
+}
+
+/// The robust cross-entropy of the dual network's or the interval bounds (`opts.family`), mean over the batch,
+/// and its gradients; see [`robust_grads_with`].
 pub fn robust_grads(
     model: &Model,
     set: &InputSet,
@@ -442,28 +550,62 @@ pub fn robust_grads(
     opts: &Options,
     vars: &[(String, Var)],
 ) -> Result<(f64, candle_core::backprop::GradStore, usize)> {
+    let spec = RobustLoss { opts: *opts, method: Method::Dual, beta: 0.0, reg_weight: 0.0, reg_tol: 0.5 };
+    let (lv, g, wrong, _) = robust_grads_with(model, set, labels, &spec, vars)?;
+    Ok((lv, g, wrong))
+}
+
+/// The robust cross-entropy (mean over the batch) of `spec`'s bound, plus the weighted warm-up regulariser, and
+/// its gradients, with the batch split across worker threads, one per core: each part's loss is its share of the
+/// mean, and the parts' gradients are summed. Returns the loss, the gradients, the number of uncertified examples
+/// and the regulariser's (unweighted) value. Each part draws its own projections (seed + part).
+pub fn robust_grads_with(
+    model: &Model,
+    set: &InputSet,
+    labels: &[u32],
+    spec: &RobustLoss,
+    vars: &[(String, Var)],
+) -> Result<(f64, candle_core::backprop::GradStore, usize, f64)> {
+    let opts = &spec.opts;
     let b = labels.len();
     let workers = crate::device::workers(&model.device).clamp(1, b.max(1));
     let part = b.div_ceil(workers).max(1);
     let ranges: Vec<(usize, usize)> = (0..b).step_by(part).map(|s| (s, part.min(b - s))).collect();
-    let one = |k: usize, s: usize, n: usize| -> Result<(f64, candle_core::backprop::GradStore, usize)> {
+    let one = |k: usize, s: usize, n: usize| -> Result<(f64, candle_core::backprop::GradStore, usize, f64)> {
         let sub = set.narrow(s, n)?;
         let o = Options { seed: opts.seed.wrapping_add(0x9E37_79B9 * k as u64), ..*opts };
-        let cert = certify_batch_with(model, &sub, &labels[s..s + n], &o)?;
+        let cert: Certificate = match spec.method {
+            Method::CrownIbp => crown_ibp_batch(model, &sub, &labels[s..s + n], spec.beta)?,
+            Method::Dual | Method::Ibp => certify_batch_with(model, &sub, &labels[s..s + n], &o)?,
+        };
         let lb = cert.margin_rows()?;
         let wrong = cert.certified(&lb, &labels[s..s + n], 0.0).iter().filter(|c| !**c).count();
-        let loss = robust_ce_per_example(&cert.margin_lb)?
+        let mut loss = robust_ce_per_example(&cert.margin_lb)?
             .sum_all()
             .and_then(|t| t / b as f64)
             .context(|| "robust loss".to_string())?;
+        let mut reg_value = 0.0;
+        if spec.reg_weight > 0.0 {
+            let r0 = sub.mean_radius()?;
+            let reg = super::regularise::warmup_regulariser(&cert.bounds.layers, r0, spec.reg_tol)?
+                .to_dtype(loss.dtype())
+                .context(|| "warm-up regulariser".to_string())?;
+            reg_value =
+                reg.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).context(|| "regulariser".to_string())?
+                    * n as f64
+                    / b as f64;
+            // The part's share of the batch's regulariser.
+            loss = (loss + (reg * (spec.reg_weight * n as f64 / b as f64)).context(|| "regulariser".to_string())?)
+                .context(|| "regulariser".to_string())?;
+        }
         let lv: f64 = loss.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
         // A non-finite layer bound can leave the loss finite (a NaN bound reads as an inactive ReLU); report it
         // as a NaN loss so the run stops on it like on any diverged loss.
         let lv = if cert.finite(&lb).iter().all(|f| *f) { lv } else { f64::NAN };
         let grads = loss.backward().context(|| "backward pass".to_string())?;
-        Ok((lv, grads, wrong))
+        Ok((lv, grads, wrong, reg_value))
     };
-    let results: Vec<Result<(f64, candle_core::backprop::GradStore, usize)>> = std::thread::scope(|sc| {
+    let results: Vec<Result<(f64, candle_core::backprop::GradStore, usize, f64)>> = std::thread::scope(|sc| {
         let handles: Vec<_> = ranges.iter().enumerate().map(|(k, &(s, n))| sc.spawn(move || one(k, s, n))).collect();
         handles
             .into_iter()
@@ -471,14 +613,15 @@ pub fn robust_grads(
             .collect()
     });
     let mut it = results.into_iter();
-    let (mut lv, mut grads, mut wrong) = match it.next() {
+    let (mut lv, mut grads, mut wrong, mut reg) = match it.next() {
         Some(r) => r?,
         None => return Err(Error::Usage("internal: empty batch".into())),
     };
     for r in it {
-        let (l, g, w) = r?;
+        let (l, g, w, rg) = r?;
         lv += l;
         wrong += w;
+        reg += rg;
         for (_, v) in vars {
             let t = v.as_tensor();
             let sum = match (grads.get(t), g.get(t)) {
@@ -491,5 +634,5 @@ pub fn robust_grads(
             }
         }
     }
-    Ok((lv, grads, wrong))
+    Ok((lv, grads, wrong, reg))
 }
