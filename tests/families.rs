@@ -4,6 +4,7 @@
 //! - `crown` is never looser than `ibp`, example by example, and its layer bounds lie inside the interval ones
 //!   (they are intersected with them); `alpha` is never looser than `wk` or `crown`;
 //! - at ε = 0 every family gives the clean margin;
+//! - the CROWN-IBP training bound is sound for every mix β and mixes the two margins linearly;
 //! - every affine op's interval rule encloses its linear map: `|A r'| <= |A| r` for every `|r'| <= r`.
 //!
 //! The networks are made here (random weights), so nothing outside the repository is needed.
@@ -213,4 +214,43 @@ fn alpha_intermediate_bounds_are_tighter_and_sound() {
         }
     }
     assert!(tightened > 1e-6, "the optimised intermediate bounds never tightened anything ({tightened})");
+}
+
+/// CROWN-IBP's training bound (`crown_ibp_batch`, Zhang et al. 2020): interval layer bounds, the CROWN lines on
+/// them, and the margin `β · crown + (1 − β) · ibp`. On every network kind: sound at sampled points, corners and
+/// PGD points for β ∈ {0, 0.5, 1}; β = 0 is exactly the `ibp` family's margin; β = 1/2 is the mean of the two
+/// ends; and its layer bounds are the interval ones.
+#[test]
+fn crown_ibp_training_bound_is_sound_and_mixes_linearly() {
+    use dualnet::dual::robust::crown_ibp_batch;
+    for (k, (name, spec)) in SPECS.iter().enumerate() {
+        let seed = 40 + k as u64;
+        let m = model(spec, seed, 1.5);
+        let (x, labels) = inputs(&m, 3, seed + 7);
+        let eps = 0.05;
+        let set = InputSet::new(&x, &[eps; 3], Norm::Linf, Some((0.0, 1.0))).expect("set");
+        let by_beta: Vec<Certificate> =
+            [0.0, 0.5, 1.0].iter().map(|b| crown_ibp_batch(&m, &set, &labels, *b).expect("crown-ibp")).collect();
+        let ibp = certify(&m, &set, &labels, Family::Ibp);
+        let rows = |c: &Certificate| -> Vec<f64> { c.margin_lb.to_vec2::<f64>().expect("lb").concat() };
+        let (r0, rh, r1, ri) = (rows(&by_beta[0]), rows(&by_beta[1]), rows(&by_beta[2]), rows(&ibp));
+        for i in 0..r0.len() {
+            assert!((r0[i] - ri[i]).abs() <= 1e-12 * ri[i].abs().max(1.0), "{name}: β = 0 is not the ibp margin");
+            let mid = 0.5 * (r0[i] + r1[i]);
+            assert!((rh[i] - mid).abs() <= 1e-9 * mid.abs().max(1.0), "{name}: β = 1/2 is not the mean");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let pc = PgdConfig { steps: 20, step_size: None, restarts: 1, seed };
+        for (b, cert) in [0.0, 0.5, 1.0].iter().zip(&by_beta) {
+            let what = format!("crown-ibp β {b} on {name}");
+            for _ in 0..8 {
+                assert_sound(&m, &labels, &set.random_point(&mut rng).expect("p"), cert, &format!("{what} (point)"));
+                assert_sound(&m, &labels, &set.random_corner(&mut rng).expect("c"), cert, &format!("{what} (corner)"));
+            }
+            for j in 0..m.graph.num_classes() {
+                let (p, _) = pgd(&m, &set, &labels, eps, Goal::Target(j), &pc).expect("pgd");
+                assert_sound(&m, &labels, &p, cert, &format!("{what} (PGD towards {j})"));
+            }
+        }
+    }
 }

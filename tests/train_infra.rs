@@ -1,5 +1,8 @@
 //! The training infrastructure without a training loop: run folders, checkpoints that resume exactly, metrics
-//! files, configs with their overrides, charts and the Ctrl-C flag.
+//! files, configs with their overrides, charts and the Ctrl-C flag; and, as it needs that process-wide flag, one
+//! short training run stopped and resumed mid-epoch.
+
+mod common;
 
 use std::collections::HashMap;
 
@@ -370,8 +373,12 @@ fn charts_are_written_as_png() {
     }
 }
 
+/// The interrupt flag is process-wide: the tests that set it take turns.
+static FLAG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn interrupt_flag() {
+    let _turn = FLAG.lock().unwrap_or_else(|e| e.into_inner());
     interrupt::install().unwrap();
     interrupt::install().unwrap();
     interrupt::clear();
@@ -380,4 +387,80 @@ fn interrupt_flag() {
     assert!(interrupt::requested());
     interrupt::clear();
     assert!(!interrupt::requested());
+}
+
+/// A checkpoint written mid-epoch (the path Ctrl-C and the timed checkpoints share) resumes exactly: a run stopped
+/// after its first step and resumed ends with the same weights as an uninterrupted one, and a run that writes a
+/// timed checkpoint after every step (`checkpoint_minutes` tiny) ends with the same weights as one that never does.
+#[test]
+fn mid_epoch_checkpoints_resume_exactly() {
+    use dualnet::check::check_source;
+    use dualnet::run::train::config::{Init, Method};
+    use dualnet::run::train::trainer::train;
+    let _turn = FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    const SPEC: &str = "network tiny { input x: [1, 28, 28]  c1 = conv2d(x, out=4, kernel=4, stride=4, padding=0)  r1 = relu(c1)  f = flatten(r1)  l1 = linear(f, out=20)  r2 = relu(l1)  l2 = linear(r2, out=10)  output l2 }";
+    let graph = || check_source("tiny.net", SPEC).graph.expect("spec");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    common::write_mnist_subset(&data, 0..150, 9000..9020);
+    let cfg = |minutes: f64| TrainConfig {
+        spec: Some("tiny.net".into()),
+        data_dir: Some(data.clone()),
+        limit: Some(150),
+        test_limit: 20,
+        epochs: 2,
+        batch: 50,
+        method: Method::CrownIbp,
+        init: Init::Ibp,
+        eps: 0.1,
+        eps_start: 0.0,
+        eps_schedule_epochs: 1,
+        eps_ramp: dualnet::run::train::config::EpsRamp::Smooth,
+        kappa_start: Some(1.0),
+        kappa: 0.5,
+        beta_start: 1.0,
+        beta: 0.0,
+        reg_lambda: 0.5,
+        proj: None,
+        step_metrics_every: 1,
+        checkpoint_minutes: minutes,
+        ..TrainConfig::default()
+    };
+    let load = |dir: &std::path::Path| {
+        let m = candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu).unwrap();
+        let mut keys: Vec<_> = m.keys().cloned().collect();
+        keys.sort();
+        keys.iter().flat_map(|k| m[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect::<Vec<f32>>()
+    };
+    let straight = tmp.path().join("straight");
+    train(&cfg(0.0), graph(), &straight, false, false).expect("straight run");
+    let timed = tmp.path().join("timed");
+    train(&cfg(1e-9), graph(), &timed, false, false).expect("run with a checkpoint after every step");
+    assert_eq!(load(&straight), load(&timed), "timed checkpoints changed the run");
+
+    // Stopped after the first step of epoch 1: `last` is a mid-epoch checkpoint.
+    let split = tmp.path().join("split");
+    interrupt::clear();
+    interrupt::request();
+    let e = train(&cfg(0.0), graph(), &split, false, false).unwrap_err();
+    interrupt::clear();
+    assert!(e.to_string().contains("interrupted at epoch 1 batch 1"), "{e}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.join("last.state.json")).unwrap()).unwrap();
+    assert_eq!((state["epoch"].as_u64(), state["batch_in_epoch"].as_u64()), (Some(0), Some(1)));
+    train(&cfg(0.0), graph(), &split, true, false).expect("resumed");
+    assert_eq!(load(&straight), load(&split), "resuming mid-epoch is not exact");
+    // The metrics of the resumed run: one step record per step (3 per epoch), each once, and both epochs.
+    let recs = RunFolder::create(&split, true).unwrap().read_records().unwrap();
+    let steps: Vec<u64> = recs
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step(s) => Some(s.step),
+            Record::Epoch(_) => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    let epochs = RunFolder::create(&split, true).unwrap().read_metrics().unwrap();
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs.iter().all(|m| m.eval_bound.as_deref() == Some("crown") && m.eval_eps == Some(0.1)));
 }

@@ -16,11 +16,17 @@
 //!   23.3 s quiet; target ≤ 18 s).
 //! - `step_large_proj50`: the same step on `mnist_large` (default init; reference 30.5 s, 5.9 GB; target ≤ 10 s).
 //! - `scaling`: step time with 50 projections vs exact bounds for widths x1, x2, x4 of a conv net (batch 10).
+//! - `methods`: the cost of each training method (`train --method`), as the median time of one training step
+//!   (loss, gradients) on a batch of 100 (the recipes' batch; the first 100 test images, `mnist_small_trained`,
+//!   ε 0.1, box) and its multiple of a plain cross-entropy step: `plain`, `dual` with 50 projections, `ibp`,
+//!   `crown-ibp` with β = 1 (its most expensive setting; β = 0 costs what `ibp` costs). Seconds per epoch of
+//!   the 60,000 training images are 600 steps.
 //!
 //! JSON keys: `{"cert1000": {"seconds", "peak_rss_mb", "examples", "certified_robust_err", "clean_err"},
 //! "step_exact": {"seconds", "peak_rss_mb", "robust_ce", "robust_err"}, "step_proj50": {"seconds", "peak_rss_mb",
 //! "robust_ce"}, "train1000": {"seconds", "peak_rss_mb", "steps"}, "step_large_proj50": {...},
-//! "scaling": {"batch", "rows": [{"width", "proj50_seconds", "exact_seconds"}]}, "threads", "dtype", "device"}`.
+//! "scaling": {"batch", "rows": [{"width", "proj50_seconds", "exact_seconds"}]}, "methods": {"batch", "rows":
+//! [{"method", "step_seconds", "epoch_seconds", "vs_plain"}]}, "threads", "dtype", "device"}`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,8 +67,17 @@ pub struct Args {
     pub device: DeviceSpec,
 }
 
-const CONFIGS: &[&str] =
-    &["cert1000", "crown1000", "alpha200", "step_exact", "step_proj50", "train1000", "step_large_proj50", "scaling"];
+const CONFIGS: &[&str] = &[
+    "cert1000",
+    "crown1000",
+    "alpha200",
+    "step_exact",
+    "step_proj50",
+    "train1000",
+    "step_large_proj50",
+    "scaling",
+    "methods",
+];
 
 /// Seconds for one robust-loss forward + backward on `x` (median of `runs` after `warmup` unmeasured steps),
 /// through the same batch-parallel step the trainer uses.
@@ -164,6 +179,7 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                 progress: false,
                 normalize: None,
                 proj: None,
+                crown_layers: false,
             };
             let (_, s) = certify_dataset(&model, &data, &cfg)?;
             Ok(json!({"seconds": s.seconds, "peak_rss_mb": peak_rss_mb(), "examples": s.examples,
@@ -191,6 +207,47 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
             let (x, labels) = first(&test, 50, device)?;
             let (secs, loss) = step_seconds(&mut model, &x, &labels, Some(50), true, 1, 2)?;
             Ok(json!({"seconds": secs, "peak_rss_mb": peak_rss_mb(), "robust_ce": loss}))
+        }
+        "methods" => {
+            use crate::dual::bounds::Options;
+            use crate::run::train::config::Method;
+            use crate::run::train::trainer::{robust_grads_with, RobustLoss};
+            let mut model = small_model(args, device)?;
+            model.matrix_cache = None;
+            let vars = crate::run::train::trainer::make_vars(&mut model)?;
+            let test = data::load("mnist", &args.data_dir, Split::Test)?;
+            let (x, labels) = first(&test, 100, device)?;
+            let plain = plain_step_seconds(&mut model, &x, &labels, 5)?;
+            let mut rows = vec![json!({"method": "plain", "step_seconds": plain, "epoch_seconds": 600.0 * plain,
+                                       "vs_plain": 1.0})];
+            let cases: [(&str, Method, crate::ops::Family, Option<usize>, f64); 3] = [
+                ("dual (proj 50)", Method::Dual, crate::ops::Family::Wk, Some(50), 0.0),
+                ("ibp", Method::Ibp, crate::ops::Family::Ibp, None, 0.0),
+                ("crown-ibp (beta 1)", Method::CrownIbp, crate::ops::Family::Ibp, None, 1.0),
+            ];
+            for (label, method, family, proj, beta) in cases {
+                let mut times = Vec::new();
+                for r in 0..6 {
+                    let start = Instant::now();
+                    let set = InputSet::new(&x, &vec![0.1; labels.len()], Norm::Linf, Some((0.0, 1.0)))?;
+                    let spec = RobustLoss {
+                        opts: Options { family, proj, seed: r as u64, ..Default::default() },
+                        method,
+                        beta,
+                        reg_weight: 0.0,
+                        reg_tol: 0.5,
+                    };
+                    robust_grads_with(&model, &set, &labels, &spec, &vars)?;
+                    if r > 0 {
+                        times.push(start.elapsed().as_secs_f64());
+                    }
+                }
+                times.sort_by(|a, b| a.total_cmp(b));
+                let t = times[times.len() / 2];
+                rows.push(json!({"method": label, "step_seconds": t, "epoch_seconds": 600.0 * t,
+                                 "vs_plain": t / plain}));
+            }
+            Ok(json!({"batch": 100, "rows": rows, "peak_rss_mb": peak_rss_mb()}))
         }
         "train1000" => {
             use crate::run::train::optim::Adam;
@@ -317,6 +374,20 @@ pub fn run(args: &Args) -> Result<()> {
                 f("proj50_seconds") / f("plain_seconds"),
                 f("exact_seconds"),
                 f("exact_seconds") / f("plain_seconds")
+            );
+        }
+    }
+    if let Some(rows) = results.get("methods").and_then(|v| v["rows"].as_array()) {
+        println!("\ntraining methods (batch 100, box, eps 0.1, mnist_small; one step, and an epoch of 600 steps)");
+        println!("  method                 s/step   s/epoch   x plain");
+        for r in rows {
+            let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "  {:<20} {:>8.4} {:>9.1} {:>9.1}",
+                r["method"].as_str().unwrap_or("?"),
+                f("step_seconds"),
+                f("epoch_seconds"),
+                f("vs_plain")
             );
         }
     }

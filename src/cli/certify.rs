@@ -51,6 +51,10 @@ pub struct Args {
     pub set: SetArgs,
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
+    /// With `--bound crown` or `alpha`: bound every layer by CROWN's own backward passes (CROWN proper, as
+    /// `verify` does) instead of the single-slope layer bounds; tighter, and slower on wide conv layers.
+    #[arg(long)]
+    pub crown_layers: bool,
     /// Count an example as certified only if every margin bound exceeds this (default 1e-4 in f32, 0 in f64).
     #[arg(long)]
     pub safety_margin: Option<f64>,
@@ -126,6 +130,7 @@ pub fn run(args: &Args) -> Result<()> {
         progress: !args.quiet,
         normalize: args.mean.clone().zip(args.std.clone()),
         proj: args.proj.zip(args.delta),
+        crown_layers: args.crown_layers,
     };
     let (records, s) = certify_dataset(&model, &data, &cfg)?;
     println!(

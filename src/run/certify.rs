@@ -34,6 +34,9 @@ pub struct CertifyConfig {
     /// `Some((k, δ))`: layer bounds from `k` random projections with the high-probability estimator (each
     /// layer bound holds with probability ≥ 1 − δ; paper Appendix E.1) instead of exact bounds.
     pub proj: Option<(usize, f64)>,
+    /// `crown`/`alpha`: every layer bounded by CROWN's own backward passes ([`Options::crown_layers`]), tighter
+    /// than the default single-slope layer bounds at the cost of two backward passes per layer.
+    pub crown_layers: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -213,8 +216,13 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
     let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
     let cert = match cfg.proj {
         None => {
-            let opts =
-                Options { family: cfg.family, alpha_iters: cfg.alpha.0, alpha_lr: cfg.alpha.1, ..Default::default() };
+            let opts = Options {
+                family: cfg.family,
+                alpha_iters: cfg.alpha.0,
+                alpha_lr: cfg.alpha.1,
+                crown_layers: cfg.crown_layers,
+                ..Default::default()
+            };
             certify_batch_with(model, &set, &labels, &opts)?
         }
         Some((k, delta)) => {

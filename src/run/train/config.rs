@@ -86,6 +86,18 @@ pub enum Init {
     Ibp,
 }
 
+/// How `batchnorm2d` layers normalise during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchNorm {
+    /// With the statistics of each clean training batch (per channel, over the batch and the image), used as
+    /// constants by the forward pass and by the bounds of that step; the running statistics follow them with
+    /// `bn_momentum`, and certification uses the running statistics (frozen).
+    Batch,
+    /// With the stored running statistics throughout (a fixed affine map; only `weight` and `bias` train).
+    Frozen,
+}
+
 /// What the training loss is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -186,6 +198,11 @@ pub struct TrainConfig {
     pub eval_bound: crate::ops::Family,
     /// Evaluate every N epochs, and always after the last one (default 1).
     pub eval_every: usize,
+    /// `batchnorm2d` in training: `batch` (batch statistics, running statistics updated) or `frozen` (default
+    /// `batch`).
+    pub batchnorm: BatchNorm,
+    /// The running statistics' update `running = (1 − m) · running + m · batch` (default 0.1, PyTorch's).
+    pub bn_momentum: f64,
     /// Steps per epoch, filled in by the trainer (not a setting).
     #[serde(skip)]
     pub steps_per_epoch: usize,
@@ -245,6 +262,8 @@ impl Default for TrainConfig {
             checkpoint_minutes: 5.0,
             eval_bound: crate::ops::Family::Crown,
             eval_every: 1,
+            batchnorm: BatchNorm::Batch,
+            bn_momentum: 0.1,
             steps_per_epoch: 0,
             pgd_steps: 40,
             seed: 0,
@@ -296,6 +315,8 @@ pub const FIELDS: &[&str] = &[
     "checkpoint_minutes",
     "eval_bound",
     "eval_every",
+    "batchnorm",
+    "bn_momentum",
     "pgd_steps",
     "seed",
     "augment",
@@ -529,6 +550,13 @@ impl TrainConfig {
                 "checkpoint_minutes",
                 format!("`checkpoint_minutes` must be a number >= 0, got `{}`", self.checkpoint_minutes),
                 "minutes between checkpoints within an epoch, e.g. 5, or 0 for epoch ends only".into(),
+            );
+        }
+        if !(self.bn_momentum.is_finite() && self.bn_momentum > 0.0 && self.bn_momentum <= 1.0) {
+            bad(
+                "bn_momentum",
+                format!("`bn_momentum` must be in (0, 1], got `{}`", self.bn_momentum),
+                "the running statistics' update weight, e.g. 0.1".into(),
             );
         }
         if self.eval_every == 0 {
@@ -805,6 +833,12 @@ pub struct TrainOverrides {
     /// Evaluate every N epochs [default: 1].
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// `batchnorm2d` in training: batch statistics or frozen running statistics [default: batch].
+    #[arg(long, value_enum)]
+    pub batchnorm: Option<BatchNorm>,
+    /// Momentum of the running statistics [default: 0.1].
+    #[arg(long)]
+    pub bn_momentum: Option<f64>,
     /// Weight of the clean cross-entropy in the robust loss, in [0, 1) [default: 0].
     #[arg(long)]
     pub kappa: Option<f64>,
@@ -888,6 +922,8 @@ impl TrainOverrides {
         set(&mut cfg.checkpoint_minutes, &self.checkpoint_minutes);
         set(&mut cfg.eval_bound, &self.eval_bound);
         set(&mut cfg.eval_every, &self.eval_every);
+        set(&mut cfg.batchnorm, &self.batchnorm);
+        set(&mut cfg.bn_momentum, &self.bn_momentum);
         set(&mut cfg.kappa, &self.kappa);
         set(&mut cfg.pgd_steps, &self.pgd_steps);
         set(&mut cfg.seed, &self.seed);
@@ -926,7 +962,7 @@ mod tests {
         assert_eq!(c.data, "mnist");
         assert!(c.spec.is_none() && c.mean.is_none() && c.std.is_none() && c.grad_clip.is_none());
         assert_eq!(c.device, DeviceSpec::Cpu);
-        assert_eq!(FIELDS.len(), 44);
+        assert_eq!(FIELDS.len(), 46);
     }
 
     #[test]

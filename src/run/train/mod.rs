@@ -1,3 +1,4 @@
+pub mod batchnorm;
 pub mod config;
 pub mod interrupt;
 pub mod optim;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::config::{Init, Method, Mode, TrainConfig};
+use super::config::{BatchNorm, Init, Method, Mode, TrainConfig};
 use super::optim::{clip_grad_norm, Optim};
 use super::runfolder::{epoch_seed, EpochMetrics, Record, RunFolder, StepMetrics, TrainState};
 use super::{interrupt, plot};
@@ -192,6 +192,7 @@ pub fn train_on(
         folder.save_checkpoint(name, &model.weights.to_map(&model.graph), &opt.state_tensors()?, state)
     };
 
+    let bn_nodes = super::batchnorm::nodes(&model);
     let mut window = StepWindow::default();
     let mut last_save = Instant::now();
     for epoch in state.epoch..cfg.epochs {
@@ -229,6 +230,13 @@ pub fn train_on(
             let (x, set) = match (&cfg.mean, &cfg.std) {
                 (Some(m), Some(sd)) => (normalize(&x, m, sd)?, set.normalized(m, sd)?),
                 _ => (x, set),
+            };
+            // `batchnorm: batch`: this step normalises with the clean batch's statistics.
+            let bn_saved = match cfg.batchnorm {
+                BatchNorm::Batch if !bn_nodes.is_empty() => {
+                    Some(super::batchnorm::use_batch_stats(&mut model, &x, &bn_nodes)?)
+                }
+                _ => None,
             };
             let logits = model.forward(&x)?;
             let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
@@ -314,6 +322,9 @@ pub fn train_on(
                 clip_grad_norm(&mut grads, &vars, c)?;
             }
             opt.step(&grads, lr)?;
+            if let Some(saved) = bn_saved {
+                super::batchnorm::update_running(&mut model, &bn_nodes, saved, cfg.bn_momentum)?;
+            }
             if !crate::weights::all_finite(&model.weights)? {
                 bar.abandon();
                 return Err(Error::Stopped(format!(
@@ -387,6 +398,7 @@ pub fn train_on(
             progress,
             normalize: cfg.mean.clone().zip(cfg.std.clone()),
             proj: None,
+            crown_layers: false,
         };
         let (test_clean, test_cert) = if test_set.is_empty() || !evaluate {
             (f64::NAN, None)
