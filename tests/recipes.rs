@@ -193,18 +193,24 @@ fn cifar_recipes_follow_the_reference_setup() {
     }
 }
 
-/// The shipped model's recipe (`models/mnist_small_eps0.1.yaml`) is the 10k recipe, and the shipped weights fit
-/// the spec it names.
+/// Each shipped model sits beside its recipe (`models/NAME.yaml`, the same settings as the recipe in
+/// `specs/recipes/` it names), its weights fit the spec the recipe names, and each file is under 1 MB.
 #[test]
-fn shipped_model_sits_beside_its_recipe() {
-    let beside = load(&root().join("models/mnist_small_eps0.1.yaml"));
-    assert_eq!(beside, load(&root().join("specs/recipes/mnist_small_10k.yaml")));
-    let spec = root().join(beside.spec.as_deref().expect("spec"));
-    let model = dualnet::cli::bounds::load_model(
-        &spec,
-        &root().join("models/mnist_small_eps0.1.safetensors"),
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    );
-    assert!(model.is_ok(), "the shipped weights do not load against {}", spec.display());
+fn shipped_models_sit_beside_their_recipes() {
+    for (name, recipe) in [
+        ("mnist_small_eps0.1", "mnist_small_crown_ibp_eps0.1.yaml"),
+        ("mnist_small_eps0.3", "mnist_small_ibp_eps0.3.yaml"),
+    ] {
+        let beside = load(&root().join(format!("models/{name}.yaml")));
+        let text = std::fs::read_to_string(root().join(format!("models/{name}.yaml"))).expect("read");
+        assert!(text.contains(recipe), "models/{name}.yaml does not name its recipe {recipe}");
+        let spec = root().join(beside.spec.as_deref().expect("spec"));
+        let weights = root().join(format!("models/{name}.safetensors"));
+        let model =
+            dualnet::cli::bounds::load_model(&spec, &weights, candle_core::DType::F32, &candle_core::Device::Cpu);
+        assert!(model.is_ok(), "{name}: the shipped weights do not load against {}", spec.display());
+        let bytes = std::fs::metadata(&weights).expect("weights").len();
+        assert!(bytes < 1_000_000, "{name}: {bytes} bytes");
+        assert_eq!(beside, load(&root().join("specs/recipes").join(recipe)), "{name}: not the recipe's settings");
+    }
 }
