@@ -258,13 +258,7 @@ fn step_records_share_the_file_and_truncate_by_step() {
     assert!(matches!(&recs[0], Record::Step(s) if s.step == 50 && s.kind == "step"));
     // Resuming from a checkpoint taken mid-epoch 1 (after step 150): epoch 1's record and step 200 go.
     let kept = folder.truncate_metrics(1, 150).unwrap();
-    let steps: Vec<u64> = kept
-        .iter()
-        .filter_map(|r| match r {
-            Record::Step(s) => Some(s.step),
-            Record::Epoch(_) => None,
-        })
-        .collect();
+    let steps: Vec<u64> = kept.iter().filter_map(|r| r.step().map(|s| s.step)).collect();
     assert_eq!(steps, vec![50, 100, 150]);
     assert_eq!(folder.read_metrics().unwrap().iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![0]);
     // A NaN loss is written as null and read back as NaN.
@@ -452,13 +446,7 @@ fn mid_epoch_checkpoints_resume_exactly() {
     assert_eq!(load(&straight), load(&split), "resuming mid-epoch is not exact");
     // The metrics of the resumed run: one step record per step (3 per epoch), each once, and both epochs.
     let recs = RunFolder::create(&split, true).unwrap().read_records().unwrap();
-    let steps: Vec<u64> = recs
-        .iter()
-        .filter_map(|r| match r {
-            Record::Step(s) => Some(s.step),
-            Record::Epoch(_) => None,
-        })
-        .collect();
+    let steps: Vec<u64> = recs.iter().filter_map(|r| r.step().map(|s| s.step)).collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     let epochs = RunFolder::create(&split, true).unwrap().read_metrics().unwrap();
     assert_eq!(epochs.len(), 2);

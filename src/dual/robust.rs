@@ -99,13 +99,17 @@ pub fn lower_bounds_with(
 /// mix of two lower bounds on the same margins, so itself one. `β = 0` skips the CROWN pass (plain IBP).
 /// Cost: the two interval passes, plus for `β > 0` one backward pass of `K` rows per example.
 pub fn crown_ibp_batch(model: &Model, set: &InputSet, labels: &[u32], beta: f64) -> Result<Certificate> {
+    // Outside [0, 1] (or NaN) the mix extrapolates past one of the two bounds and bounds nothing.
+    if !(0.0..=1.0).contains(&beta) {
+        return Err(Error::Usage(format!("internal: CROWN-IBP mix β = {beta} is outside [0, 1]")));
+    }
     let k = model.graph.num_classes();
     let c = margin_objectives(labels, k, set.center())?;
     let opts = bounds::Options { family: Family::Ibp, ..Default::default() };
     let bounds = bounds::compute_with(model, set, &opts)?;
     let c = &c.to_dtype(set.center().dtype()).context(|| "specification matrix".to_string())?;
     let ibp = objective(model, set, &bounds, c)?;
-    if beta <= 0.0 {
+    if beta == 0.0 {
         return Ok(Certificate { bounds, margin_lb: ibp });
     }
     let lines = Bounds {

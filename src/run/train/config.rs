@@ -65,6 +65,17 @@ pub enum Method {
     CrownIbp,
 }
 
+impl Method {
+    /// The relaxation family of the method's bound: `wk` for the dual network, `ibp` for the interval bounds
+    /// (which CROWN-IBP's layer bounds also are).
+    pub fn family(self) -> crate::ops::Family {
+        match self {
+            Method::Dual => crate::ops::Family::Wk,
+            Method::Ibp | Method::CrownIbp => crate::ops::Family::Ibp,
+        }
+    }
+}
+
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

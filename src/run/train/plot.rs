@@ -140,20 +140,8 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
 
 /// The PNG bytes of [`plot_metrics`].
 pub fn render_metrics(records: &[Record]) -> Result<Vec<u8>> {
-    let metrics: Vec<&EpochMetrics> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Epoch(m) => Some(m),
-            Record::Step(_) => None,
-        })
-        .collect();
-    let steps: Vec<&StepMetrics> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Step(m) => Some(m),
-            Record::Epoch(_) => None,
-        })
-        .collect();
+    let metrics: Vec<&EpochMetrics> = records.iter().filter_map(Record::epoch).collect();
+    let steps: Vec<&StepMetrics> = records.iter().filter_map(Record::step).collect();
     let xs: Vec<f64> = metrics.iter().map(|m| m.epoch as f64 + 1.0).collect();
     let col = |f: fn(&EpochMetrics) -> f64| metrics.iter().map(|m| f(m)).collect::<Vec<f64>>();
     let mut errors = Vec::new();

@@ -18,9 +18,9 @@ use petgraph::graph::NodeIndex;
 
 use crate::error::{Context, Result};
 
-/// The regulariser (a scalar tensor in the bounds' dtype, in the autograd graph of `layers`) for the layer bounds
-/// `layers` and the input's mean radius `r0`.
-pub fn warmup_regulariser(layers: &[(NodeIndex, Tensor, Tensor)], r0: f64, tol: f64) -> Result<Tensor> {
+/// The regulariser (a scalar tensor in the bounds' dtype and device, in the autograd graph of `layers`) for the
+/// layer bounds `layers` and the input's mean radius `r0`; `None` for a network without activations.
+pub fn warmup_regulariser(layers: &[(NodeIndex, Tensor, Tensor)], r0: f64, tol: f64) -> Result<Option<Tensor>> {
     let ctx = || "warm-up regulariser".to_string();
     let mut total: Option<Tensor> = None;
     let n = layers.len().max(1) as f64;
@@ -67,10 +67,7 @@ pub fn warmup_regulariser(layers: &[(NodeIndex, Tensor, Tensor)], r0: f64, tol: 
             None => term,
         });
     }
-    match total {
-        Some(t) => (t / n).context(ctx),
-        None => Tensor::new(0f32, &candle_core::Device::Cpu).context(ctx),
-    }
+    total.map(|t| (t / n).context(ctx)).transpose()
 }
 
 #[cfg(test)]
@@ -83,7 +80,13 @@ mod tests {
     }
 
     fn value(layers: &[(NodeIndex, Tensor, Tensor)], r0: f64, tol: f64) -> f64 {
-        warmup_regulariser(layers, r0, tol).unwrap().to_dtype(DType::F64).unwrap().to_scalar().unwrap()
+        warmup_regulariser(layers, r0, tol)
+            .unwrap()
+            .expect("a layer")
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     #[test]
@@ -109,5 +112,7 @@ mod tests {
         let l = t(&[0.4, 0.4]);
         let u = t(&[0.6, 0.6]);
         assert!(value(&[(z, l, u)], 0.1, 0.5).abs() < 1e-6);
+        // No layer: no regulariser.
+        assert!(warmup_regulariser(&[], 0.1, 0.5).unwrap().is_none());
     }
 }

@@ -155,6 +155,22 @@ pub enum Record {
 }
 
 impl Record {
+    /// The epoch record, if this is one.
+    pub fn epoch(&self) -> Option<&EpochMetrics> {
+        match self {
+            Record::Epoch(m) => Some(m),
+            Record::Step(_) => None,
+        }
+    }
+
+    /// The step record, if this is one.
+    pub fn step(&self) -> Option<&StepMetrics> {
+        match self {
+            Record::Step(m) => Some(m),
+            Record::Epoch(_) => None,
+        }
+    }
+
     fn parse(line: &str) -> serde_json::Result<Record> {
         let v: serde_json::Value = serde_json::from_str(line)?;
         if v.get("kind").and_then(|k| k.as_str()) == Some("step") {
@@ -373,14 +389,7 @@ impl RunFolder {
 
     /// The epoch records of `metrics.jsonl`.
     pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
-        Ok(self
-            .read_records()?
-            .into_iter()
-            .filter_map(|r| match r {
-                Record::Epoch(m) => Some(m),
-                Record::Step(_) => None,
-            })
-            .collect())
+        Ok(self.read_records()?.iter().filter_map(Record::epoch).cloned().collect())
     }
 
     /// Keep only the records of what the checkpoint holds: the epoch records of the first `epochs_done` epochs

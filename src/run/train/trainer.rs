@@ -250,10 +250,7 @@ pub fn train_on(
                 Mode::Robust => {
                     let spec = RobustLoss {
                         opts: Options {
-                            family: match cfg.method {
-                                Method::Ibp | Method::CrownIbp => crate::ops::Family::Ibp,
-                                Method::Dual => crate::ops::Family::Wk,
-                            },
+                            family: cfg.method.family(),
                             proj: if cfg.method == Method::Dual { cfg.projections() } else { None },
                             seed: epoch_seed(cfg.seed ^ 0xb0b, state.step as usize),
                             ..Default::default()
@@ -385,7 +382,6 @@ pub fn train_on(
         // Evaluation: certified error at `eps_eval` with `eval_bound` on the test subset, every `eval_every`
         // epochs and after the last.
         let evaluate = (epoch + 1) % cfg.eval_every.max(1) == 0 || epoch + 1 == cfg.epochs;
-        let eval = detached(&model);
         let ccfg = CertifyConfig {
             family: cfg.eval_bound,
             alpha: (crate::dual::bounds::DEFAULT_ALPHA_ITERS, crate::dual::bounds::DEFAULT_ALPHA_LR),
@@ -403,7 +399,7 @@ pub fn train_on(
         let (test_clean, test_cert) = if test_set.is_empty() || !evaluate {
             (f64::NAN, None)
         } else {
-            let (_, s) = certify_dataset(&eval, test_set, &ccfg)?;
+            let (_, s) = certify_dataset(&detached(&model), test_set, &ccfg)?;
             (s.clean_err, Some(s.certified_robust_err))
         };
         let seen_f = seen.max(1) as f64;
@@ -457,10 +453,7 @@ pub fn train_on(
     Ok(TrainSummary {
         out: out.to_path_buf(),
         epochs: cfg.epochs,
-        last: records.iter().rev().find_map(|r| match r {
-            Record::Epoch(m) => Some(m.clone()),
-            Record::Step(_) => None,
-        }),
+        last: records.iter().rev().find_map(Record::epoch).cloned(),
         best_metric: state.best_metric,
     })
 }
@@ -597,11 +590,12 @@ pub fn robust_grads_with(
             .and_then(|t| t / b as f64)
             .context(|| "robust loss".to_string())?;
         let mut reg_value = 0.0;
-        if spec.reg_weight > 0.0 {
-            let r0 = sub.mean_radius()?;
-            let reg = super::regularise::warmup_regulariser(&cert.bounds.layers, r0, spec.reg_tol)?
-                .to_dtype(loss.dtype())
-                .context(|| "warm-up regulariser".to_string())?;
+        let reg = match spec.reg_weight > 0.0 {
+            true => super::regularise::warmup_regulariser(&cert.bounds.layers, sub.mean_radius()?, spec.reg_tol)?,
+            false => None,
+        };
+        if let Some(reg) = reg {
+            let reg = reg.to_dtype(loss.dtype()).context(|| "warm-up regulariser".to_string())?;
             reg_value =
                 reg.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).context(|| "regulariser".to_string())?
                     * n as f64
