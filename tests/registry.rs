@@ -5,7 +5,9 @@
 //! - Every activation's relaxation, in every family, encloses the function on its interval: for `z ∈ [l, u]`,
 //!   `a_l·z + (mid − rad) <= σ(z) <= slope·z + (mid + rad)` and also `slope·z + (mid − rad) <= σ(z)` (the single
 //!   slope form forward propagation uses); its interval rule encloses `σ(z)`; a free lower slope `a` anywhere
-//!   in the declared range keeps `a·z <= σ(z)`.
+//!   in the declared range keeps `a·z <= σ(z)`; two lines of their own (`lines`) enclose it too, and a free
+//!   tangent point anywhere in its declared range gives lines that still enclose it (and its initial point
+//!   gives CROWN's lines).
 
 use candle_core::{Device, Tensor};
 use dualnet::ops::{Family, Role, REGISTRY};
@@ -76,6 +78,8 @@ fn every_activation_relaxation_encloses_its_function() {
             let r = op.relax_family(&ctx, &l, &u, family).expect("relax");
             let (slope, mid, rad) = (flat(&r.slope), flat(&r.mid), flat(&r.rad));
             let lower = r.lower.as_ref().map(flat).unwrap_or_else(|| slope.clone());
+            // Two lines with their own offsets (S-shaped ops under `crown` / `alpha`), else the band twice.
+            let lines = r.lines.as_ref().map(|ln| [&ln.lo_slope, &ln.lo_off, &ln.up_slope, &ln.up_off].map(flat));
             for _ in 0..8 {
                 let t: Vec<f64> = (0..n).map(|_| rng.random_range(0.0..=1.0)).collect();
                 let zs: Vec<f64> = (0..n).map(|k| lv[k] + t[k] * (uv[k] - lv[k])).collect();
@@ -98,6 +102,10 @@ fn every_activation_relaxation_encloses_its_function() {
                         "{what}: upper line below σ(z) = {}",
                         s[k]
                     );
+                    if let Some([ls, lo, us, uo]) = &lines {
+                        assert!(ls[k] * zs[k] + lo[k] <= s[k] + tol, "{what}: own lower line above σ(z) = {}", s[k]);
+                        assert!(us[k] * zs[k] + uo[k] >= s[k] - tol, "{what}: own upper line below σ(z) = {}", s[k]);
+                    }
                     assert!(
                         ilo[k] <= s[k] + tol && s[k] <= ihi[k] + tol,
                         "{what}: σ(z) = {} outside the interval",
@@ -105,6 +113,61 @@ fn every_activation_relaxation_encloses_its_function() {
                     );
                 }
             }
+        }
+        if let Some(tg) = op.tangents(&ctx, &l, &u).expect("tangents") {
+            // Free tangent points (alpha): at θ = init they give CROWN's own lines; at any θ ∈ [0, 1] the tangent
+            // at `from + θ · width` (widened) is a lower / upper line of σ on [l, u] wherever the unit is free.
+            let crown = op.relax_family(&ctx, &l, &u, Family::Crown).expect("relax");
+            let own = crown.lines.as_ref().expect("an op with tangent points has two lines");
+            let own = [&own.lo_slope, &own.lo_off, &own.up_slope, &own.up_off].map(flat);
+            let lines_at = |from: &Tensor, width: &Tensor, theta: &Tensor| {
+                let t = (theta * width).and_then(|x| x + from).expect("t");
+                let (d, off, w) = op.tangent_line(&ctx, &t).expect("tangent line");
+                [d, off, w].map(|x| flat(&x))
+            };
+            let (lf, uf) = (flat(&tg.lo_free), flat(&tg.up_free));
+            let mut free = 0;
+            for (side, from, width, init, fr) in
+                [(0, &tg.lo_from, &tg.lo_width, &tg.lo_init, &lf), (1, &tg.up_from, &tg.up_width, &tg.up_init, &uf)]
+            {
+                let [d, off, w] = lines_at(from, width, init);
+                for k in (0..n).filter(|&k| fr[k] == 1.0) {
+                    let (s0, o0) = (own[2 * side][k], own[2 * side + 1][k]);
+                    let o = if side == 0 { off[k] - w[k] } else { off[k] + w[k] };
+                    assert!(
+                        (d[k] - s0).abs() <= 1e-9 && (o - o0).abs() <= 1e-9,
+                        "{}: the initial tangent point of unit {k} is not CROWN's",
+                        op.name()
+                    );
+                    free += 1;
+                }
+                for rep in 0..6 {
+                    let th: Vec<f64> = (0..n)
+                        .map(|_| match rep {
+                            0 => 0.0,
+                            1 => 1.0,
+                            _ => rng.random_range(0.0..=1.0),
+                        })
+                        .collect();
+                    let th = Tensor::from_vec(th, (64, 8), &Device::Cpu).expect("θ");
+                    let [d, off, w] = lines_at(from, width, &th);
+                    for j in 0..=16 {
+                        let zs: Vec<f64> = (0..n).map(|k| lv[k] + j as f64 / 16.0 * (uv[k] - lv[k])).collect();
+                        let z = Tensor::from_vec(zs.clone(), (64, 8), &Device::Cpu).expect("z");
+                        let s = flat(&op.activate(&ctx, &z).expect("activate"));
+                        for k in (0..n).filter(|&k| fr[k] == 1.0) {
+                            let tol = 1e-12 * (1.0 + zs[k].abs());
+                            let at = d[k] * zs[k] + off[k];
+                            let what = format!("{} at z = {} in [{}, {}]", op.name(), zs[k], lv[k], uv[k]);
+                            match side {
+                                0 => assert!(at - w[k] <= s[k] + tol, "{what}: free lower tangent above σ(z)"),
+                                _ => assert!(at + w[k] >= s[k] - tol, "{what}: free upper tangent below σ(z)"),
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(free > n / 4, "{}: only {free} free tangent points", op.name());
         }
         if let Some((lo, hi)) = op.lower_slope_range(&ctx) {
             let zs: Vec<f64> = (0..n).map(|_| rng.random_range(-6.0..6.0)).collect();

@@ -1,12 +1,15 @@
-//! Optimised lower slopes (α-CROWN, Xu et al. 2021) for the margin objectives and the intermediate bounds.
+//! Optimised relaxations (α-CROWN, Xu et al. 2021) for the margin objectives and the intermediate bounds.
 //!
 //! Every lower line `a_l · z` of a crossing ReLU (`l < 0 < u`) is a valid lower bound of `relu(z)` for any
-//! `a_l` in the op's range ([`crate::ops::OpExec::lower_slope_range`], `[0, 1]` for the ReLU), so `J(c; α)`,
-//! the dual objective ([`super::objective`]) with those lower slopes, is a valid lower bound on `c·f(x')` for
-//! every α, and each objective row may use its own α: `α` is `[B, K, *shape]` per activation, one slope per
-//! example, objective row and unit. Starting from CROWN's choice, `iters` steps of projected gradient ascent
-//! (Adam, step `lr`, projection onto the range) raise `Σ J`; the result is, per example and row, the best bound
-//! met along the way.
+//! `a_l` in the op's range ([`crate::ops::OpExec::lower_slope_range`], `[0, 1]` for the ReLU). Likewise every
+//! tangent of an S-shaped activation (`tanh`, `sigmoid`) at a point of its valid range
+//! ([`crate::ops::OpExec::tangents`]: `[l, u]` on a convex or concave piece, out from CROWN's point on a mixed
+//! one) is a valid lower or upper line; the point is `from + θ · width` with `θ ∈ [0, 1]`. So `J(c; α)`, the
+//! dual objective ([`super::objective`]) with those lines, is a valid lower bound on `c·f(x')` for every α, and
+//! each objective row may use its own α: every parameter is `[B, K, *shape]` per activation, one per example,
+//! objective row and unit. Starting from CROWN's choice, `iters` steps of projected gradient ascent (Adam, step
+//! `lr`, projection onto the range) raise `Σ J`; the result is, per example and row, the best bound met along
+//! the way.
 //!
 //! 1. **Intermediate bounds.** For each activation input `z` whose bounds come from the dual network run
 //!    backwards from it ([`super::bounds::backward_layers`], the narrow layers: a backward pass costs one row
@@ -28,8 +31,8 @@ use super::bounds::{strict_max, Bounds};
 use super::input_set::InputSet;
 use super::model::Model;
 use super::objective::{dual_pass, objective};
-use crate::error::{Context, Result};
-use crate::ops::{Family, Relaxation, Role};
+use crate::error::{Context, Error, Result};
+use crate::ops::{Family, Lines, Relaxation, Role};
 
 /// Examples optimised together: autograd keeps every adjoint `[B, K, *shape]` of the dual pass, so the memory
 /// grows with this (on `mnist_small`, 25 examples per worker at once peaked at 3.3 GB; chunks of 4 stay near
@@ -173,9 +176,60 @@ fn tighten_layer(
     Ok(())
 }
 
-/// The best `J` (`[B, K]`) met by projected gradient ascent on the lower slopes of the activations before
-/// `start`, from the relaxations' own (CROWN's) slopes, for the rows `c: [B, K, *shape_start]`; `None` when no
-/// activation before `start` has a free lower slope.
+/// A free lower slope (ReLU-like activations): crossing units take the parameter, the others keep their slope.
+struct FreeSlope {
+    node: NodeIndex,
+    mask: Tensor,
+    fixed: Tensor,
+    var: usize,
+}
+
+/// Free tangent points (S-shaped activations), all `[B, K, *shape]`: each line is the tangent at
+/// `from + θ · width` where `free` is 1, the relaxation's own line (`base`) elsewhere.
+struct FreeTangent {
+    node: NodeIndex,
+    base: Lines,
+    lo: TangentLine,
+    up: TangentLine,
+}
+
+struct TangentLine {
+    from: Tensor,
+    width: Tensor,
+    free: Tensor,
+    var: usize,
+}
+
+impl FreeTangent {
+    /// The two lines at the current parameters.
+    fn lines(&self, model: &Model, vars: &[(Var, f64, f64)]) -> Result<Lines> {
+        let op = model.graph.node(self.node).kind.op().ok_or_else(|| Error::Usage("internal: not an op".into()))?;
+        let mctx = model.ctx(self.node);
+        let ctx = || format!("tangent lines of `{}`", model.graph.node(self.node).name);
+        let line = |t: &TangentLine| -> Result<(Tensor, Tensor, Tensor)> {
+            let at = (vars[t.var].0.as_tensor() * &t.width).and_then(|x| x + &t.from).context(ctx)?;
+            op.tangent_line(&mctx, &at)
+        };
+        // `base + free · (new − base)`: the free units take the tangent, the others keep their line.
+        let pick = |free: &Tensor, new: &Tensor, base: &Tensor| (new - base).and_then(|d| d * free)? + base;
+        let (ld, loff, ls) = line(&self.lo)?;
+        let (ud, uoff, us) = line(&self.up)?;
+        let go = || -> candle_core::Result<Lines> {
+            Ok(Lines {
+                lo_slope: pick(&self.lo.free, &ld, &self.base.lo_slope)?,
+                lo_off: pick(&self.lo.free, &(loff - ls)?, &self.base.lo_off)?,
+                up_slope: pick(&self.up.free, &ud, &self.base.up_slope)?,
+                up_off: pick(&self.up.free, &(uoff + us)?, &self.base.up_off)?,
+            })
+        };
+        go().context(ctx)
+    }
+}
+
+/// The best `J` (`[B, K]`) met by projected gradient ascent on the free parameters of the activations before
+/// `start` (the lower slopes of [`crate::ops::OpExec::lower_slope_range`], the tangent points of
+/// [`crate::ops::OpExec::tangents`]), from the relaxations' own (CROWN's) choice, for the rows
+/// `c: [B, K, *shape_start]`; `None` when no activation before `start` has a free parameter.
 fn ascend(
     model: &Model,
     set: &InputSet,
@@ -187,48 +241,73 @@ fn ascend(
 ) -> Result<Option<Tensor>> {
     let ctx = || "optimising the lower slopes".to_string();
     let (b, k) = (c.dims()[0], c.dims()[1]);
-    // Free slopes: per activation with its own lower line, the crossing mask, the fixed slopes of the other
-    // units (zero on crossing units), the range, and the parameter.
-    let mut free: Vec<(NodeIndex, Tensor, Tensor, (f64, f64), Var)> = Vec::new();
+    let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let mut shape = vec![b, k];
+        shape.extend_from_slice(&t.dims()[1..]);
+        t.unsqueeze(1)?.broadcast_as(shape)?.contiguous()
+    };
+    // The parameters with their ranges, and what each activation makes of them.
+    let mut vars: Vec<(Var, f64, f64)> = Vec::new();
+    let mut slopes: Vec<FreeSlope> = Vec::new();
+    let mut tangents: Vec<FreeTangent> = Vec::new();
     for (&i, r) in &bounds.relax {
         if i.index() >= start.index() {
             continue;
         }
-        let Some(al) = &r.lower else { continue };
-        let Some(range) = model.graph.node(i).kind.op().and_then(|op| op.lower_slope_range(&model.ctx(i))) else {
-            continue;
-        };
+        let Some(op) = model.graph.node(i).kind.op() else { continue };
         let z = model.graph.node(i).inputs[0];
         let Some((l, u)) = bounds.of(z) else { continue };
-        let zero = l.zeros_like().context(ctx)?;
-        let crossing = (l.lt(&zero).context(ctx)? * u.gt(&zero).context(ctx)?).context(ctx)?;
-        let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let mut shape = vec![b, k];
-            shape.extend_from_slice(&t.dims()[1..]);
-            t.unsqueeze(1)?.broadcast_as(shape)?.contiguous()
-        };
-        let mask = expand(&crossing.to_dtype(l.dtype()).context(ctx)?).context(ctx)?;
-        let init = expand(al).context(ctx)?;
-        let fixed = (1.0 - &mask).and_then(|m| init.mul(&m)).context(ctx)?;
-        free.push((i, mask, fixed, range, Var::from_tensor(&init).context(ctx)?));
+        if let (Some(al), Some((lo, hi))) = (&r.lower, op.lower_slope_range(&model.ctx(i))) {
+            // Per activation with its own lower line: the crossing mask, the fixed slopes of the other units
+            // (zero on crossing units), the range, and the parameter.
+            let zero = l.zeros_like().context(ctx)?;
+            let crossing = (l.lt(&zero).context(ctx)? * u.gt(&zero).context(ctx)?).context(ctx)?;
+            let mask = expand(&crossing.to_dtype(l.dtype()).context(ctx)?).context(ctx)?;
+            let init = expand(al).context(ctx)?;
+            let fixed = (1.0 - &mask).and_then(|m| init.mul(&m)).context(ctx)?;
+            vars.push((Var::from_tensor(&init).context(ctx)?, lo, hi));
+            slopes.push(FreeSlope { node: i, mask, fixed, var: vars.len() - 1 });
+        } else if let Some(base) = &r.lines {
+            let Some(t) = op.tangents(&model.ctx(i), l, u)? else { continue };
+            let mut line = |from: &Tensor, width: &Tensor, free: &Tensor, init: &Tensor| -> Result<TangentLine> {
+                let e = |t: &Tensor| expand(t).context(ctx);
+                vars.push((Var::from_tensor(&e(init)?).context(ctx)?, 0.0, 1.0));
+                Ok(TangentLine { from: e(from)?, width: e(width)?, free: e(free)?, var: vars.len() - 1 })
+            };
+            let lo = line(&t.lo_from, &t.lo_width, &t.lo_free, &t.lo_init)?;
+            let up = line(&t.up_from, &t.up_width, &t.up_free, &t.up_init)?;
+            let base = Lines {
+                lo_slope: expand(&base.lo_slope).context(ctx)?,
+                lo_off: expand(&base.lo_off).context(ctx)?,
+                up_slope: expand(&base.up_slope).context(ctx)?,
+                up_off: expand(&base.up_off).context(ctx)?,
+            };
+            tangents.push(FreeTangent { node: i, base, lo, up });
+        }
     }
-    if free.is_empty() || iters == 0 {
+    if vars.is_empty() || iters == 0 {
         return Ok(None);
     }
     let (b1, b2, eps) = (0.9, 0.999, 1e-8);
-    let mut moments: Vec<(Tensor, Tensor)> = free
+    let mut moments: Vec<(Tensor, Tensor)> = vars
         .iter()
-        .map(|(.., v)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
+        .map(|(v, ..)| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
         .collect::<candle_core::Result<_>>()
         .context(ctx)?;
     let mut best: Option<Tensor> = None;
     for t in 1..=iters {
         let mut relax: HashMap<NodeIndex, Relaxation> = bounds.relax.clone();
-        for (i, mask, fixed, _, v) in &free {
+        for f in &slopes {
             // The parameter stays in its range (projected after each step); crossing units take it.
-            let lower = v.as_tensor().mul(mask).and_then(|a| a + fixed).context(ctx)?;
-            if let Some(r) = relax.get_mut(i) {
+            let lower = vars[f.var].0.as_tensor().mul(&f.mask).and_then(|a| a + &f.fixed).context(ctx)?;
+            if let Some(r) = relax.get_mut(&f.node) {
                 r.lower = Some(lower);
+            }
+        }
+        for f in &tangents {
+            let lines = f.lines(model, &vars)?;
+            if let Some(r) = relax.get_mut(&f.node) {
+                r.lines = Some(lines);
             }
         }
         let (lin, rad) = dual_pass(model, set, &relax, start, c)?;
@@ -241,7 +320,7 @@ fn ascend(
             break;
         }
         let grads = j.sum_all().and_then(|s| s.backward()).context(ctx)?;
-        for ((.., (lo, hi), v), (m, s)) in free.iter().zip(moments.iter_mut()) {
+        for ((v, lo, hi), (m, s)) in vars.iter().zip(moments.iter_mut()) {
             let Some(g) = grads.get(v.as_tensor()) else { continue };
             // A non-finite gradient is an artefact of the optimisation (e.g. the ℓ2 norm's `sqrt` at 0 on the
             // zero objective row), not a bound: that entry does not move.

@@ -97,11 +97,20 @@ pub fn dual_pass(
                             // Two lines with their own offsets: `[λ]₊ (a_l z + b_l) + [λ]₋ (a_u z + b_u)`.
                             let pos = lam.relu().context(ctx_err)?;
                             let neg = (&lam - &pos).context(ctx_err)?;
+                            // The lines are `[B, *shape]` (one per unit) or `[B, K, *shape]` (one per objective
+                            // row, `alpha`'s tangent points).
+                            let per_row = ln.lo_slope.rank() == lam.rank();
+                            let dot = |x: &Tensor, w: &Tensor| match per_row {
+                                true => x.mul(w)?.flatten_from(2)?.sum(2),
+                                false => weighted_row_sums(x, w, false),
+                            };
+                            let scale = |x: &Tensor, w: &Tensor| match per_row {
+                                true => x.mul(w),
+                                false => crate::kernels::scale::scale_rows(x, w),
+                            };
                             let go = || -> candle_core::Result<(Tensor, Tensor)> {
-                                let off = (weighted_row_sums(&pos, &ln.lo_off, false)?
-                                    + weighted_row_sums(&neg, &ln.up_off, false)?)?;
-                                let back = (crate::kernels::scale::scale_rows(&pos, &ln.lo_slope)?
-                                    + crate::kernels::scale::scale_rows(&neg, &ln.up_slope)?)?;
+                                let off = (dot(&pos, &ln.lo_off)? + dot(&neg, &ln.up_off)?)?;
+                                let back = (scale(&pos, &ln.lo_slope)? + scale(&neg, &ln.up_slope)?)?;
                                 Ok((off, back))
                             };
                             let (off, back) = go().context(ctx_err)?;

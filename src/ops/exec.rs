@@ -94,6 +94,24 @@ impl Lines {
     }
 }
 
+/// The free tangent points of a relaxation whose two lines may touch the activation anywhere in a range
+/// (`tanh`, `sigmoid`; [`OpExec::tangents`]), elementwise over `[B, *shape]`. Where `lo_free` is 1 the lower line
+/// may be the tangent at any `t ∈ [lo_from, lo_from + lo_width]` ([`OpExec::tangent_line`]) and stays below the
+/// activation on `[l, u]`; where it is 0 the relaxation's own lower line stays. Likewise the upper line. The
+/// relaxation's own tangent points are `from + init · width` (`init ∈ [0, 1]`), so the `alpha` family starts
+/// from CROWN's lines.
+#[derive(Clone)]
+pub struct Tangents {
+    pub lo_from: Tensor,
+    pub lo_width: Tensor,
+    pub lo_free: Tensor,
+    pub lo_init: Tensor,
+    pub up_from: Tensor,
+    pub up_width: Tensor,
+    pub up_free: Tensor,
+    pub up_init: Tensor,
+}
+
 /// A family of relaxations (`--bound`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -106,9 +124,9 @@ pub enum Family {
     Crown,
     /// Interval bound propagation: constant relaxations `σ(z) ∈ [σ(l), σ(u)]` on interval layer bounds.
     Ibp,
-    /// `crown` with the lower slopes optimised per example, objective row and unit by projected gradient ascent,
-    /// first on the bounds of the narrow layers, then on the margin bounds ([`crate::dual::alpha`]); never below
-    /// `crown` or `wk`.
+    /// `crown` with the lower slopes and tangent points optimised per example, objective row and unit by
+    /// projected gradient ascent, first on the bounds of the narrow layers, then on the margin bounds
+    /// ([`crate::dual::alpha`]); never below `crown` or `wk`.
     Alpha,
 }
 
@@ -233,6 +251,18 @@ pub trait OpExec {
     /// `alpha` family optimises the slopes in this range. `None` (the default): the lower line is fixed.
     fn lower_slope_range(&self, _ctx: &NodeCtx) -> Option<(f64, f64)> {
         None
+    }
+    /// Activation ops whose relaxation has two lines (`lines: Some`) that may touch the curve at free points:
+    /// the ranges of those points on `[l, u]` (see [`Tangents`]); the `alpha` family optimises them. `None`
+    /// (the default): the lines are fixed.
+    fn tangents(&self, _ctx: &NodeCtx, _l: &Tensor, _u: &Tensor) -> Result<Option<Tangents>> {
+        Ok(None)
+    }
+    /// Ops with [`OpExec::tangents`]: the tangent line at `t` (any shape), as its slope, its offset, and the
+    /// widening (`>= 0`) that the offset needs against rounding: the lower line is `slope · z + offset −
+    /// widening`, the upper `slope · z + offset + widening`. Differentiable in `t`.
+    fn tangent_line(&self, _ctx: &NodeCtx, _t: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Err(no_rule("tangent_line"))
     }
     /// Activation ops: the interval rule, bounds `[lo, hi]` of `σ(z)` for `z ∈ [l, u]` elementwise.
     fn interval(&self, _ctx: &NodeCtx, _l: &Tensor, _u: &Tensor) -> Result<(Tensor, Tensor)> {

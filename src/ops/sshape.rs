@@ -19,6 +19,12 @@
 //!   finds its end. When even `t = u` fails, `σ'(u) > ` the chord's slope, and the chord is above `σ` on `[l, u]`
 //!   (concave on `[l, 0]` with both ends `>= 0`; convex on `[0, u]` and decreasing to 0 at `u`).
 //!
+//! - **`alpha` (free tangent points, [`tangents`]):** the same lines, with each tangent point free in the range
+//!   where its tangent stays valid: `[l, u]` on a convex (lower line) or concave (upper line) interval, and on a
+//!   mixed one `[t_up, u]` for the upper line and `[l, t_lo]` for the lower (the valid points form an interval
+//!   out to the end, by the argument above, and the bisection's `t` lies on its valid side). The chords stay
+//!   fixed. `crate::dual::alpha` moves the points by projected gradient ascent, from CROWN's.
+//!
 //! Each line's offset is widened by [`SLACK_ULPS`] units of rounding, far above the rounding of the few operations that
 //! compute it.
 
@@ -160,36 +166,67 @@ fn tangent_point(
     Ok((outer_ok, good))
 }
 
-/// The `crown` relaxation: the `wk` band (forward propagation uses it) and CROWN's two lines.
-pub fn crown(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
-    let mut r = single(k, l, u)?;
+/// CROWN's tangent points on `[l, u]` and the cases they depend on (see the module doc).
+struct Points {
+    /// `u <= 0` and `l >= 0`.
+    convex: Tensor,
+    concave: Tensor,
+    /// The upper-line tangent `t_up ∈ [0, max(u, 0)]` of the mixed case, and whether one is valid (else the chord).
+    up_ok: Tensor,
+    t_up: Tensor,
+    u_pos: Tensor,
+    /// The lower-line tangent `t_lo ∈ [min(l, 0), 0]` of the mixed case, and whether one is valid.
+    lo_ok: Tensor,
+    t_lo: Tensor,
+    l_neg: Tensor,
+    /// `u − l <= 1e-9`: the band is kept.
+    point: Tensor,
+}
+
+fn points(k: Kind, l: &Tensor, u: &Tensor) -> Result<Points> {
     let zero = l.zeros_like()?;
-    let a = chord_slope(k, l, u)?;
-    let chord_off = (k.f(l)? - (&a * l)?)?;
     let (fl, fu) = (k.f(l)?, k.f(u)?);
-    let m = ((l + u)? * 0.5)?;
-    let (tm, tm_off) = tangent(k, &m)?;
     // Upper tangent from (l, σ(l)) on t ∈ [0, u]: the valid `t` are those towards u (T_t(l) >= σ(l)).
     let u_pos = u.maximum(&zero)?;
     let (up_ok, t_up) = tangent_point(k, &zero, &u_pos, |d, off| ((d * l)? + off)?.ge(&fl))?;
-    let (tu, tu_off) = tangent(k, &t_up)?;
     // Lower tangent towards (u, σ(u)) on t ∈ [l, 0]: the valid `t` are those towards l (T_t(u) <= σ(u)).
     let l_neg = l.minimum(&zero)?;
     let (lo_ok, t_lo) = tangent_point(k, &zero, &l_neg, |d, off| ((d * u)? + off)?.le(&fu))?;
-    let (tl, tl_off) = tangent(k, &t_lo)?;
-    let convex = u.le(&zero)?;
-    let concave = l.ge(&zero)?;
+    Ok(Points {
+        convex: u.le(&zero)?,
+        concave: l.ge(&zero)?,
+        up_ok,
+        t_up,
+        u_pos,
+        lo_ok,
+        t_lo,
+        l_neg,
+        point: (u - l)?.le(1e-9)?,
+    })
+}
+
+/// The `crown` relaxation: the `wk` band (forward propagation uses it) and CROWN's two lines.
+pub fn crown(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
+    let mut r = single(k, l, u)?;
+    let p = points(k, l, u)?;
+    let a = chord_slope(k, l, u)?;
+    let chord_off = (k.f(l)? - (&a * l)?)?;
+    let m = ((l + u)? * 0.5)?;
+    let (tm, tm_off) = tangent(k, &m)?;
+    let (tu, tu_off) = tangent(k, &p.t_up)?;
+    let (tl, tl_off) = tangent(k, &p.t_lo)?;
+    let (convex, concave) = (&p.convex, &p.concave);
     // Mixed case lines, then the one-sided cases.
-    let up_slope = up_ok.where_cond(&tu, &a)?;
-    let up_off = up_ok.where_cond(&tu_off, &chord_off)?;
-    let lo_slope = lo_ok.where_cond(&tl, &a)?;
-    let lo_off = lo_ok.where_cond(&tl_off, &chord_off)?;
+    let up_slope = p.up_ok.where_cond(&tu, &a)?;
+    let up_off = p.up_ok.where_cond(&tu_off, &chord_off)?;
+    let lo_slope = p.lo_ok.where_cond(&tl, &a)?;
+    let lo_off = p.lo_ok.where_cond(&tl_off, &chord_off)?;
     let up_slope = convex.where_cond(&a, &concave.where_cond(&tm, &up_slope)?)?;
     let up_off = convex.where_cond(&chord_off, &concave.where_cond(&tm_off, &up_off)?)?;
     let lo_slope = convex.where_cond(&tm, &concave.where_cond(&a, &lo_slope)?)?;
     let lo_off = convex.where_cond(&tm_off, &concave.where_cond(&chord_off, &lo_off)?)?;
     // A (near) point interval keeps the band: the tangent and chord lines are no better there.
-    let point = (u - l)?.le(1e-9)?;
+    let point = &p.point;
     let up_slope = point.where_cond(&r.slope, &up_slope)?;
     let up_off = point.where_cond(&(&r.mid + &r.rad)?, &(&up_off + slack(&up_off)?)?)?;
     let lo_slope = point.where_cond(&r.slope, &lo_slope)?;
@@ -198,8 +235,51 @@ pub fn crown(k: Kind, l: &Tensor, u: &Tensor) -> Result<Relaxation> {
     Ok(r)
 }
 
-/// The relaxation of `family` for an S-shaped op: `wk` [`single`], `crown` and `alpha` [`crown`] (no free slope:
-/// the tangent points are CROWN's), `ibp` the constant relaxation on the monotone interval `[σ(l), σ(u)]`.
+/// The ranges of tangent points that keep each line of [`crown`] valid on `[l, u]` (for `alpha`):
+/// - `u <= 0` (convex): every tangent at `t ∈ [l, u]` is below σ there; the upper line (the chord) is fixed.
+/// - `l >= 0` (concave): every tangent at `t ∈ [l, u]` is above σ; the lower line (the chord) is fixed.
+/// - `l < 0 < u`: the upper tangent at any `t ∈ [t_up, u]` (the valid points form an interval out to `u`, see
+///   the module doc, and `t_up` is on its valid side), where one is valid; the lower at `t ∈ [l, t_lo]`.
+///
+/// CROWN's own points are the midpoint (`init` ½), `t_up` (0) and `t_lo` (1). Point intervals and units with
+/// non-finite bounds keep CROWN's lines.
+pub fn tangents(k: Kind, l: &Tensor, u: &Tensor) -> Result<super::Tangents> {
+    let p = points(k, l, u)?;
+    let dt = l.dtype();
+    let zero = l.zeros_like()?;
+    let finite = (l.abs()?.lt(f64::MAX)? * u.abs()?.lt(f64::MAX)?)?;
+    let ok = (finite.to_dtype(dt)? * (1.0 - p.point.to_dtype(dt)?)?)?;
+    let (convex, concave) = (p.convex.to_dtype(dt)?, p.concave.to_dtype(dt)?);
+    let mixed = ((1.0 - &convex)? * (1.0 - &concave)?)?;
+    // Safe values (finite) where a unit is not free: its range is ignored but still evaluated.
+    let safe = |t: &Tensor, free: &Tensor| -> Result<Tensor> { free.ne(0.0)?.where_cond(t, &zero) };
+    let lo_free = ((&convex + (&mixed * p.lo_ok.to_dtype(dt)?)?)? * &ok)?;
+    let up_free = ((&concave + (&mixed * p.up_ok.to_dtype(dt)?)?)? * &ok)?;
+    let lo_from = safe(&(&convex * l)?.add(&(&mixed * &p.l_neg)?)?, &lo_free)?;
+    let lo_to = safe(&(&convex * u)?.add(&(&mixed * &p.t_lo)?)?, &lo_free)?;
+    let up_from = safe(&(&concave * l)?.add(&(&mixed * &p.t_up)?)?, &up_free)?;
+    let up_to = safe(&(&concave * u)?.add(&(&mixed * &p.u_pos)?)?, &up_free)?;
+    Ok(super::Tangents {
+        lo_width: (&lo_to - &lo_from)?.relu()?,
+        lo_from,
+        lo_init: ((&convex * 0.5)? + &mixed)?,
+        lo_free,
+        up_width: (&up_to - &up_from)?.relu()?,
+        up_from,
+        up_init: (&concave * 0.5)?,
+        up_free,
+    })
+}
+
+/// The tangent at `t` with its offset's widening ([`SLACK_ULPS`]), for `alpha`'s tangent points.
+pub fn tangent_line(k: Kind, t: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let (d, off) = tangent(k, t)?;
+    let s = slack(&off)?;
+    Ok((d, off, s))
+}
+
+/// The relaxation of `family` for an S-shaped op: `wk` [`single`], `crown` and `alpha` [`crown`] (`alpha` then
+/// moves the tangent points within [`tangents`]), `ibp` the constant relaxation on the monotone interval `[σ(l), σ(u)]`.
 pub fn relax_family(k: Kind, l: &Tensor, u: &Tensor, family: super::Family) -> Result<Relaxation> {
     match family {
         super::Family::Wk => single(k, l, u),

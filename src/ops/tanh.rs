@@ -1,10 +1,10 @@
 //! `tanh(src)`: the hyperbolic tangent, elementwise, any shape.
 //!
 //! An S-shaped activation (convex below 0, concave above): its relaxations are those of [`super::sshape`]:
-//! `wk` one slope (the chord's) with the exact band around it, `crown` (and `alpha`, which has no free slope
-//! here: its tangent points are CROWN's) the tangent and chord lines of Zhang et al. 2018, `ibp` the interval
-//! `[tanh(l), tanh(u)]` (monotone). The dual rule is `ν_in = slope ⊙ ν` (one slope) or the sign split between
-//! the two lines, with their offsets in the objective.
+//! `wk` one slope (the chord's) with the exact band around it, `crown` the tangent and chord lines of Zhang et
+//! al. 2018, `alpha` the same lines with the tangent points moved within their valid ranges
+//! ([`super::sshape::tangents`]), `ibp` the interval `[tanh(l), tanh(u)]` (monotone). The dual rule is
+//! `ν_in = slope ⊙ ν` (one slope) or the sign split between the two lines, with their offsets in the objective.
 
 use candle_core::Tensor;
 
@@ -48,6 +48,13 @@ impl OpExec for Tanh {
     }
     fn relax_family(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor, family: Family) -> Result<Relaxation> {
         sshape::relax_family(Kind::Tanh, l, u, family).context(|| format!("{family} relaxation of tanh `{}`", ctx.name))
+    }
+    fn tangents(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Option<Tangents>> {
+        let t = sshape::tangents(Kind::Tanh, l, u).context(|| format!("tangent points of tanh `{}`", ctx.name))?;
+        Ok(Some(t))
+    }
+    fn tangent_line(&self, ctx: &NodeCtx, t: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        sshape::tangent_line(Kind::Tanh, t).context(|| format!("tangent line of tanh `{}`", ctx.name))
     }
     /// Monotone: `[tanh(l), tanh(u)]`.
     fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
