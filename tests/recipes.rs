@@ -198,10 +198,9 @@ fn cifar_recipes_follow_the_reference_setup() {
 /// `specs/recipes/` it names), its weights fit the spec the recipe names, and each file is under 1 MB.
 #[test]
 fn shipped_models_sit_beside_their_recipes() {
-    for (name, recipe) in [
-        ("mnist_small_eps0.1", "mnist_small_ibp_eps0.1.yaml"),
-        ("mnist_small_eps0.3", "mnist_small_ibp_eps0.3.yaml"),
-    ] {
+    for (name, recipe) in
+        [("mnist_small_eps0.1", "mnist_small_ibp_eps0.1.yaml"), ("mnist_small_eps0.3", "mnist_small_ibp_eps0.3.yaml")]
+    {
         let beside = load(&root().join(format!("models/{name}.yaml")));
         let text = std::fs::read_to_string(root().join(format!("models/{name}.yaml"))).expect("read");
         assert!(text.contains(recipe), "models/{name}.yaml does not name its recipe {recipe}");
