@@ -50,7 +50,7 @@ pub fn optimised_margins(
     iters: usize,
     lr: f64,
 ) -> Result<Tensor> {
-    let ctx = || "optimising the lower slopes".to_string();
+    let ctx = || "optimising the relaxations (alpha)".to_string();
     let b = c.dims()[0];
     let mut parts = Vec::new();
     for s in (0..b).step_by(CHUNK) {
@@ -88,7 +88,7 @@ fn optimise_margins(
     iters: usize,
     lr: f64,
 ) -> Result<Tensor> {
-    let ctx = || "optimising the lower slopes".to_string();
+    let ctx = || "optimising the relaxations (alpha)".to_string();
     // The paper's objective on the same bounds: the result is never below it either.
     let single = Bounds {
         layers: Vec::new(),
@@ -239,7 +239,7 @@ fn ascend(
     iters: usize,
     lr: f64,
 ) -> Result<Option<Tensor>> {
-    let ctx = || "optimising the lower slopes".to_string();
+    let ctx = || "optimising the relaxations (alpha)".to_string();
     let (b, k) = (c.dims()[0], c.dims()[1]);
     let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
         let mut shape = vec![b, k];
