@@ -47,6 +47,7 @@ macro_rules! dispatch {
 }
 
 mod cpu;
+pub mod interval;
 pub mod l1;
 pub mod median;
 pub mod rowsum;

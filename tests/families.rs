@@ -255,6 +255,82 @@ fn crown_ibp_training_bound_is_sound_and_mixes_linearly() {
     }
 }
 
+/// The packed training path (`packed_certificate`: one fused op per node, the clean inputs riding along) gives
+/// the unpacked bounds on every network kind, for β ∈ {0, 0.5}: the same margins as `crown_ibp_batch`, the same
+/// layer bounds, the clean logits of `forward`, and the same gradients of a random linear function of the margins
+/// and logits with respect to every weight (the fused kernels' hand-written backward against candle's autograd of
+/// the composed rules).
+#[test]
+fn packed_training_bounds_match_the_unpacked_ones() {
+    use dualnet::dual::robust::{crown_ibp_batch, packed_certificate};
+    for (k, (name, spec)) in SPECS.iter().enumerate() {
+        let seed = 90 + k as u64;
+        let mut m = model(spec, seed, 1.5);
+        // As in training: no cached weight matrices (they would be detached copies).
+        m.matrix_cache = None;
+        let vars = dualnet::run::train::trainer::make_vars(&mut m).expect("vars");
+        let (x, labels) = inputs(&m, 4, seed + 3);
+        let set = InputSet::new(&x, &[0.05; 4], Norm::Linf, Some((0.0, 1.0))).expect("set");
+        for beta in [0.0, 0.5] {
+            let what = format!("{name}, β {beta}");
+            let theirs = crown_ibp_batch(&m, &set, &labels, beta).expect("crown-ibp");
+            let (ours, logits) =
+                packed_certificate(&m, &set, &labels, Some(&x), beta, true).expect("packed").expect("a box");
+            let logits = logits.expect("logits");
+            let diff = |a: &Tensor, b: &Tensor| -> f64 {
+                (a - b)
+                    .and_then(|d| d.abs())
+                    .and_then(|d| d.flatten_all())
+                    .and_then(|d| d.max(0))
+                    .and_then(|d| d.to_scalar::<f64>())
+                    .expect("diff")
+            };
+            assert!(diff(&ours.margin_lb, &theirs.margin_lb) < 1e-9, "{what}: margins differ");
+            assert!(diff(&logits, &m.forward(&x).expect("forward")) < 1e-9, "{what}: logits differ");
+            assert_eq!(ours.bounds.layers.len(), theirs.bounds.layers.len(), "{what}: layer count");
+            for ((z1, l1, u1), (z2, l2, u2)) in ours.bounds.layers.iter().zip(&theirs.bounds.layers) {
+                assert_eq!(z1, z2, "{what}: layer order");
+                assert!(diff(l1, l2) < 1e-9 && diff(u1, u2) < 1e-9, "{what}: layer bounds differ");
+            }
+            // d/dθ of Σ p ⊙ margins + Σ q ⊙ logits, for fixed random p, q.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xabc);
+            let mut probe = |t: &Tensor| {
+                let v: Vec<f64> = (0..t.elem_count()).map(|_| rng.random_range(-1.0..1.0)).collect();
+                Tensor::from_vec(v, t.shape(), &Device::Cpu).expect("probe")
+            };
+            let (p, q) = (probe(&ours.margin_lb), probe(&logits));
+            let objective = |lb: &Tensor, lg: &Tensor| {
+                ((lb * &p).and_then(|a| a.sum_all()).expect("sum") + (lg * &q).and_then(|a| a.sum_all()).expect("sum"))
+                    .expect("add")
+            };
+            let g_ours = objective(&ours.margin_lb, &logits).backward().expect("backward");
+            let g_theirs = objective(&theirs.margin_lb, &m.forward(&x).expect("forward")).backward().expect("backward");
+            let mut compared = 0;
+            for (wname, v) in &vars {
+                match (g_ours.get(v.as_tensor()), g_theirs.get(v.as_tensor())) {
+                    (Some(a), Some(b)) => {
+                        let scale = b
+                            .abs()
+                            .and_then(|t| t.flatten_all())
+                            .and_then(|t| t.max(0))
+                            .and_then(|t| t.to_scalar::<f64>())
+                            .expect("max");
+                        assert!(
+                            diff(a, b) <= 1e-9 * scale.max(1.0),
+                            "{what}: gradient of {wname} differs by {}",
+                            diff(a, b)
+                        );
+                        compared += 1;
+                    }
+                    (None, None) => {}
+                    _ => panic!("{what}: the gradient of {wname} exists on one path only"),
+                }
+            }
+            assert!(compared >= 2, "{what}: only {compared} gradients compared");
+        }
+    }
+}
+
 /// `alpha` on networks whose only activations are S-shaped (so only the tangent points are free): its margins
 /// are never below `crown`'s, they are strictly above them somewhere (the tangent points move: the check is not
 /// vacuous), and they stay below the margin at sampled, corner and PGD points.

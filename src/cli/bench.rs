@@ -236,8 +236,9 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                         beta,
                         reg_weight: 0.0,
                         reg_tol: 0.5,
+                        kappa: 0.0,
                     };
-                    robust_grads_with(&model, &set, &labels, &spec, &vars)?;
+                    robust_grads_with(&model, &set, &labels, &spec, &vars, None)?;
                     if r > 0 {
                         times.push(start.elapsed().as_secs_f64());
                     }

@@ -76,10 +76,10 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
-    fn in_img(&self) -> usize {
+    pub(crate) fn in_img(&self) -> usize {
         self.c_in * self.h * self.w
     }
-    fn out_img(&self) -> usize {
+    pub(crate) fn out_img(&self) -> usize {
         self.c_out * self.ho * self.wo
     }
     /// Rows of the im2col matrix: `c_in · kh · kw`.
@@ -87,7 +87,7 @@ impl Geom {
         self.c_in * self.kh * self.kw
     }
     /// Nothing to compute: every output is zero (or there is no output at all).
-    fn degenerate(&self) -> bool {
+    pub(crate) fn degenerate(&self) -> bool {
         self.in_img() == 0 || self.out_img() == 0 || self.rows() == 0 || self.s == 0
     }
 }
@@ -447,7 +447,7 @@ fn with_scratch<T: Elem, R>(key: &'static LocalKey<RefCell<Scratch<T>>>, f: impl
 
 /// A zeroed vector for a kernel's output. On Linux, a large one first asks for transparent huge pages (where the
 /// system leaves that to `madvise`), which makes the page faults of its first touch 512× rarer.
-fn zeroed<T: Elem>(len: usize) -> Vec<T> {
+pub(crate) fn zeroed<T: Elem>(len: usize) -> Vec<T> {
     let v = vec![T::ZERO; len];
     #[cfg(target_os = "linux")]
     advise_huge_pages(&v);
@@ -486,7 +486,8 @@ pub(crate) fn conv2d<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
     super::output_vec(n * g.out_img(), |out| conv2d_into(x, w, n, g, out))
 }
 
-fn conv2d_into<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom, out: &mut [MaybeUninit<T>]) {
+/// [`conv2d`] into `out` (`n · out_img` elements, every one written).
+pub(crate) fn conv2d_into<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom, out: &mut [MaybeUninit<T>]) {
     #[cfg(target_os = "linux")]
     advise_huge_pages(out);
     let (rows, pl) = (g.rows(), Planes::new(g));
@@ -512,8 +513,15 @@ fn conv2d_into<T: Elem>(x: &[T], w: &[T], n: usize, g: &Geom, out: &mut [MaybeUn
 /// `conv_transpose2d` of `n` maps: `nu [n, c_out, ho, wo]`, `w [c_out, c_in, kh, kw]` → `[n, c_in, h, w]`.
 pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -> Vec<T> {
     let mut out = zeroed(n * g.in_img());
+    conv_transpose2d_into(nu, w, n, g, &mut out);
+    out
+}
+
+/// [`conv_transpose2d`] of `n` maps into `out` (`n · in_img` elements), which must be zeroed: input rows that no
+/// kernel tap reaches are left as they are.
+pub(crate) fn conv_transpose2d_into<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom, out: &mut [T]) {
     if n == 0 || g.degenerate() {
-        return out;
+        return;
     }
     let (rows, pl) = (g.rows(), Planes::new(g));
     let plan = Plan::new(n, pl.bytes_per_img::<T>());
@@ -533,7 +541,6 @@ pub(crate) fn conv_transpose2d<T: Elem>(nu: &[T], w: &[T], n: usize, g: &Geom) -
     } else {
         nu.par_chunks(ns).zip(out.par_chunks_mut(os)).for_each(|(nc, oc)| T::with_scratch(|sc| run(nc, oc, sc)));
     }
-    out
 }
 
 /// The gradient of `conv2d` w.r.t. its kernel: `x [n, c_in, h, w]`, `g [n, c_out, ho, wo]` →

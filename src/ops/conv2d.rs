@@ -107,6 +107,16 @@ impl OpExec for Conv2d {
         let Window { stride: s, padding: p, .. } = ctx.args::<ConvArgs>()?.window;
         crate::kernels::conv2d(&inputs[0], w, s, p).context(|| format!("conv2d `{}`", ctx.name))
     }
+    /// One fused kernel on the CPU ([`crate::kernels::interval::conv2d`]); the composed rule elsewhere.
+    fn interval_packed(&self, ctx: &NodeCtx, inputs: &[Tensor], points: usize) -> Result<Tensor> {
+        let (w, b) = (ctx.weight("weight")?, ctx.weight("bias")?);
+        if !crate::kernels::interval::supported(&inputs[0], w) {
+            return super::exec::packed_rule(self, ctx, inputs, points);
+        }
+        let Window { stride: s, padding: p, .. } = ctx.args::<ConvArgs>()?.window;
+        crate::kernels::interval::conv2d(&inputs[0], w, b, s, p, points)
+            .context(|| format!("interval rule of conv2d `{}`", ctx.name))
+    }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         let w = ctx.weight("weight")?;
         let win = ctx.args::<ConvArgs>()?.window;

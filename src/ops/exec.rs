@@ -268,6 +268,61 @@ pub trait OpExec {
     fn interval(&self, _ctx: &NodeCtx, _l: &Tensor, _u: &Tensor) -> Result<(Tensor, Tensor)> {
         Err(no_rule("interval"))
     }
+    /// The interval rule and the forward pass together on **packed** inputs `[S·B, *in_i]` (see
+    /// [`crate::kernels::interval`]: `points` slices of points, slice 0 the box centre, then the radius slice)
+    /// to the packed `[S·B, *out]`. The default composes the op's own rules ([`packed_rule`]); an op with a fused
+    /// kernel overrides it and must give the same values.
+    fn interval_packed(&self, ctx: &NodeCtx, inputs: &[Tensor], points: usize) -> Result<Tensor> {
+        packed_rule(self, ctx, inputs, points)
+    }
+}
+
+/// [`OpExec::interval_packed`] composed from the op's rules: affine ops map the points with `linear` and `bias`
+/// and the radius with `linear_abs`; activations map the centre and radius through `interval` (`c' = (lo +
+/// hi)/2`, `r' = (hi − lo)/2`) and the other points through `activate`.
+pub fn packed_rule<O: OpExec + ?Sized>(op: &O, ctx: &NodeCtx, inputs: &[Tensor], points: usize) -> Result<Tensor> {
+    let ctx_err = || format!("interval rule of `{}` on packed bounds", ctx.name);
+    let n = inputs.first().map(lead).unwrap_or(0);
+    if points == 0 || n % (points + 1) != 0 {
+        return Err(Error::Usage(format!(
+            "internal: `{}` got a packed batch of {n} rows for {points} points",
+            ctx.name
+        )));
+    }
+    let b = n / (points + 1);
+    let part = |t: &Tensor, start: usize, len: usize| {
+        t.narrow(0, start, len).map_err(|e| Error::Tensor { context: ctx_err(), source: e })
+    };
+    match op.role() {
+        Role::Affine => {
+            let pts: Vec<Tensor> = inputs.iter().map(|t| part(t, 0, points * b)).collect::<Result<_>>()?;
+            let rad: Vec<Tensor> = inputs.iter().map(|t| part(t, points * b, b)).collect::<Result<_>>()?;
+            let mut y = op.linear(ctx, &pts)?;
+            if let Some(bias) = op.bias(ctx)? {
+                y = y.broadcast_add(&bias).map_err(|e| Error::Tensor { context: ctx_err(), source: e })?;
+            }
+            let r = op.linear_abs(ctx, &rad)?;
+            Tensor::cat(&[&y, &r], 0).map_err(|e| Error::Tensor { context: ctx_err(), source: e })
+        }
+        Role::Activation => {
+            let x = &inputs[0];
+            let (c, r) = (part(x, 0, b)?, part(x, points * b, b)?);
+            let go = |c: &Tensor, r: &Tensor| -> candle_core::Result<(Tensor, Tensor)> { Ok(((c - r)?, (c + r)?)) };
+            let (l, u) = go(&c, &r).map_err(|e| Error::Tensor { context: ctx_err(), source: e })?;
+            let (lo, hi) = op.interval(ctx, &l, &u)?;
+            let mid = |lo: &Tensor, hi: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
+                Ok((((lo + hi)? * 0.5)?, ((hi - lo)? * 0.5)?.relu()?))
+            };
+            let (c2, r2) = mid(&lo, &hi).map_err(|e| Error::Tensor { context: ctx_err(), source: e })?;
+            let mut parts = vec![c2];
+            if points > 1 {
+                parts.push(op.activate(ctx, &part(x, b, (points - 1) * b)?)?);
+            }
+            parts.push(r2);
+            Tensor::cat(&parts, 0).map_err(|e| Error::Tensor { context: ctx_err(), source: e })
+        }
+        Role::Unsupported => Err(Error::Usage(format!("`{}` has no interval rule", ctx.name))),
+    }
 }
 
 /// The leading (batch) dimension `N` of a `[N, *s]` tensor.

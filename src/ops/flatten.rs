@@ -43,6 +43,10 @@ impl OpExec for Flatten {
     fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         self.linear(ctx, inputs)
     }
+    /// Points and radius alike: the reshape of the whole packed batch.
+    fn interval_packed(&self, ctx: &NodeCtx, inputs: &[Tensor], _points: usize) -> Result<Tensor> {
+        self.linear(ctx, inputs)
+    }
     fn transpose(&self, ctx: &NodeCtx, nu: &Tensor) -> Result<Vec<Tensor>> {
         let mut dims = vec![lead(nu)];
         dims.extend_from_slice(ctx.in_shapes[0]);

@@ -94,4 +94,11 @@ impl OpExec for Relu {
     fn interval(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((self.activate(ctx, l)?, self.activate(ctx, u)?))
     }
+    /// One fused kernel on the CPU ([`crate::kernels::interval::relu`]); the composed rule elsewhere.
+    fn interval_packed(&self, ctx: &NodeCtx, inputs: &[Tensor], points: usize) -> Result<Tensor> {
+        if !crate::kernels::interval::supported(&inputs[0], &inputs[0]) {
+            return super::exec::packed_rule(self, ctx, inputs, points);
+        }
+        crate::kernels::interval::relu(&inputs[0], points).context(|| format!("interval rule of relu `{}`", ctx.name))
+    }
 }

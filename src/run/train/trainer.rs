@@ -22,7 +22,9 @@ use crate::data::{self, Dataset, Split};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
 use crate::dual::input_set::normalize;
-use crate::dual::robust::{certify_batch_with, crown_ibp_batch, robust_ce_per_example, Certificate};
+use crate::dual::robust::{
+    certify_batch_with, crown_ibp_batch, packed_certificate, robust_ce_per_example, Certificate,
+};
 use crate::dual::{InputSet, Model};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
@@ -238,15 +240,28 @@ pub fn train_on(
                 }
                 _ => None,
             };
-            let logits = model.forward(&x)?;
-            let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
-            let batch_clean_wrong = preds.iter().zip(&labels).filter(|(p, l)| p != l).count();
-            clean_wrong += batch_clean_wrong;
+            // `ibp` and `crown-ibp` over a box push the clean inputs through the network in the robust step's
+            // own pass (one fused op per node); every other step runs the clean forward pass here.
+            let fused = cfg.mode == Mode::Robust && eps > 0.0 && packed_step(cfg.method, &set);
+            let logits = match fused {
+                true => None,
+                false => Some(model.forward(&x)?),
+            };
+            let forward =
+                || logits.as_ref().ok_or_else(|| Error::Usage("internal: the clean forward pass was skipped".into()));
+            let mut batch_clean_wrong = match &logits {
+                Some(logits) => {
+                    let preds: Vec<u32> =
+                        logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
+                    preds.iter().zip(&labels).filter(|(p, l)| p != l).count()
+                }
+                None => 0,
+            };
             let mut batch_robust_wrong = batch_clean_wrong;
             let mut reg_value = 0.0;
             let loss = match cfg.mode {
                 // ε = 0 (warm-up): the robust loss is the clean one; a plain step.
-                Mode::Robust if eps <= 0.0 => Step::Loss(cross_entropy(&logits, &y)?),
+                Mode::Robust if eps <= 0.0 => Step::Loss(cross_entropy(forward()?, &y)?),
                 Mode::Robust => {
                     let spec = RobustLoss {
                         opts: Options {
@@ -259,13 +274,19 @@ pub fn train_on(
                         beta,
                         reg_weight,
                         reg_tol: cfg.reg_tol,
+                        kappa,
                     };
-                    let (lv, grads, wrong, reg) = robust_grads_with(&model, &set, &labels, &spec, &vars)?;
-                    batch_robust_wrong = wrong;
-                    reg_value = reg;
-                    if kappa > 0.0 {
+                    let step = robust_grads_with(&model, &set, &labels, &spec, &vars, fused.then_some(&x))?;
+                    batch_robust_wrong = step.robust_wrong;
+                    reg_value = step.reg;
+                    if let Some(cw) = step.clean_wrong {
+                        // The mix κ · clean + (1 − κ) · robust is already in the step's loss.
+                        batch_clean_wrong = cw;
+                        Step::Done(step.loss, step.grads)
+                    } else if kappa > 0.0 {
+                        let (lv, grads) = (step.loss, step.grads);
                         // κ · clean cross-entropy + (1 − κ) · robust loss (Gowal et al.'s mix).
-                        let clean = (cross_entropy(&logits, &y)? * kappa).context(|| "clean loss".to_string())?;
+                        let clean = (cross_entropy(forward()?, &y)? * kappa).context(|| "clean loss".to_string())?;
                         let cv: f64 =
                             clean.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
                         let mut g = clean.backward().context(|| "backward pass".to_string())?;
@@ -287,10 +308,10 @@ pub fn train_on(
                         }
                         Step::Done(cv + (1.0 - kappa) * lv, g)
                     } else {
-                        Step::Done(lv, grads)
+                        Step::Done(step.loss, step.grads)
                     }
                 }
-                Mode::Plain => Step::Loss(cross_entropy(&logits, &y)?),
+                Mode::Plain => Step::Loss(cross_entropy(forward()?, &y)?),
                 Mode::Pgd => {
                     let pc = PgdConfig { steps: cfg.pgd_steps, step_size: None, restarts: 1, seed: state.step };
                     let (xa, fooled) = pgd(&detached(&model), &set, &labels, eps, Goal::Untargeted, &pc)?;
@@ -299,6 +320,7 @@ pub fn train_on(
                 }
             };
             robust_wrong += batch_robust_wrong;
+            clean_wrong += batch_clean_wrong;
             let (lv, mut grads) = match loss {
                 Step::Done(lv, g) => (lv, g),
                 Step::Loss(l) => {
@@ -536,7 +558,8 @@ impl StepWindow {
 }
 
 /// What a robust training step computes: the bound (`opts` for the dual network and `ibp`; `method`), the
-/// CROWN-IBP mix β, and the warm-up regularisers' weight and tolerance.
+/// CROWN-IBP mix β, the warm-up regulariser's weight and tolerance, and the weight κ of the clean cross-entropy
+/// (used when the clean inputs come with the step, see [`robust_grads_with`]).
 #[derive(Debug, Clone, Copy)]
 pub struct RobustLoss {
     pub opts: Options,
@@ -544,6 +567,20 @@ pub struct RobustLoss {
     pub beta: f64,
     pub reg_weight: f64,
     pub reg_tol: f64,
+    pub kappa: f64,
+}
+
+/// One robust step's results (see [`robust_grads_with`]).
+pub struct RobustStep {
+    /// The loss (mean over the batch).
+    pub loss: f64,
+    pub grads: candle_core::backprop::GradStore,
+    /// Examples the step's bound does not certify.
+    pub robust_wrong: usize,
+    /// The warm-up regulariser's (unweighted) value.
+    pub reg: f64,
+    /// Examples the clean forward pass gets wrong, when the step included the clean loss.
+    pub clean_wrong: Option<usize>,
 }
 
 /// The robust cross-entropy of the dual network's or the interval bounds (`opts.family`), mean over the batch,
@@ -555,36 +592,60 @@ pub fn robust_grads(
     opts: &Options,
     vars: &[(String, Var)],
 ) -> Result<(f64, candle_core::backprop::GradStore, usize)> {
-    let spec = RobustLoss { opts: *opts, method: Method::Dual, beta: 0.0, reg_weight: 0.0, reg_tol: 0.5 };
-    let (lv, g, wrong, _) = robust_grads_with(model, set, labels, &spec, vars)?;
-    Ok((lv, g, wrong))
+    let spec = RobustLoss { opts: *opts, method: Method::Dual, beta: 0.0, reg_weight: 0.0, reg_tol: 0.5, kappa: 0.0 };
+    let s = robust_grads_with(model, set, labels, &spec, vars, None)?;
+    Ok((s.loss, s.grads, s.robust_wrong))
+}
+
+/// Whether a step of `method` over `set` takes the packed interval path ([`packed_certificate`]), which also
+/// carries the clean inputs: `ibp` and `crown-ibp` over a box.
+pub fn packed_step(method: Method, set: &InputSet) -> bool {
+    matches!(method, Method::Ibp | Method::CrownIbp) && matches!(set, InputSet::Box { .. })
 }
 
 /// The robust cross-entropy (mean over the batch) of `spec`'s bound, plus the weighted warm-up regulariser, and
 /// its gradients, with the batch split across worker threads, one per core: each part's loss is its share of the
-/// mean, and the parts' gradients are summed. Returns the loss, the gradients, the number of uncertified examples
-/// and the regulariser's (unweighted) value. Each part draws its own projections (seed + part).
+/// mean, and the parts' gradients are summed. Each part draws its own projections (seed + part).
+///
+/// With `clean` inputs (`[B, *in]`, only where [`packed_step`] holds) the loss is Gowal et al.'s mix
+/// `κ · CE(clean) + (1 − κ) · (robust + reg_weight · reg)`, computed in the same pass (the clean inputs ride
+/// along with the interval bounds), and the step also counts the clean errors.
 pub fn robust_grads_with(
     model: &Model,
     set: &InputSet,
     labels: &[u32],
     spec: &RobustLoss,
     vars: &[(String, Var)],
-) -> Result<(f64, candle_core::backprop::GradStore, usize, f64)> {
+    clean: Option<&Tensor>,
+) -> Result<RobustStep> {
     let opts = &spec.opts;
     let b = labels.len();
+    let packed = packed_step(spec.method, set);
+    if clean.is_some() && !packed {
+        return Err(Error::Usage("internal: clean inputs passed to a step without the packed interval path".into()));
+    }
     let workers = crate::device::workers(&model.device).clamp(1, b.max(1));
     let part = b.div_ceil(workers).max(1);
     let ranges: Vec<(usize, usize)> = (0..b).step_by(part).map(|s| (s, part.min(b - s))).collect();
-    let one = |k: usize, s: usize, n: usize| -> Result<(f64, candle_core::backprop::GradStore, usize, f64)> {
+    type Part = (f64, candle_core::backprop::GradStore, usize, f64, Option<usize>);
+    let one = |k: usize, s: usize, n: usize| -> Result<Part> {
         let sub = set.narrow(s, n)?;
+        let ys = &labels[s..s + n];
         let o = Options { seed: opts.seed.wrapping_add(0x9E37_79B9 * k as u64), ..*opts };
-        let cert: Certificate = match spec.method {
-            Method::CrownIbp => crown_ibp_batch(model, &sub, &labels[s..s + n], spec.beta)?,
-            Method::Dual | Method::Ibp => certify_batch_with(model, &sub, &labels[s..s + n], &o)?,
+        let xs = clean.map(|x| x.narrow(0, s, n)).transpose().context(|| "splitting the batch".to_string())?;
+        let (cert, logits): (Certificate, Option<Tensor>) = match packed {
+            true => {
+                let beta = if spec.method == Method::CrownIbp { spec.beta } else { 0.0 };
+                packed_certificate(model, &sub, ys, xs.as_ref(), beta, spec.reg_weight > 0.0)?
+                    .ok_or_else(|| Error::Usage("internal: the packed path needs a box".into()))?
+            }
+            false => match spec.method {
+                Method::CrownIbp => (crown_ibp_batch(model, &sub, ys, spec.beta)?, None),
+                Method::Dual | Method::Ibp => (certify_batch_with(model, &sub, ys, &o)?, None),
+            },
         };
         let lb = cert.margin_rows()?;
-        let wrong = cert.certified(&lb, &labels[s..s + n], 0.0).iter().filter(|c| !**c).count();
+        let wrong = cert.certified(&lb, ys, 0.0).iter().filter(|c| !**c).count();
         let mut loss = robust_ce_per_example(&cert.margin_lb)?
             .sum_all()
             .and_then(|t| t / b as f64)
@@ -604,14 +665,25 @@ pub fn robust_grads_with(
             loss = (loss + (reg * (spec.reg_weight * n as f64 / b as f64)).context(|| "regulariser".to_string())?)
                 .context(|| "regulariser".to_string())?;
         }
-        let lv: f64 = loss.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
         // A non-finite layer bound can leave the loss finite (a NaN bound reads as an inactive ReLU); report it
         // as a NaN loss so the run stops on it like on any diverged loss.
-        let lv = if cert.finite(&lb).iter().all(|f| *f) { lv } else { f64::NAN };
+        let finite = cert.finite(&lb).iter().all(|f| *f);
+        let mut clean_wrong = None;
+        if let Some(logits) = &logits {
+            let ctx = || "clean loss".to_string();
+            let y = Tensor::from_slice(ys, n, logits.device()).context(ctx)?;
+            let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(ctx)?;
+            clean_wrong = Some(preds.iter().zip(ys).filter(|(p, l)| p != l).count());
+            // The part's share of the batch mean: its sum over `b`.
+            let ce = (cross_entropy(logits, &y)? * (spec.kappa * n as f64 / b as f64)).context(ctx)?;
+            loss = ((loss * (1.0 - spec.kappa)).context(ctx)? + ce).context(ctx)?;
+        }
+        let lv: f64 = loss.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(|| "loss".to_string())?;
+        let lv = if finite { lv } else { f64::NAN };
         let grads = loss.backward().context(|| "backward pass".to_string())?;
-        Ok((lv, grads, wrong, reg_value))
+        Ok((lv, grads, wrong, reg_value, clean_wrong))
     };
-    let results: Vec<Result<(f64, candle_core::backprop::GradStore, usize, f64)>> = std::thread::scope(|sc| {
+    let results: Vec<Result<Part>> = std::thread::scope(|sc| {
         let handles: Vec<_> = ranges.iter().enumerate().map(|(k, &(s, n))| sc.spawn(move || one(k, s, n))).collect();
         handles
             .into_iter()
@@ -619,15 +691,16 @@ pub fn robust_grads_with(
             .collect()
     });
     let mut it = results.into_iter();
-    let (mut lv, mut grads, mut wrong, mut reg) = match it.next() {
+    let (mut lv, mut grads, mut wrong, mut reg, mut clean_wrong) = match it.next() {
         Some(r) => r?,
         None => return Err(Error::Usage("internal: empty batch".into())),
     };
     for r in it {
-        let (l, g, w, rg) = r?;
+        let (l, g, w, rg, cw) = r?;
         lv += l;
         wrong += w;
         reg += rg;
+        clean_wrong = clean_wrong.zip(cw).map(|(a, b)| a + b);
         for (_, v) in vars {
             let t = v.as_tensor();
             let sum = match (grads.get(t), g.get(t)) {
@@ -640,5 +713,5 @@ pub fn robust_grads_with(
             }
         }
     }
-    Ok((lv, grads, wrong, reg))
+    Ok(RobustStep { loss: lv, grads, robust_wrong: wrong, reg, clean_wrong })
 }
