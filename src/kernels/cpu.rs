@@ -347,6 +347,34 @@ fn matmul<T: Elem>(dst: &mut [T], col_major: bool, lhs: Mat<T>, rhs: Mat<T>, acc
     }
 }
 
+/// `dst [m × n] (+)= op(a) · op(b)` for row-major operands, `op(a)` `[m × k]` (`a` is `[k × m]` when
+/// `a_t`), `op(b)` `[k × n]` (`b` is `[n × k]` when `b_t`), with gemm's own threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rows<T: Elem>(
+    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    a: &[T],
+    a_t: bool,
+    b: &[T],
+    b_t: bool,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::ZERO);
+        }
+        return;
+    }
+    let lhs = if a_t { Mat::cols(a, k, m) } else { Mat::rows(a, m, k) };
+    let rhs = if b_t { Mat::cols(b, n, k) } else { Mat::rows(b, k, n) };
+    let threads = rayon::current_num_threads().max(1);
+    let par = if threads > 1 && m * n * k > 1 << 16 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    matmul(dst, false, lhs, rhs, accumulate, par);
+}
+
 /// How a batch of `n` images is cut into chunks and run.
 struct Plan {
     /// Images per chunk.

@@ -8,12 +8,14 @@
 //!
 //! - [`conv2d`]: points `w ⋆ x + b`, radius `|w| ⋆ r` (an affine map sends the box `c ± r` into
 //!   `A c + b ± |A| r`).
+//! - [`linear`]: points `x wᵀ + b`, radius `r |w|ᵀ`.
 //! - [`relu`]: the centre and radius `c' = (relu(c + r) + relu(c − r))/2`, `r' = (relu(c + r) − relu(c − r))/2`;
 //!   every other point `relu(x)`.
 //!
 //! Backward (hand-derived; `tests` checks each against candle's autograd of the composed rule):
 //! - conv: `∂x_pts = wᵀ ⋆ g_pts`, `∂r = |w|ᵀ ⋆ g_r`, `∂w = Σ g_pts ⊗ x_pts + sign(w) ⊙ Σ g_r ⊗ r`,
 //!   `∂b = Σ g_pts` (over points, rows and positions);
+//! - linear: `∂x_pts = g_pts w`, `∂r = g_r |w|`, `∂w = g_ptsᵀ x_pts + sign(w) ⊙ g_rᵀ r`, `∂b = Σ g_pts`;
 //! - relu, with `a_u = [c + r > 0]`, `a_l = [c − r > 0]`: `∂c = ½(a_u + a_l) g_c + ½(a_u − a_l) g_r`,
 //!   `∂r = ½(a_u − a_l) g_c + ½(a_u + a_l) g_r`; a point `∂x = [x > 0] g`.
 //!
@@ -100,6 +102,184 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, padding: usize,
 /// The interval rule of `relu` on a packed tensor (any shape `[S·B, ...]`).
 pub fn relu(x: &Tensor, points: usize) -> Result<Tensor> {
     x.apply_op1(IntervalRelu { points })
+}
+
+/// The interval rule of `linear` with bias on a packed `x [S·B, in]`, `w [out, in]`, `b [out]`: `[S·B, out]`.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, points: usize) -> Result<Tensor> {
+    x.apply_op3(w, b, IntervalLinear { points })
+}
+
+fn dims2(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
+    match *l.dims() {
+        [a, b] => Ok((a, b)),
+        ref d => bail!("{op}: {what} must have rank 2, got shape {d:?}"),
+    }
+}
+
+struct IntervalLinear {
+    points: usize,
+}
+
+fn linear_fwd<T: Num>(x: &[T], w: &[T], b: &[T], n: usize, points: usize, (o, i): (usize, usize)) -> Vec<T> {
+    let rows = n / (points + 1);
+    let np = points * rows;
+    let wabs: Vec<T> = w.iter().map(|v| v.abs()).collect();
+    let mut out = vec![T::ZERO; n * o];
+    let (pts, rad) = out.split_at_mut(np * o);
+    for row in pts.chunks_mut(o) {
+        row.copy_from_slice(b);
+    }
+    cpu::gemm_rows(pts, (np, o, i), &x[..np * i], false, w, true, true);
+    cpu::gemm_rows(rad, (rows, o, i), &x[np * i..], false, &wabs, true, false);
+    out
+}
+
+impl CustomOp3 for IntervalLinear {
+    fn name(&self) -> &'static str {
+        "dualnet-interval-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, i) = dims2(l1, self.name(), "input")?;
+        let (o, i_w) = dims2(l2, self.name(), "weight")?;
+        if i != i_w || l3.shape().elem_count() != o {
+            bail!(
+                "{}: input {:?}, weight {:?} and bias {:?} do not match",
+                self.name(),
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        slices(n, self.points, self.name())?;
+        let points = self.points;
+        let out = dispatch!(self.name(); s1, l1; s2, l2; s3, l3 => |x, w, b| linear_fwd(x, w, b, n, points, (o, i)))?;
+        Ok((out, Shape::from((n, o))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (o, i) = w.dims2()?;
+        let gx = match x.track_op() {
+            true => Some(g.apply_op2_no_bwd(w, &IntervalLinearGradInput { points: self.points })?),
+            false => None,
+        };
+        let (gw, gb) = match w.track_op() || b.track_op() {
+            true => {
+                let flat = x.apply_op3_no_bwd(g, w, &IntervalLinearGradWeight { points: self.points })?;
+                let gw = flat.narrow(0, 0, o * i)?.reshape((o, i))?;
+                let gb = flat.narrow(0, o * i, o)?.reshape(b.shape())?;
+                (w.track_op().then_some(gw), b.track_op().then_some(gb))
+            }
+            false => (None, None),
+        };
+        Ok((gx, gw, gb))
+    }
+}
+
+/// `g [S·B, out]`, `w [out, in]` → `∂x [S·B, in]` of [`IntervalLinear`].
+struct IntervalLinearGradInput {
+    points: usize,
+}
+
+impl CustomOp2 for IntervalLinearGradInput {
+    fn name(&self) -> &'static str {
+        "dualnet-interval-linear-grad-input"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, o) = dims2(l1, self.name(), "output gradient")?;
+        let (o_w, i) = dims2(l2, self.name(), "weight")?;
+        if o != o_w {
+            bail!("{}: gradient {:?} and weight {:?} do not match", self.name(), l1.dims(), l2.dims())
+        }
+        let (points, rows) = slices(n, self.points, self.name())?;
+        let np = points * rows;
+        let out = dispatch!(self.name(); s1, l1; s2, l2 => |gy, w| linear_grad_input(gy, w, n, np, rows, (o, i)))?;
+        Ok((out, Shape::from((n, i))))
+    }
+}
+
+/// `x [S·B, in]`, `g [S·B, out]`, `w [out, in]` → `[out·in + out]`: the weight gradient of [`IntervalLinear`]
+/// (row-major) followed by its bias gradient.
+struct IntervalLinearGradWeight {
+    points: usize,
+}
+
+fn linear_grad_weight<T: Num>(x: &[T], gy: &[T], w: &[T], n: usize, points: usize, (o, i): (usize, usize)) -> Vec<T> {
+    let rows = n / (points + 1);
+    let np = points * rows;
+    let mut gw = vec![T::ZERO; o * i];
+    let mut gr = vec![T::ZERO; o * i];
+    cpu::gemm_rows(&mut gw, (o, i, np), &gy[..np * o], true, &x[..np * i], false, false);
+    cpu::gemm_rows(&mut gr, (o, i, rows), &gy[np * o..], true, &x[np * i..], false, false);
+    for ((a, r), wv) in gw.iter_mut().zip(&gr).zip(w) {
+        *a += wv.sign() * *r;
+    }
+    let mut gb = vec![T::ZERO; o];
+    for row in gy[..np * o].chunks(o) {
+        for (acc, &v) in gb.iter_mut().zip(row) {
+            *acc += v;
+        }
+    }
+    gw.extend(gb);
+    gw
+}
+
+impl CustomOp3 for IntervalLinearGradWeight {
+    fn name(&self) -> &'static str {
+        "dualnet-interval-linear-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, i) = dims2(l1, self.name(), "input")?;
+        let (n_g, o) = dims2(l2, self.name(), "output gradient")?;
+        let (o_w, i_w) = dims2(l3, self.name(), "weight")?;
+        if n != n_g || o != o_w || i != i_w {
+            bail!(
+                "{}: input {:?}, gradient {:?} and weight {:?} do not match",
+                self.name(),
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        slices(n, self.points, self.name())?;
+        let points = self.points;
+        let out = dispatch!(self.name(); s1, l1; s2, l2; s3, l3 => |x, gy, w| linear_grad_weight(x, gy, w, n, points, (o, i)))?;
+        Ok((out, Shape::from(o * i + o)))
+    }
+}
+
+fn linear_grad_input<T: Num>(gy: &[T], w: &[T], n: usize, np: usize, rows: usize, (o, i): (usize, usize)) -> Vec<T> {
+    let mut out = vec![T::ZERO; n * i];
+    let wabs: Vec<T> = w.iter().map(|v| v.abs()).collect();
+    let (pts, rad) = out.split_at_mut(np * i);
+    cpu::gemm_rows(pts, (np, i, o), &gy[..np * o], false, w, false, false);
+    cpu::gemm_rows(rad, (rows, i, o), &gy[np * o..], false, &wabs, false, false);
+    out
 }
 
 struct IntervalConv {
@@ -465,6 +645,41 @@ mod tests {
                 for v in [&x, &w, &bias] {
                     let (a, e) = (go.get(v.as_tensor()), gt.get(v.as_tensor()));
                     let (Some(a), Some(e)) = (a, e) else { panic!("a gradient is missing") };
+                    assert!(max_diff(a, e)? < tol, "gradient differs by {}", max_diff(a, e)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// linear: forward and every gradient against candle's autograd of `x wᵀ + b` and `r |w|ᵀ`.
+    #[test]
+    fn linear_matches_the_composed_rule() -> Result<()> {
+        for (dt, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
+            for points in [1usize, 2] {
+                let b = 4;
+                let x = Var::from_tensor(&rand(&[(points + 1) * b, 7], dt)?)?;
+                let w = Var::from_tensor(&rand(&[5, 7], dt)?)?;
+                let bias = Var::from_tensor(&rand(&[5], dt)?)?;
+                let (xp, xr) = split(x.as_tensor(), points)?;
+                let packed = Tensor::cat(&[&xp, &xr.abs()?], 0)?;
+                let ours = linear(&packed, w.as_tensor(), bias.as_tensor(), points)?;
+                let (pp, pr) = split(&packed, points)?;
+                let theirs = Tensor::cat(
+                    &[
+                        &pp.matmul(&w.as_tensor().t()?)?.broadcast_add(bias.as_tensor())?,
+                        &pr.matmul(&w.as_tensor().abs()?.t()?)?,
+                    ],
+                    0,
+                )?;
+                assert!(max_diff(&ours, &theirs)? < tol);
+                let probe = rand(ours.dims(), dt)?;
+                let go = (ours * &probe)?.sum_all()?.backward()?;
+                let gt = (theirs * &probe)?.sum_all()?.backward()?;
+                for v in [&x, &w, &bias] {
+                    let (Some(a), Some(e)) = (go.get(v.as_tensor()), gt.get(v.as_tensor())) else {
+                        panic!("a gradient is missing")
+                    };
                     assert!(max_diff(a, e)? < tol, "gradient differs by {}", max_diff(a, e)?);
                 }
             }

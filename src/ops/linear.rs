@@ -84,6 +84,15 @@ impl OpExec for Linear {
         let w = ctx.weight("weight")?;
         Ok(vec![nu.matmul(w).context(|| format!("dual of linear `{}`", ctx.name))?])
     }
+    /// One fused kernel on the CPU ([`crate::kernels::interval::linear`]); the composed rule elsewhere.
+    fn interval_packed(&self, ctx: &NodeCtx, inputs: &[Tensor], points: usize) -> Result<Tensor> {
+        let (w, b) = (ctx.weight("weight")?, ctx.weight("bias")?);
+        if !crate::kernels::interval::supported(&inputs[0], w) || inputs[0].rank() != 2 {
+            return super::exec::packed_rule(self, ctx, inputs, points);
+        }
+        crate::kernels::interval::linear(&inputs[0], w, b, points)
+            .context(|| format!("interval rule of linear `{}`", ctx.name))
+    }
     /// `r |W|ᵀ`.
     fn linear_abs(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let w = ctx.weight("weight")?;
