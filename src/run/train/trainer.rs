@@ -624,11 +624,7 @@ pub fn robust_grads_with(
     if clean.is_some() && !packed {
         return Err(Error::Usage("internal: clean inputs passed to a step without the packed interval path".into()));
     }
-    let workers = std::env::var("DN_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(crate::device::workers(&model.device))
-        .clamp(1, b.max(1));
+    let workers = crate::device::workers(&model.device).clamp(1, b.max(1));
     let part = b.div_ceil(workers).max(1);
     let ranges: Vec<(usize, usize)> = (0..b).step_by(part).map(|s| (s, part.min(b - s))).collect();
     type Part = (f64, candle_core::backprop::GradStore, usize, f64, Option<usize>);
