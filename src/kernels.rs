@@ -46,6 +46,7 @@ macro_rules! dispatch {
     }};
 }
 
+pub mod balance;
 mod cpu;
 pub mod interval;
 pub mod l1;

@@ -257,9 +257,9 @@ fn crown_ibp_training_bound_is_sound_and_mixes_linearly() {
 
 /// The packed training path (`packed_certificate`: one fused op per node, the clean inputs riding along) gives
 /// the unpacked bounds on every network kind, for β ∈ {0, 0.5}: the same margins as `crown_ibp_batch`, the same
-/// layer bounds, the clean logits of `forward`, and the same gradients of a random linear function of the margins
-/// and logits with respect to every weight (the fused kernels' hand-written backward against candle's autograd of
-/// the composed rules).
+/// layer bounds and warm-up regulariser, the clean logits of `forward`, and the same gradients of a random linear
+/// function of the margins and logits plus the regulariser with respect to every weight (the fused kernels'
+/// hand-written backward against candle's autograd of the composed rules).
 #[test]
 fn packed_training_bounds_match_the_unpacked_ones() {
     use dualnet::dual::robust::{crown_ibp_batch, packed_certificate};
@@ -274,9 +274,8 @@ fn packed_training_bounds_match_the_unpacked_ones() {
         for beta in [0.0, 0.5] {
             let what = format!("{name}, β {beta}");
             let theirs = crown_ibp_batch(&m, &set, &labels, beta).expect("crown-ibp");
-            let (ours, logits) =
-                packed_certificate(&m, &set, &labels, Some(&x), beta, true).expect("packed").expect("a box");
-            let logits = logits.expect("logits");
+            let packed = packed_certificate(&m, &set, &labels, Some(&x), beta, true).expect("packed").expect("a box");
+            let (ours, logits) = (packed.cert, packed.logits.expect("logits"));
             let diff = |a: &Tensor, b: &Tensor| -> f64 {
                 (a - b)
                     .and_then(|d| d.abs())
@@ -287,10 +286,33 @@ fn packed_training_bounds_match_the_unpacked_ones() {
             };
             assert!(diff(&ours.margin_lb, &theirs.margin_lb) < 1e-9, "{what}: margins differ");
             assert!(diff(&logits, &m.forward(&x).expect("forward")) < 1e-9, "{what}: logits differ");
-            assert_eq!(ours.bounds.layers.len(), theirs.bounds.layers.len(), "{what}: layer count");
-            for ((z1, l1, u1), (z2, l2, u2)) in ours.bounds.layers.iter().zip(&theirs.bounds.layers) {
-                assert_eq!(z1, z2, "{what}: layer order");
-                assert!(diff(l1, l2) < 1e-9 && diff(u1, u2) < 1e-9, "{what}: layer bounds differ");
+            // The layer bounds: the certificate's own (β > 0, for the CROWN pass) and the packed boxes.
+            if beta > 0.0 {
+                assert_eq!(ours.bounds.layers.len(), theirs.bounds.layers.len(), "{what}: layer count");
+                for ((z1, l1, u1), (z2, l2, u2)) in ours.bounds.layers.iter().zip(&theirs.bounds.layers) {
+                    assert_eq!(z1, z2, "{what}: layer order");
+                    assert!(diff(l1, l2) < 1e-9 && diff(u1, u2) < 1e-9, "{what}: layer bounds differ");
+                }
+            }
+            assert_eq!(packed.boxes.len(), theirs.bounds.layers.len(), "{what}: box count");
+            for (bx, (_, l, u)) in packed.boxes.iter().zip(&theirs.bounds.layers) {
+                let rows = bx.dims()[0] / (packed.points + 1);
+                let (c, r) = (bx.narrow(0, 0, rows).expect("c"), bx.narrow(0, packed.points * rows, rows).expect("r"));
+                assert!(diff(&(&c - &r).expect("l"), l) < 1e-9 && diff(&(&c + &r).expect("u"), u) < 1e-9);
+            }
+            // The warm-up regulariser from the packed boxes (fused sums) is the one from the layer bounds.
+            use dualnet::run::train::regularise::{warmup_regulariser, warmup_regulariser_packed};
+            let reg = |t: Option<Tensor>| t.map(|t| t.to_scalar::<f64>().expect("scalar"));
+            let (r1, r2) = (
+                reg(warmup_regulariser_packed(&packed.boxes, packed.points, 0.05, 0.5).expect("reg")),
+                reg(warmup_regulariser(&theirs.bounds.layers, 0.05, 0.5).expect("reg")),
+            );
+            match (r1, r2) {
+                (Some(a), Some(b)) => {
+                    assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{what}: regulariser {a} vs {b}")
+                }
+                (None, None) => {}
+                _ => panic!("{what}: the regulariser exists on one path only"),
             }
             // d/dθ of Σ p ⊙ margins + Σ q ⊙ logits, for fixed random p, q.
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xabc);
@@ -303,8 +325,23 @@ fn packed_training_bounds_match_the_unpacked_ones() {
                 ((lb * &p).and_then(|a| a.sum_all()).expect("sum") + (lg * &q).and_then(|a| a.sum_all()).expect("sum"))
                     .expect("add")
             };
-            let g_ours = objective(&ours.margin_lb, &logits).backward().expect("backward");
-            let g_theirs = objective(&theirs.margin_lb, &m.forward(&x).expect("forward")).backward().expect("backward");
+            // Plus the regulariser, where there is one (its gradient flows through the fused sums).
+            let with_reg = |t: Tensor, r: Option<Tensor>| match r {
+                Some(r) => (t + r).expect("add"),
+                None => t,
+            };
+            let g_ours = with_reg(
+                objective(&ours.margin_lb, &logits),
+                warmup_regulariser_packed(&packed.boxes, packed.points, 0.05, 0.5).expect("reg"),
+            )
+            .backward()
+            .expect("backward");
+            let g_theirs = with_reg(
+                objective(&theirs.margin_lb, &m.forward(&x).expect("forward")),
+                warmup_regulariser(&theirs.bounds.layers, 0.05, 0.5).expect("reg"),
+            )
+            .backward()
+            .expect("backward");
             let mut compared = 0;
             for (wname, v) in &vars {
                 match (g_ours.get(v.as_tensor()), g_theirs.get(v.as_tensor())) {
@@ -317,7 +354,7 @@ fn packed_training_bounds_match_the_unpacked_ones() {
                             .expect("max");
                         assert!(
                             diff(a, b) <= 1e-9 * scale.max(1.0),
-                            "{what}: gradient of {wname} differs by {}",
+                            "{what}: gradient of {wname} differs by {} (scale {scale}, ours {a}, theirs {b})",
                             diff(a, b)
                         );
                         compared += 1;

@@ -123,21 +123,33 @@ pub fn crown_ibp_batch(model: &Model, set: &InputSet, labels: &[u32], beta: f64)
     Ok(Certificate { bounds, margin_lb })
 }
 
+/// What [`packed_certificate`] returns.
+pub struct PackedCertificate {
+    /// The margins; the layer bounds only for `β > 0` (the CROWN pass needs them), every example finite.
+    pub cert: Certificate,
+    /// The clean inputs' logits `[B, K]`, when they came along.
+    pub logits: Option<Tensor>,
+    /// Every activation input's packed box (see [`super::ibp::Packed`]), in topological order, when asked for.
+    pub boxes: Vec<Tensor>,
+    /// Point slices of `boxes`.
+    pub points: usize,
+}
+
 /// Interval (`β = 0`) or CROWN-IBP margins for training from [`super::ibp::packed_bounds`]: the same bounds as
 /// [`certify_batch_with`] with the `ibp` family and [`crown_ibp_batch`], computed with one fused op per node,
 /// with the `clean` inputs (if any) pushed through the network in the same pass; their logits `[B, K]` come
-/// back too. The layer bounds go into the certificate when `layers` is set or `β > 0` (for the warm-up
-/// regulariser; otherwise they stay empty). Every example counts as finite here: a non-finite bound reaches the
-/// margins (the fused relu keeps NaN), and training stops on the non-finite loss.
-/// `None` for an ℓ2 ball (its input term is a dual norm, not a box): use the unpacked functions.
+/// back too, and with `boxes` every activation input's packed box (for the warm-up regulariser). Every example
+/// counts as finite here: a non-finite bound reaches the margins (the fused relu keeps NaN), and training stops
+/// on the non-finite loss. `None` for an ℓ2 ball (its input term is a dual norm, not a box): use the unpacked
+/// functions.
 pub fn packed_certificate(
     model: &Model,
     set: &InputSet,
     labels: &[u32],
     clean: Option<&Tensor>,
     beta: f64,
-    layers: bool,
-) -> Result<Option<(Certificate, Option<Tensor>)>> {
+    boxes: bool,
+) -> Result<Option<PackedCertificate>> {
     let InputSet::Box { center, radius } = set else { return Ok(None) };
     if !(0.0..=1.0).contains(&beta) {
         return Err(Error::Usage(format!("internal: CROWN-IBP mix β = {beta} is outside [0, 1]")));
@@ -151,15 +163,13 @@ pub fn packed_certificate(
         margin_objectives(labels, k, center)?.to_dtype(model.dtype).context(|| "specification matrix".to_string())?;
     let ibp = packed.margins(model, &c)?;
     let mut bounds = Bounds { layers: Vec::new(), relax: std::collections::HashMap::new(), finite: vec![true; b] };
-    if layers || beta > 0.0 {
-        for z in g.activation_inputs() {
-            let (l, u) = packed.bounds(z)?;
-            bounds.layers.push((z, l, u));
-        }
-    }
     let margin_lb = match beta > 0.0 {
         false => ibp,
         true => {
+            for z in g.activation_inputs() {
+                let (l, u) = packed.bounds(z)?;
+                bounds.layers.push((z, l, u));
+            }
             let lines = Bounds {
                 layers: bounds.layers.clone(),
                 relax: relaxations(model, &bounds, Family::Crown)?,
@@ -174,7 +184,17 @@ pub fn packed_certificate(
         Some(_) => Some(packed.slice(g.output, 1)?),
         None => None,
     };
-    Ok(Some((Certificate { bounds, margin_lb }, logits)))
+    let boxes = match boxes {
+        true => g
+            .activation_inputs()
+            .into_iter()
+            .map(|z| {
+                packed.vals[z.index()].clone().ok_or_else(|| Error::Usage("internal: packed value missing".into()))
+            })
+            .collect::<Result<_>>()?,
+        false => Vec::new(),
+    };
+    Ok(Some(PackedCertificate { cert: Certificate { bounds, margin_lb }, logits, boxes, points: packed.points }))
 }
 
 /// The relaxation of every activation in `family` (the interval family's is the constant `σ(z) ∈ [σ(l), σ(u)]`),

@@ -7,8 +7,9 @@
 //! - ReLU balance, per layer: with `A = {l > 0}` (active) and `I = {u < 0}` (inactive),
 //!   `ρ_mean = mean(c·1_A) / −mean(c·1_I)` and `ρ_var = Σ (c − mean c)²·1_A / Σ (c − mean c)²·1_I`, each folded
 //!   to `min(ρ, 1/ρ)`, and `(relu(τ − ρ_mean) + relu(τ − ρ_var)) / τ`; it is positive when stably active and
-//!   stably inactive units are out of balance (IBP training favours dead units). A layer where a ratio is not
-//!   finite (no active or no inactive unit) contributes no balance term.
+//!   stably inactive units are out of balance (IBP training favours dead units). A layer without both kinds of
+//!   unit (or without spread among either) contributes no balance term: there a ratio is 0 or infinite, and its
+//!   gradient would be NaN.
 //!
 //! The regulariser is the mean over layers of the sum of both; the trainer weighs it by
 //! `reg_lambda · (1 − ramp progress)`.
@@ -22,14 +23,30 @@ use crate::error::{Context, Result};
 /// layer bounds `layers` and the input's mean radius `r0`; `None` for a network without activations.
 pub fn warmup_regulariser(layers: &[(NodeIndex, Tensor, Tensor)], r0: f64, tol: f64) -> Result<Option<Tensor>> {
     let ctx = || "warm-up regulariser".to_string();
+    let boxes = layers
+        .iter()
+        .map(|(_, l, u)| {
+            let c = ((u + l)? * 0.5)?;
+            let r = ((u - l)? * 0.5)?;
+            Tensor::cat(&[&c, &r], 0)
+        })
+        .collect::<candle_core::Result<Vec<Tensor>>>()
+        .context(ctx)?;
+    warmup_regulariser_packed(&boxes, 1, r0, tol)
+}
+
+/// [`warmup_regulariser`] on every layer's packed box (`[S·B, *shape]`, slice 0 the centre, slice `points` the
+/// radius; see [`crate::kernels::interval`]), from the per-layer sums of [`crate::kernels::balance`].
+pub fn warmup_regulariser_packed(boxes: &[Tensor], points: usize, r0: f64, tol: f64) -> Result<Option<Tensor>> {
+    let ctx = || "warm-up regulariser".to_string();
     let mut total: Option<Tensor> = None;
-    let n = layers.len().max(1) as f64;
-    for (_, l, u) in layers {
-        let c = ((u + l).context(ctx)? * 0.5).context(ctx)?;
-        let r = ((u - l).context(ctx)? * 0.5).context(ctx)?;
+    let n_layers = boxes.len().max(1) as f64;
+    for packed in boxes {
+        let n = (packed.elem_count() / (points + 1)).max(1) as f64;
+        let s = crate::kernels::balance::layer_sums(packed, points).context(ctx)?;
+        let at = |i: usize| s.narrow(0, i, 1).context(ctx);
         // relu(τ − r₀ / mean r) / τ
-        let tight = r
-            .mean_all()
+        let tight = (at(0)? / n)
             .and_then(|m| m.maximum(1e-12))
             .and_then(|m| m.recip())
             .and_then(|q| q.affine(-r0, tol))
@@ -37,29 +54,24 @@ pub fn warmup_regulariser(layers: &[(NodeIndex, Tensor, Tensor)], r0: f64, tol: 
             .and_then(|t| t / tol)
             .context(ctx)?;
         let mut term = tight;
-        let act = l.gt(0.0).and_then(|m| m.to_dtype(c.dtype())).context(ctx)?;
-        let inact = u.lt(0.0).and_then(|m| m.to_dtype(c.dtype())).context(ctx)?;
-        let fold = |num: Tensor, den: Tensor| -> candle_core::Result<Tensor> {
-            let q = (num / den)?;
-            q.minimum(&q.maximum(1e-12)?.recip()?)
-        };
-        let mean_ratio = fold(
-            (&c * &act).and_then(|t| t.mean_all()).context(ctx)?,
-            (&c * &inact).and_then(|t| t.mean_all()).and_then(|t| t.neg()).context(ctx)?,
-        )
-        .context(ctx)?;
-        let dev = c.broadcast_sub(&c.mean_all().context(ctx)?).and_then(|d| d.sqr()).context(ctx)?;
-        let var_ratio = fold(
-            (&dev * &act).and_then(|t| t.sum_all()).context(ctx)?,
-            (&dev * &inact).and_then(|t| t.sum_all()).context(ctx)?,
-        )
-        .context(ctx)?;
-        let balance = (mean_ratio.affine(-1.0, tol).and_then(|t| t.relu()).context(ctx)?
-            + var_ratio.affine(-1.0, tol).and_then(|t| t.relu()).context(ctx)?)
-        .and_then(|t| t / tol)
-        .context(ctx)?;
-        let bv: f64 = balance.to_dtype(DType::F64).and_then(|t| t.to_scalar()).context(ctx)?;
-        if bv.is_finite() {
+        // The balance term needs both kinds of unit: with no active (`Σ c·1_A = 0`) or no inactive unit, or no
+        // spread among them, a ratio is 0 or infinite, and although the fold below keeps its value finite, its
+        // gradient is not (0 · ∞); such a layer contributes no balance term.
+        let host: Vec<f64> = s.to_dtype(DType::F64).and_then(|t| t.to_vec1()).context(ctx)?;
+        let both =
+            host[2] > 0.0 && host[3] < 0.0 && host[4] > 0.0 && host[5] > 0.0 && host.iter().all(|v| v.is_finite());
+        if both {
+            let fold = |num: Tensor, den: Tensor| -> candle_core::Result<Tensor> {
+                let q = (num / den)?;
+                q.minimum(&q.maximum(1e-12)?.recip()?)
+            };
+            // ρ_mean = mean(c·1_A) / −mean(c·1_I), ρ_var = Σ (c − mean c)²·1_A / Σ (c − mean c)²·1_I.
+            let mean_ratio = fold(at(2)?, at(3)?.neg().context(ctx)?).context(ctx)?;
+            let var_ratio = fold(at(4)?, at(5)?).context(ctx)?;
+            let balance = (mean_ratio.affine(-1.0, tol).and_then(|t| t.relu()).context(ctx)?
+                + var_ratio.affine(-1.0, tol).and_then(|t| t.relu()).context(ctx)?)
+            .and_then(|t| t / tol)
+            .context(ctx)?;
             term = (term + balance).context(ctx)?;
         }
         total = Some(match total {
@@ -67,7 +79,7 @@ pub fn warmup_regulariser(layers: &[(NodeIndex, Tensor, Tensor)], r0: f64, tol: 
             None => term,
         });
     }
-    total.map(|t| (t / n).context(ctx)).transpose()
+    total.map(|t| (t / n_layers).and_then(|t| t.reshape(())).context(ctx)).transpose()
 }
 
 #[cfg(test)]
@@ -114,5 +126,21 @@ mod tests {
         assert!(value(&[(z, l, u)], 0.1, 0.5).abs() < 1e-6);
         // No layer: no regulariser.
         assert!(warmup_regulariser(&[], 0.1, 0.5).unwrap().is_none());
+    }
+
+    /// A layer with active units only (and tightness active: r₀ = 0.01 against mean radius 0.1) has a finite
+    /// gradient: the skipped balance term must not leave a 0 · ∞ in the graph.
+    #[test]
+    fn one_sided_layer_has_a_finite_gradient() {
+        let z = NodeIndex::new(0);
+        let l = candle_core::Var::from_tensor(&t(&[0.4, 0.5])).unwrap();
+        let u = candle_core::Var::from_tensor(&t(&[0.6, 0.7])).unwrap();
+        let reg = warmup_regulariser(&[(z, l.as_tensor().clone(), u.as_tensor().clone())], 0.01, 0.5).unwrap();
+        let grads = reg.expect("a layer").backward().unwrap();
+        for v in [&l, &u] {
+            let g: Vec<f32> = grads.get(v.as_tensor()).expect("gradient").flatten_all().unwrap().to_vec1().unwrap();
+            // Tightness relu(τ − r₀/mean r)/τ: ∂/∂r_k = r₀/(τ N mean(r)²) = 0.01/(0.5 · 2 · 0.01) = 1; r = (u − l)/2.
+            assert!(g.iter().all(|x| x.is_finite() && (x.abs() - 0.5).abs() < 1e-4), "{g:?}");
+        }
     }
 }

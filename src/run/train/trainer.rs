@@ -22,9 +22,7 @@ use crate::data::{self, Dataset, Split};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
 use crate::dual::input_set::normalize;
-use crate::dual::robust::{
-    certify_batch_with, crown_ibp_batch, packed_certificate, robust_ce_per_example, Certificate,
-};
+use crate::dual::robust::{certify_batch_with, crown_ibp_batch, packed_certificate, robust_ce_per_example};
 use crate::dual::{InputSet, Model};
 use crate::error::{Context, Error, Result};
 use crate::ir::Graph;
@@ -633,15 +631,16 @@ pub fn robust_grads_with(
         let ys = &labels[s..s + n];
         let o = Options { seed: opts.seed.wrapping_add(0x9E37_79B9 * k as u64), ..*opts };
         let xs = clean.map(|x| x.narrow(0, s, n)).transpose().context(|| "splitting the batch".to_string())?;
-        let (cert, logits): (Certificate, Option<Tensor>) = match packed {
+        let (cert, logits, boxes) = match packed {
             true => {
                 let beta = if spec.method == Method::CrownIbp { spec.beta } else { 0.0 };
-                packed_certificate(model, &sub, ys, xs.as_ref(), beta, spec.reg_weight > 0.0)?
-                    .ok_or_else(|| Error::Usage("internal: the packed path needs a box".into()))?
+                let p = packed_certificate(model, &sub, ys, xs.as_ref(), beta, spec.reg_weight > 0.0)?
+                    .ok_or_else(|| Error::Usage("internal: the packed path needs a box".into()))?;
+                (p.cert, p.logits, Some((p.boxes, p.points)))
             }
             false => match spec.method {
-                Method::CrownIbp => (crown_ibp_batch(model, &sub, ys, spec.beta)?, None),
-                Method::Dual | Method::Ibp => (certify_batch_with(model, &sub, ys, &o)?, None),
+                Method::CrownIbp => (crown_ibp_batch(model, &sub, ys, spec.beta)?, None, None),
+                Method::Dual | Method::Ibp => (certify_batch_with(model, &sub, ys, &o)?, None, None),
             },
         };
         let lb = cert.margin_rows()?;
@@ -651,9 +650,14 @@ pub fn robust_grads_with(
             .and_then(|t| t / b as f64)
             .context(|| "robust loss".to_string())?;
         let mut reg_value = 0.0;
-        let reg = match spec.reg_weight > 0.0 {
-            true => super::regularise::warmup_regulariser(&cert.bounds.layers, sub.mean_radius()?, spec.reg_tol)?,
-            false => None,
+        let reg = match (spec.reg_weight > 0.0, &boxes) {
+            (false, _) => None,
+            (true, Some((boxes, points))) => {
+                super::regularise::warmup_regulariser_packed(boxes, *points, sub.mean_radius()?, spec.reg_tol)?
+            }
+            (true, None) => {
+                super::regularise::warmup_regulariser(&cert.bounds.layers, sub.mean_radius()?, spec.reg_tol)?
+            }
         };
         if let Some(reg) = reg {
             let reg = reg.to_dtype(loss.dtype()).context(|| "warm-up regulariser".to_string())?;
