@@ -21,6 +21,11 @@ pub fn layer_sums(packed: &Tensor, points: usize) -> Result<Tensor> {
     if packed.device().is_cpu() && matches!(packed.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
         return packed.apply_op1(LayerSums { points });
     }
+    composed_sums(packed, points)
+}
+
+/// [`layer_sums`] from candle ops (any device; the reference for the fused kernel).
+fn composed_sums(packed: &Tensor, points: usize) -> Result<Tensor> {
     let rows = rows(packed.dims().first().copied().unwrap_or(0), points)?;
     let (c, r) = (packed.narrow(0, 0, rows)?, packed.narrow(0, points * rows, rows)?);
     let act = (&c - &r)?.gt(0.0)?.to_dtype(c.dtype())?;
@@ -172,8 +177,8 @@ mod tests {
 
     use crate::kernels::testing::max_diff;
 
-    /// The fused sums and their gradient against candle's autograd of the composed sums (the CUDA fallback
-    /// above, run on the CPU), with two point slices (the clean slice must get no gradient).
+    /// The fused sums and their gradient against candle's autograd of the composed sums (the fallback for
+    /// other devices, run on the CPU), with two point slices (the clean slice must get no gradient).
     #[test]
     fn sums_match_the_composed_ones() -> Result<()> {
         for (dt, tol) in [(DType::F32, 1e-3), (DType::F64, 1e-9)] {
@@ -183,20 +188,7 @@ mod tests {
             let (pts, r) = (x.narrow(0, 0, points * b)?, (x.narrow(0, points * b, b)?.abs()? * 0.3)?);
             let v = Var::from_tensor(&Tensor::cat(&[&pts, &r], 0)?)?;
             let ours = layer_sums(v.as_tensor(), points)?;
-            let c = v.as_tensor().narrow(0, 0, b)?;
-            let r = v.as_tensor().narrow(0, points * b, b)?;
-            let act = (&c - &r)?.gt(0.0)?.to_dtype(dt)?;
-            let inact = (&c + &r)?.lt(0.0)?.to_dtype(dt)?;
-            let dev = c.broadcast_sub(&c.mean_all()?)?.sqr()?;
-            let parts = [
-                r.sum_all()?,
-                c.sum_all()?,
-                (&c * &act)?.sum_all()?,
-                (&c * &inact)?.sum_all()?,
-                (&dev * &act)?.sum_all()?,
-                (&dev * &inact)?.sum_all()?,
-            ];
-            let theirs = Tensor::stack(&parts, 0)?;
+            let theirs = composed_sums(v.as_tensor(), points)?;
             assert!(max_diff(&ours, &theirs)? < tol);
             let probe = Tensor::new(&[0.3f64, -1.1, 0.7, 2.0, -0.4, 0.9], &Device::Cpu)?.to_dtype(dt)?;
             let go = (ours * &probe)?.sum_all()?.backward()?;
