@@ -166,11 +166,7 @@ impl Packed {
                         let mut shape = vec![b, k];
                         shape.extend_from_slice(&g.node(*inp).shape);
                         let t = t.reshape(shape).context(ctx_err)?;
-                        let slot = &mut lambda[inp.index()];
-                        *slot = Some(match slot.take() {
-                            Some(prev) => (prev + t).context(ctx_err)?,
-                            None => t,
-                        });
+                        super::objective::accumulate(&mut lambda, *inp, t).context(ctx_err)?;
                     }
                 }
                 _ => {

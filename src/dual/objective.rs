@@ -150,7 +150,8 @@ pub fn dual_pass(
     Ok((lin, rad))
 }
 
-fn accumulate(lambda: &mut [Option<Tensor>], i: NodeIndex, t: Tensor) -> candle_core::Result<()> {
+/// Adds `t` to the adjoint of node `i` (or sets it, the first time).
+pub(crate) fn accumulate(lambda: &mut [Option<Tensor>], i: NodeIndex, t: Tensor) -> candle_core::Result<()> {
     let slot = &mut lambda[i.index()];
     *slot = Some(match slot.take() {
         Some(prev) => (prev + t)?,

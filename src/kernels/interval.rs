@@ -510,21 +510,26 @@ fn regions<T>(v: &mut [T], m: usize, points: usize) -> (&mut [T], &mut [T], &mut
 
 fn relu_fwd<T: Num>(x: &[T], n: usize, points: usize) -> Vec<T> {
     let m = x.len().checked_div(n).unwrap_or(0) * (n / (points + 1));
-    let mut out = x.to_vec();
-    let (xc, xr) = (&x[..m], &x[points * m..]);
-    let (oc, opts, or) = regions(&mut out, m, points);
-    oc.par_chunks_mut(CHUNK)
-        .zip(or.par_chunks_mut(CHUNK))
-        .zip(xc.par_chunks(CHUNK).zip(xr.par_chunks(CHUNK)))
-        .for_each(|((oc, or), (xc, xr))| {
-            for (((o_c, o_r), &c), &r) in oc.iter_mut().zip(or.iter_mut()).zip(xc).zip(xr) {
-                let (lo, hi) = ((c - r).relu(), (c + r).relu());
-                *o_c = T::HALF * (lo + hi);
-                *o_r = (T::HALF * (hi - lo)).relu();
+    let (xc, xpts, xr) = (&x[..m], &x[m..points * m], &x[points * m..]);
+    // Every element is written: the centre and radius regions by the first pass, the points by the second.
+    super::output_vec(x.len(), |out: &mut [MaybeUninit<T>]| {
+        let (oc, opts, or) = regions(out, m, points);
+        oc.par_chunks_mut(CHUNK)
+            .zip(or.par_chunks_mut(CHUNK))
+            .zip(xc.par_chunks(CHUNK).zip(xr.par_chunks(CHUNK)))
+            .for_each(|((oc, or), (xc, xr))| {
+                for (((o_c, o_r), &c), &r) in oc.iter_mut().zip(or.iter_mut()).zip(xc).zip(xr) {
+                    let (lo, hi) = ((c - r).relu(), (c + r).relu());
+                    o_c.write(T::HALF * (lo + hi));
+                    o_r.write((T::HALF * (hi - lo)).relu());
+                }
+            });
+        opts.par_chunks_mut(CHUNK).zip(xpts.par_chunks(CHUNK)).for_each(|(o, xp)| {
+            for (v, &xv) in o.iter_mut().zip(xp) {
+                v.write(xv.relu());
             }
         });
-    opts.par_chunks_mut(CHUNK).for_each(|o| o.iter_mut().for_each(|v| *v = v.relu()));
-    out
+    })
 }
 
 impl CustomOp1 for IntervalRelu {

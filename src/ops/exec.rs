@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 
 use super::{Attrs, Shape};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// What an op's dual rule looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,36 +290,31 @@ pub fn packed_rule<O: OpExec + ?Sized>(op: &O, ctx: &NodeCtx, inputs: &[Tensor],
         )));
     }
     let b = n / (points + 1);
-    let part = |t: &Tensor, start: usize, len: usize| {
-        t.narrow(0, start, len).map_err(|e| Error::Tensor { context: ctx_err(), source: e })
-    };
+    let part = |t: &Tensor, start: usize, len: usize| t.narrow(0, start, len).context(ctx_err);
     match op.role() {
         Role::Affine => {
             let pts: Vec<Tensor> = inputs.iter().map(|t| part(t, 0, points * b)).collect::<Result<_>>()?;
             let rad: Vec<Tensor> = inputs.iter().map(|t| part(t, points * b, b)).collect::<Result<_>>()?;
             let mut y = op.linear(ctx, &pts)?;
             if let Some(bias) = op.bias(ctx)? {
-                y = y.broadcast_add(&bias).map_err(|e| Error::Tensor { context: ctx_err(), source: e })?;
+                y = y.broadcast_add(&bias).context(ctx_err)?;
             }
             let r = op.linear_abs(ctx, &rad)?;
-            Tensor::cat(&[&y, &r], 0).map_err(|e| Error::Tensor { context: ctx_err(), source: e })
+            Tensor::cat(&[&y, &r], 0).context(ctx_err)
         }
         Role::Activation => {
             let x = &inputs[0];
             let (c, r) = (part(x, 0, b)?, part(x, points * b, b)?);
-            let go = |c: &Tensor, r: &Tensor| -> candle_core::Result<(Tensor, Tensor)> { Ok(((c - r)?, (c + r)?)) };
-            let (l, u) = go(&c, &r).map_err(|e| Error::Tensor { context: ctx_err(), source: e })?;
+            let (l, u) = ((&c - &r).context(ctx_err)?, (&c + &r).context(ctx_err)?);
             let (lo, hi) = op.interval(ctx, &l, &u)?;
-            let mid = |lo: &Tensor, hi: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
-                Ok((((lo + hi)? * 0.5)?, ((hi - lo)? * 0.5)?.relu()?))
-            };
-            let (c2, r2) = mid(&lo, &hi).map_err(|e| Error::Tensor { context: ctx_err(), source: e })?;
+            let c2 = ((&lo + &hi).and_then(|s| s * 0.5)).context(ctx_err)?;
+            let r2 = ((&hi - &lo).and_then(|d| d * 0.5)).and_then(|d| d.relu()).context(ctx_err)?;
             let mut parts = vec![c2];
             if points > 1 {
                 parts.push(op.activate(ctx, &part(x, b, (points - 1) * b)?)?);
             }
             parts.push(r2);
-            Tensor::cat(&parts, 0).map_err(|e| Error::Tensor { context: ctx_err(), source: e })
+            Tensor::cat(&parts, 0).context(ctx_err)
         }
         Role::Unsupported => Err(Error::Usage(format!("`{}` has no interval rule", ctx.name))),
     }
