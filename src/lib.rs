@@ -15,6 +15,7 @@ pub mod dual;
 pub mod emit;
 pub mod error;
 pub mod finite;
+pub mod float;
 pub mod gz;
 pub mod ir;
 pub mod kernels;

@@ -69,6 +69,7 @@ pub fn optimised_margins(
                 .collect::<candle_core::Result<_>>()
                 .context(ctx)?,
             finite: Vec::new(),
+            mags: bounds.mags.as_ref().map(|m| m.narrow(s, n)).transpose().context(ctx)?,
         };
         let set = set.narrow(s, n)?;
         let cs = c.narrow(0, s, n).context(ctx)?;
@@ -94,6 +95,7 @@ fn optimise_margins(
         layers: Vec::new(),
         relax: bounds.relax.iter().map(|(i, r)| (*i, r.single_slope())).collect(),
         finite: Vec::new(),
+        mags: bounds.mags.clone(),
     };
     let best = strict_max(start, &objective(model, set, &single, c)?).context(ctx)?;
     match ascend(model, set, bounds, model.graph.output, c, iters, lr)? {
@@ -169,7 +171,8 @@ fn tighten_layer(
     let (l, u) = (back(lh).context(ctx)?, back(uh).context(ctx)?);
     for (a, _) in g.consumers(z) {
         let Some(op) = g.node(a).kind.op().filter(|op| op.role() == Role::Activation) else { continue };
-        let r = op.relax_family(&model.ctx(a), &l, &u, Family::Alpha)?;
+        let _ = op;
+        let r = super::rounding::relax_sound(model, a, &l, &u, Family::Alpha)?;
         bounds.relax.insert(a, r);
     }
     bounds.layers[pos] = (z, l, u);
@@ -310,7 +313,7 @@ fn ascend(
                 r.lines = Some(lines);
             }
         }
-        let (lin, rad) = dual_pass(model, set, &relax, start, c)?;
+        let (lin, rad) = dual_pass(model, set, &relax, bounds.mags.as_ref(), start, c)?;
         let j = (lin - rad).context(ctx)?;
         best = Some(match &best {
             None => j.detach(),

@@ -25,6 +25,7 @@ use petgraph::graph::NodeIndex;
 
 use super::input_set::InputSet;
 use super::model::Model;
+use super::rounding::{self, Magnitudes};
 use crate::error::{Context, Result};
 use crate::ir::NodeKind;
 use crate::ops::{Family, Relaxation, Role};
@@ -341,6 +342,9 @@ pub struct Bounds {
     /// certified (a NaN bound would otherwise read as an inactive ReLU, and the margin downstream would look
     /// finite).
     pub finite: Vec<bool>,
+    /// Sound magnitudes of every node, for the rounding charges of the dual network ([`super::rounding`]);
+    /// `None` only for training losses.
+    pub mags: Option<Magnitudes>,
 }
 
 impl Bounds {
@@ -395,13 +399,17 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
     }
     let mut centers: Vec<Option<Tensor>> = vec![None; n_nodes];
     let mut sources: Vec<Source> = Vec::new();
-    let mut out = Bounds { layers: Vec::new(), relax: HashMap::new(), finite: vec![true; b] };
+    let mut out = Bounds { layers: Vec::new(), relax: HashMap::new(), finite: vec![true; b], mags: None };
+    let mut mags = Magnitudes::new(n_nodes);
+    // Forward rounding error `E` and magnitude `M` of each node's representation (item 5 of
+    // [`super::rounding`]).
+    let mut fe: Vec<Option<(Tensor, Tensor)>> = vec![None; n_nodes];
     let intervals = match opts.family {
         Family::Wk => None,
         Family::Crown | Family::Alpha | Family::Ibp => Some(super::ibp::interval_bounds(model, set)?),
     };
     if let (Family::Ibp, Some(iv)) = (opts.family, &intervals) {
-        return interval_family(model, iv, opts, out, b);
+        return interval_family(model, set, iv, opts, out, b);
     }
     // Exact bounds: a layer much narrower than the free directions that would reach it (the input and the dense
     // offsets of earlier activations) gets its bounds from the dual network run backwards from it (n_z rows)
@@ -434,6 +442,9 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
         match node.kind {
             NodeKind::Input => {
                 centers[i.index()] = Some(x.clone());
+                mags.fill(model, set, i, |_| None)?;
+                let m_in = mags.value[i.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
+                fe[i.index()] = Some((m_in.zeros_like().context(ctx_err)?, m_in));
                 let n_in: usize = node.shape.iter().product();
                 let mut vals = HashMap::new();
                 let weight = match opts.proj {
@@ -497,6 +508,8 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             c = c.broadcast_add(&bias).context(ctx_err)?;
                         }
                         centers[i.index()] = Some(c);
+                        mags.fill(model, set, i, |_| None)?;
+                        fe[i.index()] = Some(forward_error(model, i, &fe, b)?);
                         for s in sources.iter_mut().filter(|_| propagate(i)) {
                             let present: Vec<(NodeIndex, Val)> =
                                 node.inputs.iter().filter_map(|j| s.vals.get(j).map(|v| (*j, v.clone()))).collect();
@@ -572,11 +585,20 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 && matches!(opts.family, Family::Crown | Family::Alpha)
                                 && bytes <= 512e6;
                             let (l, u) = if crown {
-                                crown_backward_bounds(model, set, &out.relax, z, b)?
+                                crown_backward_bounds(model, set, &out.relax, &mags, z, b)?
                             } else if backward.contains(&z) {
-                                backward_bounds(model, set, &out.relax, z, b)?
+                                backward_bounds(model, set, &out.relax, &mags, z, b)?
                             } else {
-                                layer_bounds(model, &centers, &sources, z, b, opts.high_prob)?
+                                let (l, u, m) = layer_bounds(model, &centers, &sources, z, b, opts.high_prob)?;
+                                // The representation's error and the dual-norm sum's rounding.
+                                let (e, mz) = fe[z.index()]
+                                    .as_ref()
+                                    .ok_or_else(|| crate::error::Error::Usage("internal: forward error missing".into()))?;
+                                let go = || -> candle_core::Result<(Tensor, Tensor)> {
+                                    let w = (e + (mz * rounding::charge_gamma(m + 2, x.dtype()))?)?;
+                                    rounding::widen_interval(&(l - &w)?, &(u + &w)?)
+                                };
+                                go().context(ctx_err)?
                             };
                             // Every family but `wk` (which must reproduce the paper) keeps the tighter of its own
                             // and the interval bound on each side: both hold, so their intersection does.
@@ -592,7 +614,10 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             Some((l, u)) => (l.clone(), u.clone()),
                             None => return Err(crate::error::Error::Usage("internal: bounds missing".into())),
                         };
-                        let r = op.relax_family(&ctx, &l, &u, opts.family)?;
+                        mags.cap(z, &l, &u).context(ctx_err)?;
+                        mags.fill(model, set, i, |n| (n == z).then_some((&l, &u)))?;
+                        let r = rounding::relax_sound(model, i, &l, &u, opts.family)?;
+                        fe[i.index()] = Some(activation_error(&r, &fe, z).context(ctx_err)?);
                         let cz = centers[z.index()].clone().unwrap_or_else(|| x.clone());
                         centers[i.index()] = Some((r.slope.mul(&cz).context(ctx_err)? + &r.mid).context(ctx_err)?);
                         // Dense values are [Bs·m, *shape]; the slopes [B, *shape] scale each example's rows.
@@ -635,13 +660,55 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
             s.vals.retain(|n, _| last_use[n.index()] > i.index());
         }
     }
+    out.mags = Some(mags);
     Ok(out)
+}
+
+/// `(E, M)` of affine node `i` from its inputs': `M' = |A| M + |b|`, `E' = |A| E + γ (|A| M + |b|) + bias
+/// error`, each inflated for its own rounding (item 5 of [`super::rounding`]). One `linear_abs` call carries
+/// both (stacked on the batch axis).
+fn forward_error(model: &Model, i: NodeIndex, fe: &[Option<(Tensor, Tensor)>], b: usize) -> Result<(Tensor, Tensor)> {
+    let node = model.graph.node(i);
+    let Some(op) = node.kind.op() else { return Err(crate::error::Error::Usage("internal: not an op".into())) };
+    let ctx = model.ctx(i);
+    let ctx_err = || format!("rounding error at `{}`", node.name);
+    let stacked: Vec<Tensor> = node
+        .inputs
+        .iter()
+        .map(|j| {
+            let (e, m) = fe[j.index()].as_ref().ok_or_else(|| crate::error::Error::Usage("internal: no error".into()))?;
+            Tensor::cat(&[e, m], 0).context(ctx_err)
+        })
+        .collect::<Result<_>>()?;
+    let both = op.linear_abs(&ctx, &stacked)?;
+    let (ae, mut am) = (both.narrow(0, 0, b).context(ctx_err)?, both.narrow(0, b, b).context(ctx_err)?);
+    if let Some(bias) = op.bias(&ctx)? {
+        am = am.broadcast_add(&bias.abs().context(ctx_err)?).context(ctx_err)?;
+    }
+    let t = op.terms(&ctx) + 1;
+    let mut e = (ae + (&am * rounding::charge_gamma(t, model.dtype)).context(ctx_err)?).context(ctx_err)?;
+    if let Some(err) = op.bias_error(&ctx)? {
+        e = e.broadcast_add(&err).context(ctx_err)?;
+    }
+    Ok((rounding::inflate(&e, 2).context(ctx_err)?, rounding::inflate(&am, t).context(ctx_err)?))
+}
+
+/// `(E, M)` of an activation with relaxation `r` on input `z`: `M' = |d| M_z + |mid| + rad`,
+/// `E' = |d| E_z + γ (|d| M_z + |mid|)`.
+fn activation_error(r: &Relaxation, fe: &[Option<(Tensor, Tensor)>], z: NodeIndex) -> candle_core::Result<(Tensor, Tensor)> {
+    let (e, m) = fe[z.index()].as_ref().ok_or_else(|| candle_core::Error::Msg("internal: no error".into()))?;
+    let d = r.slope.abs()?;
+    let dm = (d.mul(m)? + r.mid.abs()?)?;
+    let m2 = rounding::inflate(&(&dm + &r.rad)?, 3)?;
+    let e2 = rounding::inflate(&(d.mul(e)? + (dm * rounding::charge_gamma(3, e.dtype()))?)?, 2)?;
+    Ok((e2, m2))
 }
 
 /// The `ibp` family: the interval bounds of every activation input (`iv`, from [`super::ibp`]) and the constant
 /// relaxations on them; the test hook and the finiteness check apply as for the other families.
 fn interval_family(
     model: &Model,
+    set: &InputSet,
     iv: &[Option<(Tensor, Tensor)>],
     opts: &Options,
     mut out: Bounds,
@@ -665,9 +732,11 @@ fn interval_family(
             Some((l, u)) => (l.clone(), u.clone()),
             None => return Err(crate::error::Error::Usage("internal: bounds missing".into())),
         };
-        let r = op.relax_family(&model.ctx(i), &l, &u, Family::Ibp)?;
+        let _ = op;
+        let r = rounding::relax_sound(model, i, &l, &u, Family::Ibp)?;
         out.relax.insert(i, r);
     }
+    out.mags = Some(Magnitudes::of_bounds(model, set, &out.layers)?);
     Ok(out)
 }
 
@@ -746,10 +815,18 @@ fn layer_bounds(
     z: NodeIndex,
     b: usize,
     high_prob: Option<f64>,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, usize)> {
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
     let n: usize = node.shape.iter().product();
+    // Terms of the dual-norm sum (its rounding is charged by the caller).
+    let mut count = 2usize;
+    for s in sources {
+        count += match s.vals.get(&z) {
+            Some(Val::Dense { m, .. }) | Some(Val::OneHot { m, .. }) | Some(Val::Rows { m, .. }) => *m + 1,
+            None => 0,
+        };
+    }
     let center = centers[z.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal: no center".into()))?;
     let mut radius = Tensor::zeros((b, n), center.dtype(), center.device()).context(ctx_err)?;
     for s in sources {
@@ -799,7 +876,7 @@ fn layer_bounds(
     let radius = radius.reshape(center.shape()).context(ctx_err)?;
     let l = (&center - &radius).context(ctx_err)?;
     let u = (&center + &radius).context(ctx_err)?;
-    Ok((l, u))
+    Ok((l, u, count))
 }
 
 /// The source of an activation's offsets: one free direction per unit with a non-zero offset radius
@@ -883,6 +960,7 @@ fn backward_bounds(
     model: &Model,
     set: &InputSet,
     relax: &HashMap<NodeIndex, Relaxation>,
+    mags: &Magnitudes,
     z: NodeIndex,
     b: usize,
 ) -> Result<(Tensor, Tensor)> {
@@ -894,7 +972,7 @@ fn backward_bounds(
     // from `-c`, for each layer; measured on `mnist_small`, they certify no more than these bounds intersected
     // with the interval ones, at twice the cost.)
     let single: HashMap<NodeIndex, Relaxation> = relax.iter().map(|(i, r)| (*i, r.single_slope())).collect();
-    let (lin, rad) = super::objective::dual_pass(model, set, &single, z, &c)?;
+    let (lin, rad) = super::objective::dual_pass(model, set, &single, Some(mags), z, &c)?;
     let mut out_shape = vec![b];
     out_shape.extend_from_slice(&node.shape);
     let l = (&lin - &rad).and_then(|t| t.reshape(out_shape.clone())).context(ctx_err)?;
@@ -908,6 +986,7 @@ fn crown_backward_bounds(
     model: &Model,
     set: &InputSet,
     relax: &HashMap<NodeIndex, Relaxation>,
+    mags: &Magnitudes,
     z: NodeIndex,
     b: usize,
 ) -> Result<(Tensor, Tensor)> {
@@ -915,7 +994,7 @@ fn crown_backward_bounds(
     let ctx_err = || format!("bounds of `{}`", node.name);
     let n: usize = node.shape.iter().product();
     let c = unit_rows(set.center(), b, &node.shape, true).context(ctx_err)?;
-    let (lin, rad) = super::objective::dual_pass(model, set, relax, z, &c)?;
+    let (lin, rad) = super::objective::dual_pass(model, set, relax, Some(mags), z, &c)?;
     let j = (&lin - &rad).context(ctx_err)?;
     let mut out_shape = vec![b];
     out_shape.extend_from_slice(&node.shape);

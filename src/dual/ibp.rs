@@ -3,13 +3,16 @@
 //! for affine ops: `A c + b ± |A| r`; [`crate::ops::OpExec::interval`] for activations). The ℓ2 ball is
 //! enclosed in the ℓ∞ ball of the same radius.
 //!
-//! Shapes: every node's `(lower, upper)` is `[B, *shape_n]`. Cost: two forward passes of the network.
+//! Every rounding is paid for (item 2 of [`super::rounding`]): the bounds hold in real arithmetic.
+//!
+//! Shapes: every node's `(lower, upper)` is `[B, *shape_n]`. Cost: three forward passes of the network.
 
 use candle_core::Tensor;
 use petgraph::graph::NodeIndex;
 
 use super::input_set::InputSet;
 use super::model::Model;
+use super::rounding;
 use crate::error::{Context, Error, Result};
 use crate::ir::NodeKind;
 use crate::ops::Role;
@@ -44,19 +47,31 @@ pub fn interval_bounds(model: &Model, set: &InputSet) -> Result<Vec<Option<(Tens
                     Role::Affine => {
                         let cs: Vec<Tensor> = ins.iter().map(|(c, _)| c.clone()).collect();
                         let rs: Vec<Tensor> = ins.iter().map(|(_, r)| r.clone()).collect();
+                        let bias = op.bias(&ctx)?;
                         let mut c = op.linear(&ctx, &cs)?;
-                        if let Some(b) = op.bias(&ctx)? {
-                            c = c.broadcast_add(&b).context(ctx_err)?;
+                        if let Some(b) = &bias {
+                            c = c.broadcast_add(b).context(ctx_err)?;
                         }
-                        (c, op.linear_abs(&ctx, &rs)?)
+                        // Rounding (item 2 of [`super::rounding`]): `γ (|A| (|c| + r) + |b|)` plus the bias error.
+                        let ms: Vec<Tensor> =
+                            ins.iter().map(|(c, r)| c.abs()? + r).collect::<candle_core::Result<_>>().context(ctx_err)?;
+                        let mut m = op.linear_abs(&ctx, &ms)?;
+                        if let Some(b) = &bias {
+                            m = m.broadcast_add(&b.abs().context(ctx_err)?).context(ctx_err)?;
+                        }
+                        let g = rounding::charge_gamma(op.terms(&ctx) + 1, m.dtype());
+                        let mut r = (op.linear_abs(&ctx, &rs)? + (m * g).context(ctx_err)?).context(ctx_err)?;
+                        if let Some(e) = op.bias_error(&ctx)? {
+                            r = r.broadcast_add(&e).context(ctx_err)?;
+                        }
+                        (c, rounding::inflate(&r, 2).context(ctx_err)?)
                     }
                     Role::Activation => {
                         let (c, r) = ins[0];
-                        let (l, u) = ((c - r).context(ctx_err)?, (c + r).context(ctx_err)?);
-                        let (lo, hi) = op.interval(&ctx, &l, &u)?;
-                        let c = ((&lo + &hi).context(ctx_err)? * 0.5).context(ctx_err)?;
-                        let r = ((&hi - &lo).context(ctx_err)? * 0.5).and_then(|r| r.relu()).context(ctx_err)?;
-                        (c, r)
+                        let go = || rounding::widen_interval(&(c - r)?, &(c + r)?);
+                        let (l, u) = go().context(ctx_err)?;
+                        let (lo, hi) = rounding::interval_sound(model, i, &l, &u)?;
+                        rounding::center_radius(&lo, &hi).context(ctx_err)?
                     }
                     Role::Unsupported => return Err(Error::Usage(format!("`{}` has no dual rule", op.name()))),
                 }
@@ -67,9 +82,8 @@ pub fn interval_bounds(model: &Model, set: &InputSet) -> Result<Vec<Option<(Tens
     cr.into_iter()
         .map(|v| match v {
             Some((c, r)) => {
-                let l = (&c - &r).context(|| "interval bounds".to_string())?;
-                let u = (&c + &r).context(|| "interval bounds".to_string())?;
-                Ok(Some((l, u)))
+                let go = || rounding::widen_interval(&(&c - &r)?, &(&c + &r)?);
+                Ok(Some(go().context(|| "interval bounds".to_string())?))
             }
             None => Ok(None),
         })

@@ -12,6 +12,7 @@ pub mod input_set;
 pub mod model;
 pub mod objective;
 pub mod robust;
+pub mod rounding;
 
 pub use input_set::{InputSet, Norm};
 pub use model::Model;

@@ -17,6 +17,7 @@ use petgraph::graph::NodeIndex;
 use super::bounds::Bounds;
 use super::input_set::InputSet;
 use super::model::Model;
+use super::rounding::{self, Magnitudes};
 use crate::error::{Context, Error, Result};
 use crate::ir::NodeKind;
 use crate::kernels::rowsum::weighted_row_sums;
@@ -30,7 +31,7 @@ fn sum_trailing(t: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `J(c)` for every objective row of `c: [B, K, *out]`.
 pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> Result<Tensor> {
-    let (lin, rad) = dual_pass(model, set, &bounds.relax, model.graph.output, c)?;
+    let (lin, rad) = dual_pass(model, set, &bounds.relax, bounds.mags.as_ref(), model.graph.output, c)?;
     (lin - rad).context(|| "dual objective".to_string())
 }
 
@@ -38,10 +39,16 @@ pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> 
 /// relaxations in `relax` (every activation before `start` must have one). Returns the two parts of the bound
 /// `c·start(x') >= lin - rad` over the input set: `lin` collects the linear terms (biases, relaxation midpoints,
 /// the input center) and `rad` the dual-norm terms; since `λ(-c) = -λ(c)`, the upper bound is `lin + rad`.
+///
+/// With `mags` (sound magnitudes of every node before `start`) the rounding of the whole pass is paid for
+/// (item 4 of [`super::rounding`]): the charge is part of `rad`, and `lin ∓ rad` computed in floating point
+/// is then a bound in real arithmetic. `None` skips the charges: only for training losses, never for a bound
+/// that is reported or acted on.
 pub fn dual_pass(
     model: &Model,
     set: &InputSet,
     relax: &std::collections::HashMap<NodeIndex, crate::ops::Relaxation>,
+    mags: Option<&Magnitudes>,
     start: NodeIndex,
     c: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
@@ -51,12 +58,86 @@ pub fn dual_pass(
     let mut lambda: Vec<Option<Tensor>> = vec![None; n_nodes];
     lambda[start.index()] = Some(c.clone());
     let zero = Tensor::zeros((b, k), c.dtype(), c.device()).context(|| "dual objective".to_string())?;
-    let (mut lin, mut rad) = (zero.clone(), zero);
+    let (mut lin, mut rad) = (zero.clone(), zero.clone());
+    let dt = c.dtype();
+    // The rounding charge and the magnitude of every term added to `lin` or `rad` (their sums round too).
+    let (mut charge, mut terms_abs, mut n_terms) = (zero.clone(), zero, 0usize);
+    let mut hits = vec![0usize; n_nodes];
+    let magnitude = |j: NodeIndex| -> Result<&Tensor> {
+        mags.and_then(|m| m.value[j.index()].as_ref())
+            .ok_or_else(|| Error::Usage("internal: rounding magnitude missing".into()))
+    };
     let order: Vec<NodeIndex> = g.order().take(start.index() + 1).collect();
     for &i in order.iter().rev() {
         let Some(lam) = lambda[i.index()].take() else { continue };
         let node = g.node(i);
         let ctx_err = || format!("dual network at `{}`", node.name);
+        let (lin0, rad0) = (lin.clone(), rad.clone());
+        let n_here: usize = node.shape.iter().product();
+        if mags.is_some() {
+            let abs_lam = lam.abs().context(ctx_err)?;
+            // Adjoints that met here were summed: `γ_{k−1} Σ |λ̃| m`.
+            if hits[i.index()] > 1 {
+                let w = (magnitude(i)? * rounding::charge_gamma(hits[i.index()], dt)).context(ctx_err)?;
+                charge = (charge + weighted_row_sums(&abs_lam, &w, false).context(ctx_err)?).context(ctx_err)?;
+            }
+            let w = match node.kind {
+                NodeKind::Input => Some(
+                    (magnitude(i)? * rounding::charge_gamma(rounding::sum_terms(n_here) + 2, dt)).context(ctx_err)?,
+                ),
+                NodeKind::Op(op) => match op.role() {
+                    Role::Affine => {
+                        let ctx = model.ctx(i);
+                        let image = mags
+                            .and_then(|m| m.image[i.index()].as_ref())
+                            .ok_or_else(|| Error::Usage("internal: rounding image missing".into()))?;
+                        // `image` includes `|b|` and the bias error; the bias sum has `n` terms, the transpose
+                        // `terms`: charge the larger count on all of it.
+                        let t = op.terms(&ctx).max(rounding::sum_terms(n_here)) + 1;
+                        Some((image * rounding::charge_gamma(t, dt)).context(ctx_err)?)
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(w) = w {
+                charge = (charge + weighted_row_sums(&abs_lam, &w, false).context(ctx_err)?).context(ctx_err)?;
+            }
+            if let (NodeKind::Op(op), Some(r)) = (node.kind, relax.get(&i)) {
+                if op.role() == Role::Activation {
+                    let m_z = magnitude(node.inputs[0])?;
+                    let go = || -> candle_core::Result<Tensor> {
+                        let g_n = rounding::charge_gamma(rounding::sum_terms(n_here) + 2, dt);
+                        let g_3 = rounding::charge_gamma(4, dt);
+                        let mut offs = (r.mid.abs()? + &r.rad)?;
+                        let mut slope = r.slope.abs()?;
+                        if let Some(al) = &r.lower {
+                            slope = match al.rank() == lam.rank() {
+                                true => al.abs()?.broadcast_maximum(&slope.unsqueeze(1)?)?,
+                                false => slope.maximum(&al.abs()?)?,
+                            };
+                        }
+                        if let Some(ln) = &r.lines {
+                            let sl = ln.lo_slope.abs()?.maximum(&ln.up_slope.abs()?)?;
+                            let of = ln.lo_off.abs()?.maximum(&ln.up_off.abs()?)?;
+                            let per_row = sl.rank() == lam.rank();
+                            slope = if per_row { sl.broadcast_maximum(&slope.unsqueeze(1)?)? } else { slope.maximum(&sl)? };
+                            offs = if of.rank() == lam.rank() { of.broadcast_add(&offs.unsqueeze(1)?)? } else { (offs + of)? };
+                        }
+                        let per_row = slope.rank() == lam.rank() || offs.rank() == lam.rank();
+                        if per_row {
+                            let mz = m_z.unsqueeze(1)?;
+                            let s = slope.broadcast_mul(&mz)?.affine(g_3, 0.0)?;
+                            let w = if offs.rank() == lam.rank() { (offs * g_n)?.broadcast_add(&s)? } else { s.broadcast_add(&(offs * g_n)?.unsqueeze(1)?)? };
+                            abs_lam.broadcast_mul(&w)?.flatten_from(2)?.sum(2)
+                        } else {
+                            let w = ((slope.mul(m_z)? * g_3)? + (offs * g_n)?)?;
+                            weighted_row_sums(&abs_lam, &w, false)
+                        }
+                    };
+                    charge = (charge + go().context(ctx_err)?).context(ctx_err)?;
+                }
+            }
+        }
         match node.kind {
             NodeKind::Input => {
                 let center = set.center();
@@ -86,6 +167,7 @@ pub fn dual_pass(
                             let mut shape = vec![b, k];
                             shape.extend_from_slice(&g.node(*inp).shape);
                             let t = t.reshape(shape).context(ctx_err)?;
+                            hits[inp.index()] += 1;
                             accumulate(&mut lambda, *inp, t).context(ctx_err)?;
                         }
                     }
@@ -139,6 +221,7 @@ pub fn dual_pass(
                         };
                         // A constant relaxation (slope 0) sends nothing back: the network before it adds nothing.
                         if !(r.constant && r.lines.is_none() && r.lower.is_none()) {
+                            hits[node.inputs[0].index()] += 1;
                             accumulate(&mut lambda, node.inputs[0], back).context(ctx_err)?;
                         }
                     }
@@ -146,7 +229,26 @@ pub fn dual_pass(
                 }
             }
         }
+        if mags.is_some() {
+            // The terms this node added (each `|new − old|` bounds the term up to one rounding).
+            let go = || (&lin - &lin0)?.abs()? + (&rad - &rad0)?.abs()?;
+            terms_abs = (terms_abs + go().context(ctx_err)?).context(ctx_err)?;
+            n_terms += 2;
+        }
     }
+    if mags.is_none() {
+        return Ok((lin, rad));
+    }
+    // The sums of the terms (`γ_{2·nodes}` of their magnitudes), then the final `lin ∓ rad` rounded outward:
+    // `4u (|lin| + |rad| + charge) + η` covers the callers' subtraction and the additions here.
+    let fin = || -> candle_core::Result<Tensor> {
+        let charge = (charge + (terms_abs * rounding::charge_gamma(n_terms + 2, dt))?)?;
+        let out = (&rad + &charge)?;
+        let slack = ((((lin.abs()? + rad.abs()?)? + &charge)? * (4.0 * rounding::unit(dt)))? + rounding::tiny(dt))?;
+        let out = (out + slack)?;
+        rounding::inflate(&out, 2)
+    };
+    let rad = fin().context(|| "rounding charge of the dual network".to_string())?;
     Ok((lin, rad))
 }
 

@@ -78,7 +78,12 @@ pub fn lower_bounds_with(
         // intersected with the interval bounds, so at least as tight as plain interval propagation).
         Family::Crown | Family::Alpha => {
             let iv =
-                Bounds { layers: Vec::new(), relax: relaxations(model, &bounds, Family::Ibp)?, finite: Vec::new() };
+                Bounds {
+                    layers: Vec::new(),
+                    relax: relaxations(model, &bounds, Family::Ibp)?,
+                    finite: Vec::new(),
+                    mags: bounds.mags.clone(),
+                };
             let ibp = objective(model, set, &iv, &c)?;
             let crown = bounds::strict_max(&margin_lb, &ibp).context(|| "combining the margin bounds".to_string())?;
             match opts.family {
@@ -116,6 +121,7 @@ pub fn crown_ibp_batch(model: &Model, set: &InputSet, labels: &[u32], beta: f64)
         layers: bounds.layers.clone(),
         relax: relaxations(model, &bounds, Family::Crown)?,
         finite: bounds.finite.clone(),
+        mags: bounds.mags.clone(),
     };
     let crown = objective(model, set, &lines, c)?;
     let margin_lb = ((crown * beta).and_then(|a| a + (ibp * (1.0 - beta))?))
@@ -162,7 +168,8 @@ pub fn packed_certificate(
     let c =
         margin_objectives(labels, k, center)?.to_dtype(model.dtype).context(|| "specification matrix".to_string())?;
     let ibp = packed.margins(model, &c)?;
-    let mut bounds = Bounds { layers: Vec::new(), relax: std::collections::HashMap::new(), finite: vec![true; b] };
+    let mut bounds =
+        Bounds { layers: Vec::new(), relax: std::collections::HashMap::new(), finite: vec![true; b], mags: None };
     let margin_lb = match beta > 0.0 {
         false => ibp,
         true => {
@@ -174,6 +181,8 @@ pub fn packed_certificate(
                 layers: bounds.layers.clone(),
                 relax: relaxations(model, &bounds, Family::Crown)?,
                 finite: bounds.finite.clone(),
+                // A training loss: the rounding charges are skipped ([`super::objective::dual_pass`]).
+                mags: None,
             };
             let crown = objective(model, set, &lines, &c)?;
             ((crown * beta).and_then(|a| a + (ibp * (1.0 - beta))?))
@@ -213,7 +222,8 @@ fn relaxations(
             continue;
         }
         let (l, u) = bounds.of(node.inputs[0]).ok_or_else(|| Error::Usage("internal: layer bounds missing".into()))?;
-        out.insert(i, op.relax_family(&model.ctx(i), l, u, family)?);
+        let _ = op;
+        out.insert(i, super::rounding::relax_sound(model, i, l, u, family)?);
     }
     Ok(out)
 }

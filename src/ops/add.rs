@@ -39,6 +39,10 @@ impl OpExec for Add {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// One addition per operand.
+    fn terms(&self, ctx: &NodeCtx) -> usize {
+        ctx.in_shapes.len()
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let mut acc = inputs[0].clone();
         for t in &inputs[1..] {

@@ -77,6 +77,11 @@ impl OpExec for AvgPool2d {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// `k²` nonzero products per entry (the kernel's zeros are exact), and the rounded coefficient `1/k²`.
+    fn terms(&self, ctx: &NodeCtx) -> usize {
+        let k = ctx.args::<Window>().map(|w| w.kernel).unwrap_or(usize::MAX >> 8);
+        (k * k).saturating_add(2)
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let x = &inputs[0];
         let Window { kernel: k, stride: s, padding: p } = ctx.args()?;

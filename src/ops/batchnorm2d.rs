@@ -98,6 +98,24 @@ impl OpExec for BatchNorm2d {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// One product per entry by the computed scale `s = γ / √(var + eps)`, itself within `3u |s|` of the real one
+    /// (an addition, a correctly rounded square root and a division).
+    fn terms(&self, _ctx: &NodeCtx) -> usize {
+        4
+    }
+    /// The shift `β − mean · s` is computed: within `γ_5 (|β| + |mean| |s|)` of the real one.
+    fn bias_error(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
+        let (s, _) = scale_shift(ctx)?;
+        let go = || -> candle_core::Result<Tensor> {
+            let b = ctx.weight("bias").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let m = ctx.weight("running_mean").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let c = ctx.out_shape[0];
+            let e = (b.abs()?.reshape((c, 1, 1))? + m.abs()?.reshape((c, 1, 1))?.mul(&s.abs()?)?)?;
+            let g = crate::float::charge_gamma(5, e.dtype());
+            (e * g)?.broadcast_as(ctx.out_shape.as_slice())?.contiguous()
+        };
+        Ok(Some(go().context(|| format!("rounding of batchnorm2d `{}`", ctx.name))?))
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let (s, _) = scale_shift(ctx)?;
         inputs[0].broadcast_mul(&s).context(|| format!("batchnorm2d `{}`", ctx.name))

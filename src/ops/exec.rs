@@ -212,6 +212,19 @@ pub trait OpExec {
     fn bias(&self, _ctx: &NodeCtx) -> Result<Option<Tensor>> {
         Ok(None)
     }
+    /// Affine ops: an upper bound on the number of roundings that enter any one entry of `linear`'s or of
+    /// `transpose`'s output (its products and sums, plus those of any coefficient computed from the stored
+    /// weights), for the rounding charges of [`crate::dual::rounding`]. The default counts every input and output
+    /// entry, which bounds both directions of any affine op; ops override it with their fan-in.
+    fn terms(&self, ctx: &NodeCtx) -> usize {
+        let n_in: usize = ctx.in_shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        n_in + ctx.out_shape.iter().product::<usize>() + 2
+    }
+    /// Affine ops whose constant term is computed from the stored weights (not stored itself): a bound
+    /// `[*out]` on `|fl(b) − b|`. `None` (the default): the bias is a stored value, exact.
+    fn bias_error(&self, _ctx: &NodeCtx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// Activation ops: the primal function, elementwise.
     fn activate(&self, _ctx: &NodeCtx, _x: &Tensor) -> Result<Tensor> {
         Err(no_rule("activate"))

@@ -35,6 +35,10 @@ impl OpExec for Flatten {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// A reshape: exact.
+    fn terms(&self, _ctx: &NodeCtx) -> usize {
+        0
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let n = lead(&inputs[0]);
         inputs[0].reshape((n, ctx.out_shape[0])).context(|| format!("flatten `{}`", ctx.name))

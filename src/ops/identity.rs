@@ -30,6 +30,10 @@ impl OpExec for Identity {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// Exact.
+    fn terms(&self, _ctx: &NodeCtx) -> usize {
+        0
+    }
     fn linear(&self, _ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         Ok(inputs[0].clone())
     }

@@ -74,6 +74,11 @@ impl OpExec for Linear {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// A forward entry sums `in` products, a transposed one `out`.
+    fn terms(&self, ctx: &NodeCtx) -> usize {
+        let n_in: usize = ctx.in_shapes[0].iter().product();
+        n_in.max(ctx.out_shape.iter().product()) + 1
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let w = ctx.weight("weight")?;
         inputs[0]

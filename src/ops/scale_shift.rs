@@ -41,6 +41,10 @@ impl OpExec for ScaleShift {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// One product per entry.
+    fn terms(&self, _ctx: &NodeCtx) -> usize {
+        1
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let w = ctx.weight("weight")?;
         inputs[0].broadcast_mul(w).context(|| format!("scale_shift `{}`", ctx.name))

@@ -45,6 +45,10 @@ impl OpExec for Sub {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// One subtraction.
+    fn terms(&self, _ctx: &NodeCtx) -> usize {
+        2
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let [a, b] = inputs else { return Err(two(ctx, inputs)) };
         (a - b).context(|| format!("difference `{}`", ctx.name))

@@ -82,6 +82,10 @@ impl OpExec for WindowPick {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// One coefficient 1 per entry: exact.
+    fn terms(&self, _ctx: &NodeCtx) -> usize {
+        0
+    }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let (x, p) = (&inputs[0], ctx.args::<PickArgs>()?);
         let go =
