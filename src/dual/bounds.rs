@@ -595,7 +595,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                     .as_ref()
                                     .ok_or_else(|| crate::error::Error::Usage("internal: forward error missing".into()))?;
                                 let go = || -> candle_core::Result<(Tensor, Tensor)> {
-                                    let w = (e + (mz * rounding::charge_gamma(m + 2, x.dtype()))?)?;
+                                    let w = (e + (mz * rounding::charge_gamma(m + 2, x.dtype()))?)?.detach();
                                     rounding::widen_interval(&(l - &w)?, &(u + &w)?)
                                 };
                                 go().context(ctx_err)?
@@ -690,6 +690,7 @@ fn forward_error(model: &Model, i: NodeIndex, fe: &[Option<(Tensor, Tensor)>], b
     if let Some(err) = op.bias_error(&ctx)? {
         e = e.broadcast_add(&err).context(ctx_err)?;
     }
+    let (e, am) = (e.detach(), am.detach());
     Ok((rounding::inflate(&e, 2).context(ctx_err)?, rounding::inflate(&am, t).context(ctx_err)?))
 }
 
@@ -697,9 +698,9 @@ fn forward_error(model: &Model, i: NodeIndex, fe: &[Option<(Tensor, Tensor)>], b
 /// `E' = |d| E_z + γ (|d| M_z + |mid|)`.
 fn activation_error(r: &Relaxation, fe: &[Option<(Tensor, Tensor)>], z: NodeIndex) -> candle_core::Result<(Tensor, Tensor)> {
     let (e, m) = fe[z.index()].as_ref().ok_or_else(|| candle_core::Error::Msg("internal: no error".into()))?;
-    let d = r.slope.abs()?;
-    let dm = (d.mul(m)? + r.mid.abs()?)?;
-    let m2 = rounding::inflate(&(&dm + &r.rad)?, 3)?;
+    let d = r.slope.detach().abs()?;
+    let dm = (d.mul(m)? + r.mid.detach().abs()?)?;
+    let m2 = rounding::inflate(&(&dm + &r.rad.detach())?, 3)?;
     let e2 = rounding::inflate(&(d.mul(e)? + (dm * rounding::charge_gamma(3, e.dtype()))?)?, 2)?;
     Ok((e2, m2))
 }

@@ -54,9 +54,18 @@ impl InputSet {
             check_box(&host, x.dims(), lo, hi)?;
         }
         let ctx = || "building the input set".to_string();
-        let mut shape = vec![b];
-        shape.extend(std::iter::repeat_n(1, x.rank().saturating_sub(1)));
-        let eps_t = Tensor::from_vec(eps.to_vec(), b, x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
+        // ε is the nearest f64 of the user's decimal: one ulp up contains it, then rounded up to the dtype.
+        let eps_up: Vec<f64> = eps
+            .iter()
+            .map(|&e| {
+                let e = if e > 0.0 { e.next_up() } else { e };
+                match x.dtype() {
+                    candle_core::DType::F64 => e,
+                    _ => crate::float::up_f32(e) as f64,
+                }
+            })
+            .collect();
+        let eps_t = Tensor::from_vec(eps_up.clone(), b, x.device()).and_then(|t| t.to_dtype(x.dtype())).context(ctx)?;
         match norm {
             Norm::L2 => {
                 if bounds.is_some() {
@@ -68,15 +77,24 @@ impl InputSet {
                 Ok(InputSet::L2 { center: x.clone(), eps: eps_t })
             }
             Norm::Linf => {
-                let e = eps_t.reshape(shape).context(ctx)?;
-                let (lo, hi) = (x.broadcast_sub(&e).context(ctx)?, x.broadcast_add(&e).context(ctx)?);
-                if let Some((a, z)) = bounds {
-                    // The ball clipped to the box is the per-element box `[max(x - ε, a), min(x + ε, z)]`.
-                    return InputSet::from_box(&lo.clamp(a, z).context(ctx)?, &hi.clamp(a, z).context(ctx)?);
+                // `x ± ε` on the host, rounded outward (then clipped to the box, whose bounds are rounded
+                // outward as decimals too): the set contains the user's ball (and its intersection with the box).
+                let per = host.len() / b.max(1);
+                let clip = bounds.map(|(a, z)| (a.next_down(), z.next_up()));
+                let (mut lo, mut hi) = (Vec::with_capacity(host.len()), Vec::with_capacity(host.len()));
+                for (k, &v) in host.iter().enumerate() {
+                    let e = eps_up[k / per.max(1)];
+                    let (mut a, mut z) = ((v - e).next_down(), (v + e).next_up());
+                    if e == 0.0 {
+                        (a, z) = (v, v);
+                    }
+                    if let Some((ca, cz)) = clip {
+                        (a, z) = (a.max(ca).min(cz), z.min(cz).max(ca));
+                    }
+                    lo.push(a);
+                    hi.push(z);
                 }
-                let center = ((&lo + &hi).context(ctx)? * 0.5).context(ctx)?;
-                let radius = ((&hi - &lo).context(ctx)? * 0.5).context(ctx)?.relu().context(ctx)?;
-                Ok(InputSet::Box { center, radius })
+                InputSet::from_host_box(&lo, &hi, x.dims(), x.dtype(), x.device(), false)
             }
         }
     }
@@ -85,7 +103,6 @@ impl InputSet {
     /// bounds; the ε ball clipped to `[0, 1]` is the special case `lo = max(x - ε, 0)`, `hi = min(x + ε, 1)`.
     /// Refuses non-finite bounds (E0110), shapes that differ and empty intervals (E0106).
     pub fn from_box(lo: &Tensor, hi: &Tensor) -> Result<Self> {
-        let ctx = || "building the input box".to_string();
         if lo.dims() != hi.dims() || lo.rank() < 1 {
             return Err(Error::Usage(format!("internal: box bounds of shapes {:?} and {:?}", lo.dims(), hi.dims())));
         }
@@ -102,31 +119,38 @@ impl InputSet {
                 .help("every lower bound must be at most its upper bound"),
             ));
         }
-        // Center and radius computed in f64 and rounded outward to the compute dtype, so that the box
-        // `center ± radius` the bounds see contains `[lo, hi]` exactly (no input of the box is lost to rounding).
-        let f32 = lo.dtype() != candle_core::DType::F64;
+        InputSet::from_host_box(&l, &h, lo.dims(), lo.dtype(), lo.device(), false)
+    }
+
+    /// The box `[lo, hi]` given on the host in f64 (`dims` its shape `[B, *in]`) as a set in `dtype` that
+    /// contains it in real arithmetic. With `decimal`, each bound is taken as the nearest f64 of a decimal the
+    /// user wrote, so it is first moved one ulp outward (the decimal lies within half an ulp of it). Centre and
+    /// radius are chosen in f64 and rounded outward to `dtype`, so `centre ± radius` contains the box exactly.
+    pub fn from_host_box(
+        l: &[f64],
+        h: &[f64],
+        dims: &[usize],
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+        decimal: bool,
+    ) -> Result<Self> {
+        let ctx = || "building the input box".to_string();
+        let f32 = dtype != candle_core::DType::F64;
         let mut c = Vec::with_capacity(l.len());
         let mut r = Vec::with_capacity(l.len());
-        for (&a, &b) in l.iter().zip(&h) {
+        for (&a, &b) in l.iter().zip(h) {
+            let (a, b) = if decimal { (a.next_down(), b.next_up()) } else { (a, b) };
+            let (a, b) = if f32 { (crate::float::down_f32(a) as f64, crate::float::up_f32(b) as f64) } else { (a, b) };
             let mid = 0.5 * a + 0.5 * b;
             let mid = if f32 { mid as f32 as f64 } else { mid };
+            // `b − mid` may round: one ulp up makes it an upper bound of the real half-width.
             let rad = (b - mid).max(mid - a).max(0.0);
-            let rad = if f32 {
-                let r32 = rad as f32;
-                if (r32 as f64) < rad {
-                    r32.next_up() as f64
-                } else {
-                    r32 as f64
-                }
-            } else {
-                rad
-            };
+            let rad = if rad > 0.0 { rad.next_up() } else { rad };
+            let rad = if f32 { crate::float::up_f32(rad) as f64 } else { rad };
             c.push(mid);
             r.push(rad);
         }
-        let t = |v: Vec<f64>| {
-            Tensor::from_vec(v, lo.shape(), lo.device()).and_then(|t| t.to_dtype(lo.dtype())).context(ctx)
-        };
+        let t = |v: Vec<f64>| Tensor::from_vec(v, dims, device).and_then(|t| t.to_dtype(dtype)).context(ctx);
         Ok(InputSet::Box { center: t(c)?, radius: t(r)? })
     }
 
@@ -298,10 +322,22 @@ impl InputSet {
             .and_then(|t| t.to_dtype(c.dtype()))
             .context(ctx)?;
         match self {
-            InputSet::Box { center, radius } => Ok(InputSet::Box {
-                center: center.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)?,
-                radius: radius.broadcast_div(&s).context(ctx)?,
-            }),
+            InputSet::Box { center, radius } => {
+                // On the host in f64, each end rounded outward (two roundings: two ulps), then as a box.
+                let _ = (&m, &s);
+                let cv = crate::finite::host_values(center, "the box's centre")?;
+                let rv = crate::finite::host_values(radius, "the box's radius")?;
+                let plane: usize = c.dims().iter().skip(2).product();
+                let (mut lo, mut hi) = (Vec::with_capacity(cv.len()), Vec::with_capacity(cv.len()));
+                for (k, (&cc, &rr)) in cv.iter().zip(&rv).enumerate() {
+                    let chn = (k / plane.max(1)) % ch.max(1);
+                    let (mu, sd) = (mean[chn], std[chn]);
+                    let (a, z) = ((cc - rr).next_down(), (cc + rr).next_up());
+                    lo.push(((a - mu).next_down() / sd).next_down());
+                    hi.push(((z - mu).next_up() / sd).next_up());
+                }
+                InputSet::from_host_box(&lo, &hi, c.dims(), c.dtype(), c.device(), false)
+            }
             InputSet::L2 { center, eps } => {
                 if std.iter().any(|v| (v - std[0]).abs() > 1e-12) {
                     return Err(Error::input(
@@ -314,7 +350,8 @@ impl InputSet {
                 }
                 Ok(InputSet::L2 {
                     center: center.broadcast_sub(&m).and_then(|t| t.broadcast_div(&s)).context(ctx)?,
-                    eps: (eps / std[0]).context(ctx)?,
+                    // Rounded up: `ε / std · (1 + 4u)` is at least the real quotient.
+                    eps: ((eps / std[0]).context(ctx)? * (1.0 + 4.0 * crate::float::unit(eps.dtype()))).context(ctx)?,
                 })
             }
         }

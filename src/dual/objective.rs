@@ -75,7 +75,8 @@ pub fn dual_pass(
         let (lin0, rad0) = (lin.clone(), rad.clone());
         let n_here: usize = node.shape.iter().product();
         if mags.is_some() {
-            let abs_lam = lam.abs().context(ctx_err)?;
+            // The charges are constants to autograd (tiny, and their gradients would only cost).
+            let abs_lam = lam.detach().abs().context(ctx_err)?;
             // Adjoints that met here were summed: `γ_{k−1} Σ |λ̃| m`.
             if hits[i.index()] > 1 {
                 let w = (magnitude(i)? * rounding::charge_gamma(hits[i.index()], dt)).context(ctx_err)?;
@@ -105,6 +106,19 @@ pub fn dual_pass(
             if let (NodeKind::Op(op), Some(r)) = (node.kind, relax.get(&i)) {
                 if op.role() == Role::Activation {
                     let m_z = magnitude(node.inputs[0])?;
+                    let r = &crate::ops::Relaxation {
+                        slope: r.slope.detach(),
+                        mid: r.mid.detach(),
+                        rad: r.rad.detach(),
+                        lower: r.lower.as_ref().map(|t| t.detach()),
+                        lines: r.lines.as_ref().map(|l| crate::ops::Lines {
+                            lo_slope: l.lo_slope.detach(),
+                            lo_off: l.lo_off.detach(),
+                            up_slope: l.up_slope.detach(),
+                            up_off: l.up_off.detach(),
+                        }),
+                        constant: r.constant,
+                    };
                     let go = || -> candle_core::Result<Tensor> {
                         let g_n = rounding::charge_gamma(rounding::sum_terms(n_here) + 2, dt);
                         let g_3 = rounding::charge_gamma(4, dt);
@@ -231,7 +245,7 @@ pub fn dual_pass(
         }
         if mags.is_some() {
             // The terms this node added (each `|new − old|` bounds the term up to one rounding).
-            let go = || (&lin - &lin0)?.abs()? + (&rad - &rad0)?.abs()?;
+            let go = || (&lin - &lin0)?.detach().abs()? + (&rad - &rad0)?.detach().abs()?;
             terms_abs = (terms_abs + go().context(ctx_err)?).context(ctx_err)?;
             n_terms += 2;
         }
@@ -243,10 +257,11 @@ pub fn dual_pass(
     // `4u (|lin| + |rad| + charge) + η` covers the callers' subtraction and the additions here.
     let fin = || -> candle_core::Result<Tensor> {
         let charge = (charge + (terms_abs * rounding::charge_gamma(n_terms + 2, dt))?)?;
+        let charge = rounding::inflate(&charge, 2)?;
         let out = (&rad + &charge)?;
-        let slack = ((((lin.abs()? + rad.abs()?)? + &charge)? * (4.0 * rounding::unit(dt)))? + rounding::tiny(dt))?;
-        let out = (out + slack)?;
-        rounding::inflate(&out, 2)
+        let slack = ((((lin.detach().abs()? + rad.detach().abs()?)? + &charge)? * (4.0 * rounding::unit(dt)))? + rounding::tiny(dt))?;
+        // `rad` keeps its gradient; what is added to it is a constant.
+        out + slack + (rad.detach().abs()? * (2.0 * rounding::unit(dt)))?
     };
     let rad = fin().context(|| "rounding charge of the dual network".to_string())?;
     Ok((lin, rad))

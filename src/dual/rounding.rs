@@ -95,13 +95,13 @@ pub fn harden(
         }
     }
     let base = ((slope_mag.mul(&m_z)? + &m_s)? + (r.mid.abs()? + &r.rad)?)?;
-    let w = ((base * k)? + tiny(dt))?;
+    let w = ((base * k)? + tiny(dt))?.detach();
     let lines = match r.lines {
         Some(ln) => {
             let mag = ln.lo_slope.abs()?.maximum(&ln.up_slope.abs()?)?;
             let offs = ln.lo_off.abs()?.maximum(&ln.up_off.abs()?)?;
             let wl = (((mag.mul(&m_z)? + &m_s)? + offs)? * k)? + tiny(dt);
-            let wl = wl?;
+            let wl = wl?.detach();
             Some(crate::ops::Lines {
                 lo_off: (&ln.lo_off - &wl)?,
                 up_off: (&ln.up_off + &wl)?,
@@ -192,7 +192,7 @@ impl Magnitudes {
                             m = m.broadcast_add(&e).context(ctx_err)?;
                         }
                         let m = inflate(&m, op.terms(&ctx) + 1).context(ctx_err)?;
-                        self.image[i.index()] = Some(m.clone());
+                        self.image[i.index()] = Some(m.detach());
                         match layer(i) {
                             Some((l, u)) => {
                                 let cap = inflate(&l.abs().and_then(|a| a.maximum(&u.abs()?)).context(ctx_err)?, 1)
@@ -212,7 +212,7 @@ impl Magnitudes {
                 }
             }
         };
-        self.value[i.index()] = Some(v);
+        self.value[i.index()] = Some(v.detach());
         Ok(())
     }
 

@@ -65,7 +65,9 @@ pub fn hardtanh_relaxation(l: &Tensor, u: &Tensor, lo_v: f64, hi_v: f64) -> cand
     let h = |z: &Tensor| z.clamp(lo_v, hi_v);
     let (hl, hu) = (h(l)?, h(u)?);
     let width = (u - l)?;
-    let flat = width.le(0.0)?; // u == l: the unit is fixed
+    // u == l (the unit is fixed), or so narrow that the chord's gradient would overflow: the piece's slope (any
+    // slope is valid: the band below is exact for it).
+    let flat = width.lt(super::relu::NARROW)?;
     let one = l.ones_like()?;
     let safe = flat.where_cond(&one, &width)?;
     let chord = ((&hu - &hl)? / safe)?;

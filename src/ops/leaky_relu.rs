@@ -64,12 +64,20 @@ pub fn leaky_relaxation(l: &Tensor, u: &Tensor, s: f64) -> candle_core::Result<R
     let zero = l.zeros_like()?;
     let one = l.ones_like()?;
     let active = l.ge(&zero)?;
-    let crossing = (l.lt(&zero)? * u.gt(&zero)?)?;
+    let straddle = (l.lt(&zero)? * u.gt(&zero)?)?;
+    // A narrow crossing unit takes the constant relaxation `[min(s l, 0), max(u, s l)]` (as for ReLU:
+    // [`super::relu::NARROW`]), so no gradient overflows.
+    let narrow = (&straddle * (u - l)?.lt(super::relu::NARROW)?)?;
+    let crossing = (&straddle * narrow.eq(0u8)?)?;
     let denom = crossing.where_cond(&(u - l)?, &one)?;
     let chord = ((u - (l * s)?)? / denom)?;
     let slope = crossing.where_cond(&chord, &active.where_cond(&one, &(&one * s)?)?)?;
+    let slope = narrow.where_cond(&zero, &slope)?;
     let half = crossing.where_cond(&((u * (1.0 - &chord)?)? * 0.5)?, &zero)?;
-    Ok(Relaxation { slope, mid: half.clone(), rad: half, lower: None, lines: None, constant: false })
+    let (lo, hi) = ((l * s)?.minimum(&zero)?, u.maximum(&(l * s)?)?);
+    let mid = narrow.where_cond(&((&lo + &hi)? * 0.5)?, &half)?;
+    let rad = narrow.where_cond(&((&hi - &lo)? * 0.5)?, &half)?;
+    Ok(Relaxation { slope, mid, rad, lower: None, lines: None, constant: false })
 }
 
 impl OpExec for LeakyRelu {

@@ -37,18 +37,27 @@ impl Op for Relu {
     }
 }
 
+/// Width below which a crossing unit takes the constant relaxation (see [`relu_relaxation`]).
+pub const NARROW: f64 = 1e-12;
+
 /// The ReLU relaxation from bounds; `l`, `u` of any equal shape.
 pub fn relu_relaxation(l: &Tensor, u: &Tensor) -> candle_core::Result<Relaxation> {
     let zero = l.zeros_like()?;
     let one = l.ones_like()?;
     let active = l.ge(&zero)?;
-    let crossing = (l.lt(&zero)? * u.gt(&zero)?)?;
+    let straddle = (l.lt(&zero)? * u.gt(&zero)?)?;
+    // A crossing unit narrower than `NARROW` (the widening of an exact zero for rounding makes them) takes the
+    // constant relaxation `relu(z) ∈ [0, u]` (slope 0, mid = rad = u/2): valid on any `l < 0 < u`, looser by at
+    // most `u < NARROW`, and its gradient stays finite where the chord's `−u/(u − l)²` would overflow.
+    let narrow = (&straddle * (u - l)?.lt(NARROW)?)?;
+    let crossing = (&straddle * narrow.eq(0u8)?)?;
     // Guard the division where the unit is not crossing, so no NaN reaches any gradient.
     let denom = crossing.where_cond(&(u - l)?, &one)?;
     let chord = (u / denom)?;
     let slope = crossing.where_cond(&chord, &active.where_cond(&one, &zero)?)?;
     // offset in [0, -d l] on crossing units: mid = rad = -d l / 2.
     let half = crossing.where_cond(&((&chord * l)? * -0.5)?, &zero)?;
+    let half = narrow.where_cond(&(u * 0.5)?, &half)?;
     Ok(Relaxation { slope, mid: half.clone(), rad: half, lower: None, lines: None, constant: false })
 }
 
