@@ -39,6 +39,30 @@ impl Constraint {
             v >= 0.0
         }
     }
+    /// Whether the constraint holds, in real arithmetic, for every output in the box `[lo, hi]` and for the
+    /// decimals the file wrote (each coefficient and the offset within half an f64 ulp of the value parsed):
+    /// the smallest value over the box, computed in f64, less a bound on every rounding of that computation
+    /// and on the decimals' parsing (`γ_{n+4} (Σ |c_j| m_j + |d|)` with `m_j = max(|lo_j|, |hi_j|)`, plus `η`).
+    pub fn holds_surely(&self, lo: &[f64], hi: &[f64]) -> bool {
+        let mut s = 0.0;
+        let mut mag = self.offset.abs();
+        for &(j, c) in &self.coef {
+            let (Some(&a), Some(&b)) = (lo.get(j), hi.get(j)) else { return false };
+            if !(a.is_finite() && b.is_finite() && a <= b) {
+                return false;
+            }
+            s += (c * a).min(c * b);
+            mag += c.abs() * a.abs().max(b.abs());
+        }
+        let n = self.coef.len() + 4;
+        let u = f64::EPSILON / 2.0;
+        let g = n as f64 * u / (1.0 - n as f64 * u);
+        // The parsing of the decimals (half an ulp each, relative `u`) and the roundings of the sum (`γ_n`),
+        // the bound itself made an upper bound by a factor 2.
+        let err = 2.0 * (g + u) * mag + f64::MIN_POSITIVE;
+        let v = s + self.offset - err;
+        v.is_finite() && if self.strict { v > 0.0 } else { v >= 0.0 }
+    }
 }
 
 /// An input box and the output conditions that violate the property on it: the property is violated on the

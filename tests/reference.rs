@@ -1,6 +1,9 @@
 //! The reference vectors, computed by the paper's implementation (`convex_adversarial`) in float64: every case and
 //! setting must match — clean logits, margin lower bounds, every layer's bounds, robust CE and robust error —
-//! within `abs(a - ref) <= tol * max(1, max |ref|)` per array; tol 1e-9 in f64, 1e-5 in f32.
+//! within `abs(a - ref) <= tol * max(1, max |ref|)` per array; tol 1e-9 in f64. In f32 every bound pays for
+//! the f32 rounding of its computation (a worst-case charge, [`dualnet::dual::rounding`]), so it is checked one
+//! sided: never tighter than the reference by more than 1e-5, never looser by more than `F32_CHARGE`, and it
+//! certifies a subset of what the reference certifies.
 //!
 //! The vectors live in the repository as `tests/fixtures/reference/<case>/` (`model.net`, `weights.safetensors`,
 //! `inputs.safetensors`, `expected.safetensors`, `settings.json`): every setting's clean logits, margins, robust CE
@@ -224,6 +227,11 @@ fn load_model(dir: &Path, dtype: DType) -> Model {
     Model::new(graph, weights, dtype, Device::Cpu)
 }
 
+/// How much looser (scaled by the array's largest reference value) an f32 bound may be than the reference's f64
+/// value: the worst-case charge for f32 rounding on these untrained networks reaches 9e-3 (mnist_small and
+/// batchnorm at ε = 0.1); on the shipped trained models it changes no certificate (docs/results.md).
+const F32_CHARGE: f64 = 2e-2;
+
 /// Compute every setting of `exp` with the model and inputs in `dir` and compare.
 fn check_case(case: &str, dir: &Path, exp: &Expected, dtype: DType) {
     let model = load_model(dir, dtype);
@@ -249,19 +257,34 @@ fn check_case(case: &str, dir: &Path, exp: &Expected, dtype: DType) {
         let ours = serde_json::to_value(&out).expect("to json");
         let name = &s.name;
         let mut report = Vec::new();
-        let mut check = |what: String, e: f64| {
+        // f64: both sides within `tol` of the reference. f32: the bounds pay for every f32 rounding (a worst-case
+        // charge, `γ_n` of the magnitudes of the terms), so they are looser than the reference's f64 values by
+        // that charge but never tighter than its float noise allows: a lower bound at most `tol` above the
+        // reference and at most `F32_CHARGE` below it (scaled), an upper bound the other way round.
+        let f32 = dtype != DType::F64;
+        let mut check = |what: String, ours: &[f64], reference: &[f64], lower: Option<bool>| {
+            let e = scaled_err(ours, reference);
             report.push(format!("{what}: {e:.2e}"));
-            assert!(e <= tol, "{case}/{name} ({dtype:?}): {what} differs by {e:.3e} (scaled), tolerance {tol:e}");
+            match (f32, lower) {
+                (true, Some(lower)) => {
+                    let scale = reference.iter().fold(1f64, |m, x| m.max(x.abs()));
+                    let sign = if lower { 1.0 } else { -1.0 };
+                    let above = ours.iter().zip(reference).map(|(x, y)| sign * (x - y) / scale).fold(f64::MIN, f64::max);
+                    assert!(above <= tol, "{case}/{name} ({dtype:?}): {what} is tighter than the reference by {above:.3e} (scaled): unsound");
+                    assert!(e <= F32_CHARGE, "{case}/{name} ({dtype:?}): {what} is looser than the reference by {e:.3e} (scaled), more than {F32_CHARGE:e}");
+                }
+                _ => assert!(e <= tol, "{case}/{name} ({dtype:?}): {what} differs by {e:.3e} (scaled), tolerance {tol:e}"),
+            }
         };
-        check("clean_logits".into(), scaled_err(&flat_of(&ours["clean_logits"]), &exp.clean_logits));
-        check("margin_lb".into(), scaled_err(&flat_of(&ours["margin_lb"]), &s.margin_lb));
+        check("clean_logits".into(), &flat_of(&ours["clean_logits"]), &exp.clean_logits, None);
+        check("margin_lb".into(), &flat_of(&ours["margin_lb"]), &s.margin_lb, Some(true));
         for n in &exp.nodes {
             let (lo, up) = &s.layers[n];
             for (side, reference) in [("lower", lo), ("upper", up)] {
                 let all = flat_of(&ours["layer_bounds"][n][side]);
                 assert_eq!(all.len() % exp.batch, 0, "{case}/{name}: {n}.{side} size");
                 let kept = &all[..exp.rows * (all.len() / exp.batch)];
-                check(format!("{n}.{side}"), scaled_err(kept, reference));
+                check(format!("{n}.{side}"), kept, reference, Some(side == "lower"));
             }
         }
         assert_eq!(
@@ -269,9 +292,20 @@ fn check_case(case: &str, dir: &Path, exp: &Expected, dtype: DType) {
             Some(exp.nodes.len()),
             "{case}/{name}: layer set differs"
         );
-        check("robust_ce".into(), scaled_err(&[out.robust_ce], &[s.robust_ce]));
-        assert_eq!(out.robust_err, s.robust_err, "{case}/{name}: robust_err");
-        assert_eq!(out.uncertified, s.uncertified, "{case}/{name}: certification flags");
+        // The robust loss grows as the margins' bounds fall.
+        check("robust_ce".into(), &[out.robust_ce], &[s.robust_ce], Some(false));
+        if f32 {
+            // Looser bounds certify a subset of what the reference certifies.
+            assert!(out.robust_err >= s.robust_err, "{case}/{name}: robust_err {} below the reference's {}", out.robust_err, s.robust_err);
+            for (b, (o, r)) in out.uncertified.iter().zip(&s.uncertified).enumerate() {
+                assert!(*o || !*r, "{case}/{name}: example {b} certified, the reference does not certify it");
+            }
+            let flips = out.uncertified.iter().zip(&s.uncertified).filter(|(o, r)| o != r).count();
+            report.push(format!("certification flags lost to rounding charges: {flips}"));
+        } else {
+            assert_eq!(out.robust_err, s.robust_err, "{case}/{name}: robust_err");
+            assert_eq!(out.uncertified, s.uncertified, "{case}/{name}: certification flags");
+        }
         eprintln!("{case}/{name} {dtype:?}: {}", report.join(", "));
     }
 }

@@ -44,7 +44,8 @@ pub struct SetArgs {
 }
 
 impl SetArgs {
-    /// The margin an example's bounds must clear in `bounds`: 0 in f64, [`default_safety_margin`] in f32.
+    /// The margin an example's bounds must clear in `bounds`: [`default_safety_margin`] (none: the bounds pay
+    /// for their own rounding).
     ///
     /// [`default_safety_margin`]: crate::run::certify::default_safety_margin
     pub fn safety_margin(&self, dtype: DType) -> f64 {

@@ -55,7 +55,8 @@ pub struct Args {
     /// `verify` does) instead of the single-slope layer bounds; tighter, and slower on wide conv layers.
     #[arg(long)]
     pub crown_layers: bool,
-    /// Count an example as certified only if every margin bound exceeds this (default 1e-4 in f32, 0 in f64).
+    /// Count an example as certified only if every margin bound exceeds this extra margin (default 0: every
+    /// bound already holds in real arithmetic, its rounding paid for).
     #[arg(long)]
     pub safety_margin: Option<f64>,
     /// Also run PGD and report the empirical robust error beside the certified one.
@@ -110,7 +111,7 @@ pub fn run(args: &Args) -> Result<()> {
         if m < 0.0 {
             return Err(Error::input(
                 Diagnostic::new(Code::BadOption, format!("`--safety-margin` must be >= 0, got `{m}`"))
-                    .help("the safety margin guards against rounding: an example counts as certified only if every margin bound exceeds it; a negative one would certify what an attack breaks"),
+                    .help("the safety margin is an extra margin on top of sound bounds: an example counts as certified only if every margin bound exceeds it; a negative one would certify what the bounds do not prove"),
             ));
         }
     }

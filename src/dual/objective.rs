@@ -94,7 +94,7 @@ pub fn dual_pass(
                             .ok_or_else(|| Error::Usage("internal: rounding image missing".into()))?;
                         // `image` includes `|b|` and the bias error; the bias sum has `n` terms, the transpose
                         // `terms`: charge the larger count on all of it.
-                        let t = op.terms(&ctx).max(rounding::sum_terms(n_here)) + 1;
+                        let t = op.transpose_terms(&ctx).max(rounding::sum_terms(n_here)) + 1;
                         Some((image * rounding::charge_gamma(t, dt)).context(ctx_err)?)
                     }
                     _ => None,

@@ -102,10 +102,16 @@ impl OpExec for Conv2d {
     fn role(&self) -> Role {
         Role::Affine
     }
-    /// A forward entry sums `C_in k²` products, a transposed one at most `C_out k²`.
+    /// A forward entry sums `C_in k²` products (and the bias).
     fn terms(&self, ctx: &NodeCtx) -> usize {
         let k = ctx.args::<ConvArgs>().map(|a| a.window.kernel).unwrap_or(usize::MAX >> 8);
-        let c = ctx.in_shapes[0].first().copied().unwrap_or(1).max(ctx.out_shape.first().copied().unwrap_or(1));
+        let c = ctx.in_shapes[0].first().copied().unwrap_or(1);
+        c.saturating_mul(k * k).saturating_add(1)
+    }
+    /// A transposed entry sums at most `C_out k²` products (fewer with a stride).
+    fn transpose_terms(&self, ctx: &NodeCtx) -> usize {
+        let k = ctx.args::<ConvArgs>().map(|a| a.window.kernel).unwrap_or(usize::MAX >> 8);
+        let c = ctx.out_shape.first().copied().unwrap_or(1);
         c.saturating_mul(k * k).saturating_add(1)
     }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {

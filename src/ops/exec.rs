@@ -220,6 +220,11 @@ pub trait OpExec {
         let n_in: usize = ctx.in_shapes.iter().map(|s| s.iter().product::<usize>()).sum();
         n_in + ctx.out_shape.iter().product::<usize>() + 2
     }
+    /// Affine ops: the same count for `transpose` alone (the dual network's charge); the default is
+    /// [`OpExec::terms`], which bounds both directions.
+    fn transpose_terms(&self, ctx: &NodeCtx) -> usize {
+        self.terms(ctx)
+    }
     /// Affine ops whose constant term is computed from the stored weights (not stored itself): a bound
     /// `[*out]` on `|fl(b) − b|`. `None` (the default): the bias is a stored value, exact.
     fn bias_error(&self, _ctx: &NodeCtx) -> Result<Option<Tensor>> {

@@ -74,10 +74,13 @@ impl OpExec for Linear {
     fn role(&self) -> Role {
         Role::Affine
     }
-    /// A forward entry sums `in` products, a transposed one `out`.
+    /// A forward entry sums `in` products (and the bias).
     fn terms(&self, ctx: &NodeCtx) -> usize {
-        let n_in: usize = ctx.in_shapes[0].iter().product();
-        n_in.max(ctx.out_shape.iter().product()) + 1
+        ctx.in_shapes[0].iter().product::<usize>() + 1
+    }
+    /// A transposed entry sums `out` products.
+    fn transpose_terms(&self, ctx: &NodeCtx) -> usize {
+        ctx.out_shape.iter().product::<usize>() + 1
     }
     fn linear(&self, ctx: &NodeCtx, inputs: &[Tensor]) -> Result<Tensor> {
         let w = ctx.weight("weight")?;

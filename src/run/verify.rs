@@ -35,7 +35,7 @@ pub struct VerifyConfig {
     pub timeout: f64,
     /// The compute dtype of the bounds and the attack (the counterexample check is always float64).
     pub dtype: DType,
-    /// A bound must clear this to count (guards f32 rounding; 0 in f64).
+    /// An extra margin a bound must clear to count (default 0: the bounds pay for their own rounding).
     pub safety_margin: f64,
     pub attack: AttackConfig,
     pub alpha: (usize, f64),
@@ -154,18 +154,32 @@ pub struct Details {
     pub seconds: f64,
 }
 
-/// The box of a region as an input set `[1, *in]`.
+/// The box of a region as an input set `[1, *in]` that contains, in real arithmetic, the box of decimals the
+/// file wrote (each bound parsed to the nearest f64, so moved one ulp outward, then rounded outward to the
+/// compute dtype).
 fn region_set(model: &Model, r: &Region) -> Result<InputSet> {
     let mut shape = vec![1];
     shape.extend_from_slice(model.graph.input_shape());
-    let ctx = || "the property's input box".to_string();
-    let lo = Tensor::from_vec(r.lo.clone(), shape.as_slice(), &model.device)
-        .and_then(|t| t.to_dtype(model.dtype))
-        .context(ctx)?;
-    let hi = Tensor::from_vec(r.hi.clone(), shape.as_slice(), &model.device)
-        .and_then(|t| t.to_dtype(model.dtype))
-        .context(ctx)?;
-    InputSet::from_box(&lo, &hi)
+    InputSet::from_host_box(&r.lo, &r.hi, &shape, model.dtype, &model.device, true)
+}
+
+/// What rounding the specification rows cost: for row `−c·y − d`, the margin bound `L` computed for the rows
+/// `c` as rounded to the compute dtype bounds the real `−c_dec·y − d_dec` (the decimals of the file) only after
+/// `Σ_j |c_dec,j − c_dt,j| M_j` (`M_j` a sound bound on `|y_j|` over the box), the offset's parsing
+/// (`|d| u`) and the f64 subtraction `L − d` (`|L − d| u`) are taken off. Returns `fl(L − d)` less that, rounded
+/// down by a factor on the charge.
+fn sound_row_margin(l: f64, c: &crate::vnnlib::Constraint, m_out: &[f64], dtype: DType) -> f64 {
+    let u = f64::EPSILON / 2.0;
+    let m = l - c.offset;
+    let mut charge = (c.offset.abs() + m.abs()) * u;
+    for &(j, v) in &c.coef {
+        // The row holds `−v`: parsed within `|v| u` of the decimal, then rounded to the compute dtype.
+        let v_dt = if dtype == DType::F64 { v } else { v as f32 as f64 };
+        let dc = (v - v_dt).abs() + v.abs() * u;
+        charge += dc * m_out.get(j).copied().unwrap_or(f64::INFINITY);
+    }
+    let n = c.coef.len() as f64 + 4.0;
+    m - (charge * (1.0 + 4.0 * n * u) + f64::MIN_POSITIVE)
 }
 
 /// Try to prove a region: returns whether every disjunct is refuted and the smallest refuting margin.
@@ -208,10 +222,13 @@ fn prove_region(net: &Network, r: &Region, cfg: &VerifyConfig) -> Result<(bool, 
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1())
         .context(|| "reading bounds".to_string())?;
+    // A sound bound on every output's magnitude over the box (interval propagation, every rounding paid for),
+    // for the rounding of the specification rows.
+    let m_out = output_magnitudes(&net.model, &set)?;
     let mut best = vec![f64::NEG_INFINITY; r.disjuncts.len()];
     for ((d, c), l) in rows.iter().zip(&lb) {
         // A NaN never refutes (`max` keeps the other operand, and NaN > s is false below).
-        let m = l - c.offset;
+        let m = sound_row_margin(*l, c, &m_out, net.model.dtype);
         if m.is_finite() {
             best[*d] = best[*d].max(m);
         }
@@ -220,18 +237,63 @@ fn prove_region(net: &Network, r: &Region, cfg: &VerifyConfig) -> Result<(bool, 
     Ok((finite && best.iter().all(|&m| m > cfg.safety_margin), worst))
 }
 
-/// Check candidate inputs (clipped into the box) in float64 against every disjunct of the region.
+/// `max(|l_j|, |u_j|)` of every output over `set` (one example), from sound interval bounds.
+fn output_magnitudes(model: &Model, set: &InputSet) -> Result<Vec<f64>> {
+    let iv = crate::dual::ibp::interval_bounds(model, set)?;
+    let (l, u) = iv
+        .get(model.graph.output.index())
+        .and_then(|b| b.as_ref())
+        .ok_or_else(|| Error::Usage("internal: no interval bounds at the output".into()))?;
+    let read = |t: &Tensor| {
+        t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>())
+    };
+    let ctx = || "the output magnitudes".to_string();
+    let (l, u) = (read(l).context(ctx)?, read(u).context(ctx)?);
+    Ok(l.iter().zip(&u).map(|(a, b)| if a.is_nan() || b.is_nan() { f64::INFINITY } else { a.abs().max(b.abs()) }).collect())
+}
+
+/// Check candidate inputs in float64 against every disjunct of the region. Each candidate is clipped into the
+/// box strictly inside the file's decimals (`[next_up(lo), next_down(hi)]`, where that is not empty: each f64
+/// bound is within half an ulp of its decimal, on either side), and counts only when a disjunct holds for
+/// every output in a sound enclosure of its real outputs (interval bounds at the point, in f64 on the weights
+/// as stored, every rounding paid for): `sat` is then a proof.
 fn confirm(net: &Network, r: &Region, cands: Vec<Vec<f64>>) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
     if cands.is_empty() {
         return Ok(None);
     }
+    let inner = |a: f64, b: f64| if a.next_up() <= b.next_down() { (a.next_up(), b.next_down()) } else { (a, b) };
     let clipped: Vec<Vec<f64>> = cands
         .into_iter()
-        .map(|x| x.iter().zip(&r.lo).zip(&r.hi).map(|((v, a), b)| v.max(*a).min(*b)).collect())
+        .map(|x| {
+            x.iter()
+                .zip(&r.lo)
+                .zip(&r.hi)
+                .map(|((v, a), b)| {
+                    let (a, b) = inner(*a, *b);
+                    v.max(a).min(b)
+                })
+                .collect()
+        })
         .collect();
     let ys = net.eval_f64(&clipped)?;
-    for (x, y) in clipped.into_iter().zip(ys) {
-        if y.iter().all(|v| v.is_finite()) && r.disjuncts.iter().any(|d| d.iter().all(|c| c.holds(&y))) {
+    let mut shape = vec![clipped.len()];
+    shape.extend_from_slice(net.exact.graph.input_shape());
+    let flat: Vec<f64> = clipped.iter().flatten().copied().collect();
+    let point = InputSet::from_host_box(&flat, &flat, &shape, DType::F64, &net.exact.device, false)?;
+    let iv = crate::dual::ibp::interval_bounds(&net.exact, &point)?;
+    let (lo, hi) = iv
+        .get(net.exact.graph.output.index())
+        .and_then(|b| b.as_ref())
+        .ok_or_else(|| Error::Usage("internal: no interval bounds at the output".into()))?;
+    let ctx = || "the float64 check".to_string();
+    let (lo, hi): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (
+        lo.flatten_from(1).and_then(|t| t.to_vec2()).context(ctx)?,
+        hi.flatten_from(1).and_then(|t| t.to_vec2()).context(ctx)?,
+    );
+    for (((x, y), yl), yu) in clipped.into_iter().zip(ys).zip(lo).zip(hi) {
+        if y.iter().all(|v| v.is_finite())
+            && r.disjuncts.iter().any(|d| d.iter().all(|c| c.holds_surely(&yl, &yu)))
+        {
             return Ok(Some((x, y)));
         }
     }
