@@ -89,6 +89,23 @@ impl Weights {
                             }
                             None => {}
                         }
+                        // Weights as stored: a float64 value that float32 does not hold is never rounded silently.
+                        if dtype == DType::F32 && t.dtype() == DType::F64 {
+                            let v: Vec<f64> = t.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| Error::Tensor {
+                                context: format!("reading `{key}`"),
+                                source: e,
+                            })?;
+                            if let Some((j, x)) = v.iter().enumerate().find(|(_, x)| (**x as f32) as f64 != **x) {
+                                problems.push(
+                                    Diagnostic::new(
+                                        Code::WeightShape,
+                                        format!("`{key}` in `{file}` holds float64 values that float32 does not (element {j} is {x:?}); computing in float32 would certify a rounded copy of the network"),
+                                    )
+                                    .help("run with `--dtype f64` (the weights as stored), or save the weights as float32"),
+                                );
+                                continue;
+                            }
+                        }
                         match t.to_dtype(dtype) {
                             Ok(t) => {
                                 per_node[i.index()].insert(spec.suffix.to_string(), t);

@@ -404,3 +404,28 @@ fn affine_nets_bound_their_exact_minimum() {
         }
     }
 }
+
+/// Weights as stored: a float64 weight that float32 does not hold is refused for an f32 computation (with the
+/// element named and `--dtype f64` offered), and taken as it is in f64; f32-exact float64 values load in f32.
+#[test]
+fn float64_weights_are_never_rounded_silently() {
+    let spec = "network m { input x: [2]  l = linear(x, out=2)  output l }";
+    let g = check_source("t.net", spec).graph.expect("spec");
+    let map = |w: f64| {
+        let mut m = HashMap::new();
+        m.insert("l.weight".to_string(), Tensor::from_vec(vec![w, 1.0, 2.0, 3.0], (2, 2), &Device::Cpu).expect("w"));
+        m.insert("l.bias".to_string(), Tensor::from_vec(vec![0.0f64, 0.5], 2, &Device::Cpu).expect("b"));
+        m
+    };
+    match Weights::from_map(&g, map(0.1), "w.safetensors", DType::F32) {
+        Err(dualnet::error::Error::Input(d)) => {
+            assert_eq!(d[0].code, dualnet::diagnostics::Code::WeightShape);
+            let text = d[0].render(false);
+            assert!(text.contains("element 0") && text.contains("--dtype f64"), "{text}");
+        }
+        Err(e) => panic!("not a diagnostic: {e}"),
+        Ok(_) => panic!("0.1 rounded to float32 silently"),
+    }
+    assert!(Weights::from_map(&g, map(0.1), "w.safetensors", DType::F64).is_ok());
+    assert!(Weights::from_map(&g, map(0.5), "w.safetensors", DType::F32).is_ok());
+}

@@ -113,9 +113,12 @@ pub struct Network {
     pub outputs: usize,
 }
 
-/// Import an ONNX file into a model of `dtype` on `device` (weights fixed).
+/// Import an ONNX file into a model of `dtype` on `device` (weights fixed). Weights that float32 does not hold
+/// exactly (float64 initializers, or normalisation constants folded in float64) are computed in float64: the
+/// network certified is the one in the file, never a rounded copy.
 pub fn load_onnx_model(path: &Path, dtype: DType, device: &Device) -> Result<Model> {
     let imported = crate::onnx::import_file(path)?;
+    let dtype = if imported.f32_weights { dtype } else { DType::F64 };
     let (g, w) = imported.graph_and_weights(dtype, device)?;
     Ok(Model::new(g, w, dtype, device.clone()).with_fixed_weights())
 }
@@ -123,6 +126,8 @@ pub fn load_onnx_model(path: &Path, dtype: DType, device: &Device) -> Result<Mod
 impl Network {
     pub fn load(path: &Path, dtype: DType) -> Result<Self> {
         let imported = crate::onnx::import_file(path)?;
+        // As in [`load_onnx_model`]: weights float32 cannot hold are computed in float64.
+        let dtype = if imported.f32_weights { dtype } else { DType::F64 };
         let dev = Device::Cpu;
         let (g, w) = imported.graph_and_weights(dtype, &dev)?;
         let model = Model::new(g, w, dtype, dev.clone()).with_fixed_weights();
