@@ -74,13 +74,22 @@ pub fn dual_pass(
         let ctx_err = || format!("dual network at `{}`", node.name);
         let (lin0, rad0) = (lin.clone(), rad.clone());
         let n_here: usize = node.shape.iter().product();
+        // The charge weights `w` of this node (`Σ |λ| w` is charged): folded into a sum over `|λ|` the dual
+        // network makes anyway where there is one (the input's radius, a relaxation's `rad`), so the charges
+        // cost one fused pass over `λ` per affine node and nothing elsewhere.
+        let mut charge_w: Option<Tensor> = None;
         if mags.is_some() {
             // The charges are constants to autograd (tiny, and their gradients would only cost).
-            let abs_lam = lam.detach().abs().context(ctx_err)?;
+            let add_w = |acc: Option<Tensor>, w: Tensor| -> candle_core::Result<Option<Tensor>> {
+                Ok(Some(match acc {
+                    None => w,
+                    Some(a) => a.broadcast_add(&w)?,
+                }))
+            };
             // Adjoints that met here were summed: `γ_{k−1} Σ |λ̃| m`.
             if hits[i.index()] > 1 {
                 let w = (magnitude(i)? * rounding::charge_gamma(hits[i.index()], dt)).context(ctx_err)?;
-                charge = (charge + weighted_row_sums(&abs_lam, &w, false).context(ctx_err)?).context(ctx_err)?;
+                charge_w = add_w(charge_w, w).context(ctx_err)?;
             }
             let w = match node.kind {
                 NodeKind::Input => Some(
@@ -93,7 +102,7 @@ pub fn dual_pass(
                             .and_then(|m| m.image[i.index()].as_ref())
                             .ok_or_else(|| Error::Usage("internal: rounding image missing".into()))?;
                         // `image` includes `|b|` and the bias error; the bias sum has `n` terms, the transpose
-                        // `terms`: charge the larger count on all of it.
+                        // `transpose_terms`: charge the larger count on all of it.
                         let t = op.transpose_terms(&ctx).max(rounding::sum_terms(n_here)) + 1;
                         Some((image * rounding::charge_gamma(t, dt)).context(ctx_err)?)
                     }
@@ -101,63 +110,100 @@ pub fn dual_pass(
                 },
             };
             if let Some(w) = w {
-                charge = (charge + weighted_row_sums(&abs_lam, &w, false).context(ctx_err)?).context(ctx_err)?;
+                charge_w = add_w(charge_w, w).context(ctx_err)?;
             }
             if let (NodeKind::Op(op), Some(r)) = (node.kind, relax.get(&i)) {
                 if op.role() == Role::Activation {
                     let m_z = magnitude(node.inputs[0])?;
-                    let r = &crate::ops::Relaxation {
-                        slope: r.slope.detach(),
-                        mid: r.mid.detach(),
-                        rad: r.rad.detach(),
-                        lower: r.lower.as_ref().map(|t| t.detach()),
-                        lines: r.lines.as_ref().map(|l| crate::ops::Lines {
-                            lo_slope: l.lo_slope.detach(),
-                            lo_off: l.lo_off.detach(),
-                            up_slope: l.up_slope.detach(),
-                            up_off: l.up_off.detach(),
-                        }),
-                        constant: r.constant,
-                    };
-                    let go = || -> candle_core::Result<Tensor> {
-                        let g_n = rounding::charge_gamma(rounding::sum_terms(n_here) + 2, dt);
-                        let g_3 = rounding::charge_gamma(4, dt);
-                        let mut offs = (r.mid.abs()? + &r.rad)?;
-                        let mut slope = r.slope.abs()?;
-                        if let Some(al) = &r.lower {
-                            slope = match al.rank() == lam.rank() {
-                                true => al.abs()?.broadcast_maximum(&slope.unsqueeze(1)?)?,
-                                false => slope.maximum(&al.abs()?)?,
-                            };
-                        }
-                        if let Some(ln) = &r.lines {
-                            let sl = ln.lo_slope.abs()?.maximum(&ln.up_slope.abs()?)?;
-                            let of = ln.lo_off.abs()?.maximum(&ln.up_off.abs()?)?;
-                            let per_row = sl.rank() == lam.rank();
-                            slope = if per_row { sl.broadcast_maximum(&slope.unsqueeze(1)?)? } else { slope.maximum(&sl)? };
-                            offs = if of.rank() == lam.rank() { of.broadcast_add(&offs.unsqueeze(1)?)? } else { (offs + of)? };
-                        }
-                        let per_row = slope.rank() == lam.rank() || offs.rank() == lam.rank();
-                        if per_row {
-                            let mz = m_z.unsqueeze(1)?;
-                            let s = slope.broadcast_mul(&mz)?.affine(g_3, 0.0)?;
-                            let w = if offs.rank() == lam.rank() { (offs * g_n)?.broadcast_add(&s)? } else { s.broadcast_add(&(offs * g_n)?.unsqueeze(1)?)? };
-                            abs_lam.broadcast_mul(&w)?.flatten_from(2)?.sum(2)
-                        } else {
-                            let w = ((slope.mul(m_z)? * g_3)? + (offs * g_n)?)?;
-                            weighted_row_sums(&abs_lam, &w, false)
-                        }
-                    };
-                    charge = (charge + go().context(ctx_err)?).context(ctx_err)?;
+                    let g_n = rounding::charge_gamma(rounding::sum_terms(n_here) + 2, dt);
+                    let g_3 = rounding::charge_gamma(4, dt);
+                    let per_row = r.lines.is_some()
+                        || r.lower.as_ref().is_some_and(|al| al.rank() == lam.rank())
+                        || r.slope.rank() == lam.rank()
+                        || r.mid.rank() == lam.rank();
+                    if !per_row {
+                        // One weight per unit: `|slope| m_z γ_3 + (|mid| + rad) γ_n`.
+                        let go = || -> candle_core::Result<Tensor> {
+                            let mut slope = r.slope.detach().abs()?;
+                            if let Some(al) = &r.lower {
+                                slope = slope.maximum(&al.detach().abs()?)?;
+                            }
+                            let offs = (r.mid.detach().abs()? + r.rad.detach())?;
+                            (slope.mul(m_z)? * g_3)? + (offs * g_n)?
+                        };
+                        charge_w = add_w(charge_w, go().context(ctx_err)?).context(ctx_err)?;
+                    } else {
+                        let abs_lam = lam.detach().abs().context(ctx_err)?;
+                        let r = &crate::ops::Relaxation {
+                            slope: r.slope.detach(),
+                            mid: r.mid.detach(),
+                            rad: r.rad.detach(),
+                            lower: r.lower.as_ref().map(|t| t.detach()),
+                            lines: r.lines.as_ref().map(|l| crate::ops::Lines {
+                                lo_slope: l.lo_slope.detach(),
+                                lo_off: l.lo_off.detach(),
+                                up_slope: l.up_slope.detach(),
+                                up_off: l.up_off.detach(),
+                            }),
+                            constant: r.constant,
+                        };
+                        let go = || -> candle_core::Result<Tensor> {
+                            let mut offs = (r.mid.abs()? + &r.rad)?;
+                            let mut slope = r.slope.abs()?;
+                            if let Some(al) = &r.lower {
+                                slope = match al.rank() == lam.rank() {
+                                    true => al.abs()?.broadcast_maximum(&slope.unsqueeze(1)?)?,
+                                    false => slope.maximum(&al.abs()?)?,
+                                };
+                            }
+                            if let Some(ln) = &r.lines {
+                                let sl = ln.lo_slope.abs()?.maximum(&ln.up_slope.abs()?)?;
+                                let of = ln.lo_off.abs()?.maximum(&ln.up_off.abs()?)?;
+                                let per_row = sl.rank() == lam.rank();
+                                slope = if per_row { sl.broadcast_maximum(&slope.unsqueeze(1)?)? } else { slope.maximum(&sl)? };
+                                offs = if of.rank() == lam.rank() { of.broadcast_add(&offs.unsqueeze(1)?)? } else { (offs + of)? };
+                            }
+                            let per_row = slope.rank() == lam.rank() || offs.rank() == lam.rank();
+                            if per_row {
+                                let mz = m_z.unsqueeze(1)?;
+                                let s = slope.broadcast_mul(&mz)?.affine(g_3, 0.0)?;
+                                let w = if offs.rank() == lam.rank() { (offs * g_n)?.broadcast_add(&s)? } else { s.broadcast_add(&(offs * g_n)?.unsqueeze(1)?)? };
+                                abs_lam.broadcast_mul(&w)?.flatten_from(2)?.sum(2)
+                            } else {
+                                let w = ((slope.mul(m_z)? * g_3)? + (offs * g_n)?)?;
+                                weighted_row_sums(&abs_lam, &w, false)
+                            }
+                        };
+                        charge = (charge + go().context(ctx_err)?).context(ctx_err)?;
+                    }
                 }
             }
         }
+        // Where no sum over `|λ|` takes the weights, one pass of their own.
+        let fold_here = match node.kind {
+            NodeKind::Input => matches!(set, InputSet::Box { .. }),
+            NodeKind::Op(op) => {
+                op.role() == Role::Activation && relax.get(&i).is_some_and(|r| r.lines.is_none() && r.rad.rank() + 1 == lam.rank())
+            }
+        };
+        if !fold_here {
+            if let Some(w) = charge_w.take() {
+                charge = (charge + weighted_row_sums(&lam.detach(), &w, true).context(ctx_err)?).context(ctx_err)?;
+            }
+        }
+        // `w` added to the weights of a sum over `|λ|` (a constant to autograd).
+        let with_charge = |w: &Tensor| -> Result<Tensor> {
+            match &charge_w {
+                Some(c) => w.broadcast_add(c).context(ctx_err),
+                None => Ok(w.clone()),
+            }
+        };
         match node.kind {
             NodeKind::Input => {
                 let center = set.center();
                 let l = weighted_row_sums(&lam, center, false).context(ctx_err)?;
                 let nrm = match set {
-                    InputSet::Box { radius, .. } => weighted_row_sums(&lam, radius, true).context(ctx_err)?,
+                    InputSet::Box { radius, .. } => weighted_row_sums(&lam, &with_charge(radius)?, true).context(ctx_err)?,
                     InputSet::L2 { eps, .. } => {
                         let n = sum_trailing(&lam.sqr().context(ctx_err)?).and_then(|s| s.sqrt()).context(ctx_err)?;
                         n.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?
@@ -214,7 +260,7 @@ pub fn dual_pass(
                             back
                         } else {
                             let t1 = weighted_row_sums(&lam, &r.mid, false).context(ctx_err)?;
-                            let t2 = weighted_row_sums(&lam, &r.rad, true).context(ctx_err)?;
+                            let t2 = weighted_row_sums(&lam, &with_charge(&r.rad)?, true).context(ctx_err)?;
                             lin = (lin + t1).context(ctx_err)?;
                             rad = (rad + t2).context(ctx_err)?;
                             // With one slope for both lines (`lower: None`) this is `slope ⊙ λ`.
