@@ -63,6 +63,8 @@ pub fn dual_pass(
     // The rounding charge and the magnitude of every term added to `lin` or `rad` (their sums round too).
     let (mut charge, mut terms_abs, mut n_terms) = (zero.clone(), zero, 0usize);
     let mut hits = vec![0usize; n_nodes];
+    // Affine nodes whose charge an activation (their one consumer) already took (see below).
+    let mut prepaid = vec![false; n_nodes];
     let magnitude = |j: NodeIndex| -> Result<&Tensor> {
         mags.and_then(|m| m.value[j.index()].as_ref())
             .ok_or_else(|| Error::Usage("internal: rounding magnitude missing".into()))
@@ -96,6 +98,7 @@ pub fn dual_pass(
                     (magnitude(i)? * rounding::charge_gamma(rounding::sum_terms(n_here) + 2, dt)).context(ctx_err)?,
                 ),
                 NodeKind::Op(op) => match op.role() {
+                    Role::Affine if prepaid[i.index()] => None,
                     Role::Affine => {
                         let ctx = model.ctx(i);
                         let image = mags
@@ -132,6 +135,30 @@ pub fn dual_pass(
                             (slope.mul(m_z)? * g_3)? + (offs * g_n)?
                         };
                         charge_w = add_w(charge_w, go().context(ctx_err)?).context(ctx_err)?;
+                        // The input's charge `γ_t Σ |λ_z| image_z`, paid here: `λ_z` is `fl(slope ⊙ λ)` (or
+                        // the lower slope's on `λ ≥ 0`), so `|λ_z| ≤ (1 + 2u) max(|slope|, |lower|) |λ|`, and the
+                        // weight joins this node's sum over `|λ|`. Only for an affine input with this node as
+                        // its one consumer (no other adjoint meets there).
+                        let z = node.inputs[0];
+                        if let NodeKind::Op(zop) = g.node(z).kind {
+                            let single = g.consumers(z).len() == 1 && z != start;
+                            let image = mags.and_then(|m| m.image[z.index()].as_ref());
+                            if let (Role::Affine, true, Some(image)) = (zop.role(), single, image) {
+                                let zctx = model.ctx(z);
+                                let n_z: usize = g.node(z).shape.iter().product();
+                                let t = zop.transpose_terms(&zctx).max(rounding::sum_terms(n_z)) + 1;
+                                let go = || -> candle_core::Result<Tensor> {
+                                    let mut slope = r.slope.detach().abs()?;
+                                    if let Some(al) = &r.lower {
+                                        slope = slope.maximum(&al.detach().abs()?)?;
+                                    }
+                                    let k = rounding::charge_gamma(t, dt) * (1.0 + 4.0 * rounding::unit(dt));
+                                    (slope * k)?.broadcast_mul(image)
+                                };
+                                charge_w = add_w(charge_w, go().context(ctx_err)?).context(ctx_err)?;
+                                prepaid[z.index()] = true;
+                            }
+                        }
                     } else {
                         let abs_lam = lam.detach().abs().context(ctx_err)?;
                         let r = &crate::ops::Relaxation {

@@ -96,6 +96,19 @@ pub fn harden(
     }
     let base = ((slope_mag.mul(&m_z)? + &m_s)? + (r.mid.abs()? + &r.rad)?)?;
     let w = ((base * k)? + tiny(dt))?.detach();
+    // A unit whose relaxation is an exact piece (`σ(z) = z` or `0` on `[l, u]`: slope 0 or 1, lower slope 0 or
+    // 1, no offset) computed nothing that rounds: it keeps its band of width 0 (and the dual network its
+    // sparsity: only the other units carry offsets).
+    let piece = |a: &Tensor| -> candle_core::Result<Tensor> { a.eq(0.0)?.maximum(&a.eq(1.0)?) };
+    let mut exact = ((piece(&r.slope)? * r.mid.eq(0.0)?)? * r.rad.eq(0.0)?)?;
+    if let Some(lw) = &r.lower {
+        if lw.dims() == r.slope.dims() {
+            exact = (exact * piece(lw)?)?;
+        } else {
+            exact = exact.zeros_like()?;
+        }
+    }
+    let w = if r.lines.is_some() { w } else { exact.where_cond(&w.zeros_like()?, &w)? };
     let lines = match r.lines {
         Some(ln) => {
             let mag = ln.lo_slope.abs()?.maximum(&ln.up_slope.abs()?)?;
