@@ -23,18 +23,32 @@
 //!    `3u·max(|l|, |u|)`).
 //! 4. **The dual network** ([`super::objective::dual_pass`], the Neumaier–Shcherbina correction): the computed
 //!    adjoints `λ̃` are taken as given dual variables. At an affine node `λ̃ · y = fl(Aᵀλ̃) · x + r · x + λ̃ · b`
-//!    with `|r| ≤ γ_t |A|ᵀ|λ̃|`, so the bound is charged `γ Σ |λ̃| (|A| m_x + |b|)`, `m_x ≥ |x|` from the sound
+//!    with `|r| ≤ γ_t |A|ᵀ|λ̃|` (`t` the transpose's fan-in, [`crate::ops::OpExec::transpose_terms`]), so the
+//!    bound is charged `γ Σ |λ̃| (|A| m_x + |b|)`, `m_x ≥ |x|` from the sound
 //!    node magnitudes ([`Magnitudes`]); an activation is charged `γ Σ |λ̃| (slopes · m_z + |offsets|)` for its
 //!    scaling and its offset sums, the input `γ Σ |λ̃| (|centre| + radius)`, a node where several adjoints meet
 //!    `γ Σ |λ̃| m`, and the sums of the objective's terms `γ Σ |term|`. The charge is added to the dual-norm part,
-//!    so `lin − rad` and `lin + rad` are both widened, and the last subtraction is rounded outward.
+//!    so `lin − rad` and `lin + rad` are both widened, and the last subtraction is rounded outward. The charge
+//!    weights join a sum over `|λ̃|` the pass makes anyway (the input's radius, a relaxation's `rad`); an affine
+//!    node whose one consumer is an activation is charged there, through `|λ̃_z| ≤ (1 + 2u) max|slope| |λ̃|`.
+//!    Relaxations that are exact pieces (slope 0 or 1, no offset) compute nothing and are not widened.
 //! 5. **Forward-propagated layer bounds** ([`super::bounds`]): the computed representation
 //!    `c̃ + Σ_s Ã_s ξ_s` of a node differs from the real value by at most `E`, pushed forward as
 //!    `E' = |A| E + γ (|A| M + |b|)` (affine) and `E' = |d| E + γ (|d| M + |mid|)` (activations), where `M`
 //!    bounds `|c̃| + Σ |Ã_s| |ξ_s|` and is pushed forward the same way without cancellation. A layer bound is
 //!    widened by `E + γ_{2m+8} M`, `m` the number of terms of its dual-norm sum.
 //!
+//! 6. **Specifications** ([`crate::run::verify`]): a VNN-LIB row `c·y + d` is bounded for `c` rounded to the
+//!    compute dtype; the difference to the file's decimals, `Σ |c − c̃| M_y` with `M_y` sound interval bounds on
+//!    the outputs, the offset's parsing and the f64 subtraction are taken off before a disjunct counts as
+//!    refuted. A counterexample counts only when a disjunct holds for every output in a sound f64 enclosure of
+//!    the network at the point ([`crate::vnnlib::Constraint::holds_surely`]).
+//! 7. **Weights as stored**: float64 values that float32 does not hold are refused for an f32 computation
+//!    (safetensors) or computed in f64 (ONNX, [`crate::run::verify::load_onnx_model`]).
+//!
 //! Random projections (training) are estimates, not bounds; the rest of their computation is still charged.
+//! The packed training loss (`packed_certificate`) is a training objective and charges nothing; every
+//! certificate training reports is computed by the charged path.
 
 use candle_core::Tensor;
 use petgraph::graph::NodeIndex;
