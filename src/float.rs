@@ -41,7 +41,6 @@ pub fn charge_gamma(n: usize, dt: DType) -> f64 {
     gamma(2 * n + 8, dt)
 }
 
-
 /// Rounding helpers on host values.
 pub fn down_f32(x: f64) -> f32 {
     let y = x as f32;

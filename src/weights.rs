@@ -91,10 +91,10 @@ impl Weights {
                         }
                         // Weights as stored: a float64 value that float32 does not hold is never rounded silently.
                         if dtype == DType::F32 && t.dtype() == DType::F64 {
-                            let v: Vec<f64> = t.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| Error::Tensor {
-                                context: format!("reading `{key}`"),
-                                source: e,
-                            })?;
+                            let v: Vec<f64> = t
+                                .flatten_all()
+                                .and_then(|t| t.to_vec1())
+                                .map_err(|e| Error::Tensor { context: format!("reading `{key}`"), source: e })?;
                             if let Some((j, x)) = v.iter().enumerate().find(|(_, x)| (**x as f32) as f64 != **x) {
                                 problems.push(
                                     Diagnostic::new(

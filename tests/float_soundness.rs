@@ -41,11 +41,8 @@ fn q(v: f64) -> BigRational {
 fn exact_forward(layers: &Layers, x: &[f64]) -> Vec<BigRational> {
     let mut h: Vec<BigRational> = x.iter().map(|v| q(*v)).collect();
     for (k, (w, b)) in layers.iter().enumerate() {
-        let mut o: Vec<BigRational> = w
-            .iter()
-            .zip(b)
-            .map(|(row, bj)| row.iter().zip(&h).fold(q(*bj), |s, (wi, hi)| s + q(*wi) * hi))
-            .collect();
+        let mut o: Vec<BigRational> =
+            w.iter().zip(b).map(|(row, bj)| row.iter().zip(&h).fold(q(*bj), |s, (wi, hi)| s + q(*wi) * hi)).collect();
         if k + 1 < layers.len() {
             for v in o.iter_mut() {
                 if v.is_negative() {
@@ -83,7 +80,9 @@ fn mlp_spec(widths: &[usize]) -> String {
 /// The model of `spec` with these exact layer values, in `dtype` (every value must be exact in it).
 fn mlp_model(spec: &str, names: &[&str], layers: &Layers, dtype: DType) -> Model {
     let checked = check_source("t.net", spec);
-    let g = checked.graph.unwrap_or_else(|| panic!("spec: {:?}", checked.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    let g = checked
+        .graph
+        .unwrap_or_else(|| panic!("spec: {:?}", checked.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
     let mut map = HashMap::new();
     for (name, (w, b)) in names.iter().zip(layers) {
         let (o, i) = (w.len(), w[0].len());
@@ -97,7 +96,9 @@ fn mlp_model(spec: &str, names: &[&str], layers: &Layers, dtype: DType) -> Model
 
 /// The box `[lo, hi]` (one example) as a set in `dtype`.
 fn box_set(lo: &[f64], hi: &[f64], dtype: DType) -> InputSet {
-    let t = |v: &[f64]| Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu).and_then(|t| t.to_dtype(dtype)).expect("t");
+    let t = |v: &[f64]| {
+        Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu).and_then(|t| t.to_dtype(dtype)).expect("t")
+    };
     InputSet::from_box(&t(lo), &t(hi)).expect("box")
 }
 
@@ -253,7 +254,9 @@ fn verify_never_proves_the_crafted_cancellation() {
         for family in [Family::Crown, Family::Wk] {
             let a = verify_mlp(&layers, dtype == DType::F64, &[-0.5], &[0.5], 0, dtype, family);
             match dtype {
-                DType::F64 => assert!(matches!(a, Answer::Sat { .. } | Answer::Unknown), "{family} in {dtype:?}: {a:?}"),
+                DType::F64 => {
+                    assert!(matches!(a, Answer::Sat { .. } | Answer::Unknown), "{family} in {dtype:?}: {a:?}")
+                }
                 _ => assert!(matches!(a, Answer::Sat { .. }), "{family} in {dtype:?}: {a:?}"),
             }
         }
@@ -349,7 +352,12 @@ fn random_nets_at_the_edge_are_never_certified() {
                     assert!(!ok, "{what}: certified, but the exact margin at the centre is <= 0");
                     for (p, e) in points.iter().zip(&exact) {
                         for j in (0..3).filter(|j| *j != y) {
-                            assert!(q(lb[j]) <= e[j], "{what}: bound {} on margin {j} above its exact value {} at {p:?}", lb[j], e[j]);
+                            assert!(
+                                q(lb[j]) <= e[j],
+                                "{what}: bound {} on margin {j} above its exact value {} at {p:?}",
+                                lb[j],
+                                e[j]
+                            );
                         }
                     }
                 }
@@ -388,7 +396,8 @@ fn affine_nets_bound_their_exact_minimum() {
                     min += dh * q(b1[h]);
                 }
                 for i in 0..8 {
-                    let a: BigRational = d.iter().enumerate().fold(BigRational::zero(), |s, (h, dh)| s + dh * q(w1[h][i]));
+                    let a: BigRational =
+                        d.iter().enumerate().fold(BigRational::zero(), |s, (h, dh)| s + dh * q(w1[h][i]));
                     let (p, s) = (&a * q(lo[i]), &a * q(hi[i]));
                     min += if p < s { p } else { s };
                 }

@@ -269,11 +269,15 @@ fn check_case(case: &str, dir: &Path, exp: &Expected, dtype: DType) {
                 (true, Some(lower)) => {
                     let scale = reference.iter().fold(1f64, |m, x| m.max(x.abs()));
                     let sign = if lower { 1.0 } else { -1.0 };
-                    let above = ours.iter().zip(reference).map(|(x, y)| sign * (x - y) / scale).fold(f64::MIN, f64::max);
+                    let above =
+                        ours.iter().zip(reference).map(|(x, y)| sign * (x - y) / scale).fold(f64::MIN, f64::max);
                     assert!(above <= tol, "{case}/{name} ({dtype:?}): {what} is tighter than the reference by {above:.3e} (scaled): unsound");
                     assert!(e <= F32_CHARGE, "{case}/{name} ({dtype:?}): {what} is looser than the reference by {e:.3e} (scaled), more than {F32_CHARGE:e}");
                 }
-                _ => assert!(e <= tol, "{case}/{name} ({dtype:?}): {what} differs by {e:.3e} (scaled), tolerance {tol:e}"),
+                _ => assert!(
+                    e <= tol,
+                    "{case}/{name} ({dtype:?}): {what} differs by {e:.3e} (scaled), tolerance {tol:e}"
+                ),
             }
         };
         check("clean_logits".into(), &flat_of(&ours["clean_logits"]), &exp.clean_logits, None);
@@ -296,7 +300,12 @@ fn check_case(case: &str, dir: &Path, exp: &Expected, dtype: DType) {
         check("robust_ce".into(), &[out.robust_ce], &[s.robust_ce], Some(false));
         if f32 {
             // Looser bounds certify a subset of what the reference certifies.
-            assert!(out.robust_err >= s.robust_err, "{case}/{name}: robust_err {} below the reference's {}", out.robust_err, s.robust_err);
+            assert!(
+                out.robust_err >= s.robust_err,
+                "{case}/{name}: robust_err {} below the reference's {}",
+                out.robust_err,
+                s.robust_err
+            );
             for (b, (o, r)) in out.uncertified.iter().zip(&s.uncertified).enumerate() {
                 assert!(*o || !*r, "{case}/{name}: example {b} certified, the reference does not certify it");
             }

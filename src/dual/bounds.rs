@@ -443,7 +443,8 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
             NodeKind::Input => {
                 centers[i.index()] = Some(x.clone());
                 mags.fill(model, set, i, |_| None)?;
-                let m_in = mags.value[i.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
+                let m_in =
+                    mags.value[i.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
                 fe[i.index()] = Some((m_in.zeros_like().context(ctx_err)?, m_in));
                 let n_in: usize = node.shape.iter().product();
                 let mut vals = HashMap::new();
@@ -591,9 +592,9 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                             } else {
                                 let (l, u, m) = layer_bounds(model, &centers, &sources, z, b, opts.high_prob)?;
                                 // The representation's error and the dual-norm sum's rounding.
-                                let (e, mz) = fe[z.index()]
-                                    .as_ref()
-                                    .ok_or_else(|| crate::error::Error::Usage("internal: forward error missing".into()))?;
+                                let (e, mz) = fe[z.index()].as_ref().ok_or_else(|| {
+                                    crate::error::Error::Usage("internal: forward error missing".into())
+                                })?;
                                 let go = || -> candle_core::Result<(Tensor, Tensor)> {
                                     let w = (e + (mz * rounding::charge_gamma(m + 2, x.dtype()))?)?.detach();
                                     rounding::widen_interval(&(l - &w)?, &(u + &w)?)
@@ -676,7 +677,8 @@ fn forward_error(model: &Model, i: NodeIndex, fe: &[Option<(Tensor, Tensor)>], b
         .inputs
         .iter()
         .map(|j| {
-            let (e, m) = fe[j.index()].as_ref().ok_or_else(|| crate::error::Error::Usage("internal: no error".into()))?;
+            let (e, m) =
+                fe[j.index()].as_ref().ok_or_else(|| crate::error::Error::Usage("internal: no error".into()))?;
             Tensor::cat(&[e, m], 0).context(ctx_err)
         })
         .collect::<Result<_>>()?;
@@ -696,7 +698,11 @@ fn forward_error(model: &Model, i: NodeIndex, fe: &[Option<(Tensor, Tensor)>], b
 
 /// `(E, M)` of an activation with relaxation `r` on input `z`: `M' = |d| M_z + |mid| + rad`,
 /// `E' = |d| E_z + γ (|d| M_z + |mid|)`.
-fn activation_error(r: &Relaxation, fe: &[Option<(Tensor, Tensor)>], z: NodeIndex) -> candle_core::Result<(Tensor, Tensor)> {
+fn activation_error(
+    r: &Relaxation,
+    fe: &[Option<(Tensor, Tensor)>],
+    z: NodeIndex,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let (e, m) = fe[z.index()].as_ref().ok_or_else(|| candle_core::Error::Msg("internal: no error".into()))?;
     let d = r.slope.detach().abs()?;
     let dm = (d.mul(m)? + r.mid.detach().abs()?)?;

@@ -53,8 +53,11 @@ pub fn interval_bounds(model: &Model, set: &InputSet) -> Result<Vec<Option<(Tens
                             c = c.broadcast_add(b).context(ctx_err)?;
                         }
                         // Rounding (item 2 of [`super::rounding`]): `γ (|A| (|c| + r) + |b|)` plus the bias error.
-                        let ms: Vec<Tensor> =
-                            ins.iter().map(|(c, r)| c.detach().abs()? + r.detach()).collect::<candle_core::Result<_>>().context(ctx_err)?;
+                        let ms: Vec<Tensor> = ins
+                            .iter()
+                            .map(|(c, r)| c.detach().abs()? + r.detach())
+                            .collect::<candle_core::Result<_>>()
+                            .context(ctx_err)?;
                         let mut m = op.linear_abs(&ctx, &ms)?;
                         if let Some(b) = &bias {
                             m = m.broadcast_add(&b.abs().context(ctx_err)?).context(ctx_err)?;

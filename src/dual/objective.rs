@@ -187,14 +187,26 @@ pub fn dual_pass(
                                 let sl = ln.lo_slope.abs()?.maximum(&ln.up_slope.abs()?)?;
                                 let of = ln.lo_off.abs()?.maximum(&ln.up_off.abs()?)?;
                                 let per_row = sl.rank() == lam.rank();
-                                slope = if per_row { sl.broadcast_maximum(&slope.unsqueeze(1)?)? } else { slope.maximum(&sl)? };
-                                offs = if of.rank() == lam.rank() { of.broadcast_add(&offs.unsqueeze(1)?)? } else { (offs + of)? };
+                                slope = if per_row {
+                                    sl.broadcast_maximum(&slope.unsqueeze(1)?)?
+                                } else {
+                                    slope.maximum(&sl)?
+                                };
+                                offs = if of.rank() == lam.rank() {
+                                    of.broadcast_add(&offs.unsqueeze(1)?)?
+                                } else {
+                                    (offs + of)?
+                                };
                             }
                             let per_row = slope.rank() == lam.rank() || offs.rank() == lam.rank();
                             if per_row {
                                 let mz = m_z.unsqueeze(1)?;
                                 let s = slope.broadcast_mul(&mz)?.affine(g_3, 0.0)?;
-                                let w = if offs.rank() == lam.rank() { (offs * g_n)?.broadcast_add(&s)? } else { s.broadcast_add(&(offs * g_n)?.unsqueeze(1)?)? };
+                                let w = if offs.rank() == lam.rank() {
+                                    (offs * g_n)?.broadcast_add(&s)?
+                                } else {
+                                    s.broadcast_add(&(offs * g_n)?.unsqueeze(1)?)?
+                                };
                                 abs_lam.broadcast_mul(&w)?.flatten_from(2)?.sum(2)
                             } else {
                                 let w = ((slope.mul(m_z)? * g_3)? + (offs * g_n)?)?;
@@ -210,7 +222,8 @@ pub fn dual_pass(
         let fold_here = match node.kind {
             NodeKind::Input => matches!(set, InputSet::Box { .. }),
             NodeKind::Op(op) => {
-                op.role() == Role::Activation && relax.get(&i).is_some_and(|r| r.lines.is_none() && r.rad.rank() + 1 == lam.rank())
+                op.role() == Role::Activation
+                    && relax.get(&i).is_some_and(|r| r.lines.is_none() && r.rad.rank() + 1 == lam.rank())
             }
         };
         if !fold_here {
@@ -230,7 +243,9 @@ pub fn dual_pass(
                 let center = set.center();
                 let l = weighted_row_sums(&lam, center, false).context(ctx_err)?;
                 let nrm = match set {
-                    InputSet::Box { radius, .. } => weighted_row_sums(&lam, &with_charge(radius)?, true).context(ctx_err)?,
+                    InputSet::Box { radius, .. } => {
+                        weighted_row_sums(&lam, &with_charge(radius)?, true).context(ctx_err)?
+                    }
                     InputSet::L2 { eps, .. } => {
                         let n = sum_trailing(&lam.sqr().context(ctx_err)?).and_then(|s| s.sqrt()).context(ctx_err)?;
                         n.broadcast_mul(&eps.unsqueeze(1).context(ctx_err)?).context(ctx_err)?
@@ -332,7 +347,8 @@ pub fn dual_pass(
         let charge = (charge + (terms_abs * rounding::charge_gamma(n_terms + 2, dt))?)?;
         let charge = rounding::inflate(&charge, 2)?;
         let out = (&rad + &charge)?;
-        let slack = ((((lin.detach().abs()? + rad.detach().abs()?)? + &charge)? * (4.0 * rounding::unit(dt)))? + rounding::tiny(dt))?;
+        let slack = ((((lin.detach().abs()? + rad.detach().abs()?)? + &charge)? * (4.0 * rounding::unit(dt)))?
+            + rounding::tiny(dt))?;
         // `rad` keeps its gradient; what is added to it is a constant.
         out + slack + (rad.detach().abs()? * (2.0 * rounding::unit(dt)))?
     };

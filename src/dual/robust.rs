@@ -77,13 +77,12 @@ pub fn lower_bounds_with(
         // The interval objective uses the constant relaxations on the layer bounds just computed (already
         // intersected with the interval bounds, so at least as tight as plain interval propagation).
         Family::Crown | Family::Alpha => {
-            let iv =
-                Bounds {
-                    layers: Vec::new(),
-                    relax: relaxations(model, &bounds, Family::Ibp)?,
-                    finite: Vec::new(),
-                    mags: bounds.mags.clone(),
-                };
+            let iv = Bounds {
+                layers: Vec::new(),
+                relax: relaxations(model, &bounds, Family::Ibp)?,
+                finite: Vec::new(),
+                mags: bounds.mags.clone(),
+            };
             let ibp = objective(model, set, &iv, &c)?;
             let crown = bounds::strict_max(&margin_lb, &ibp).context(|| "combining the margin bounds".to_string())?;
             match opts.family {

@@ -91,13 +91,7 @@ pub fn center_radius(lo: &Tensor, hi: &Tensor) -> candle_core::Result<(Tensor, T
 /// The relaxation made valid in real arithmetic (item 3 of the module doc): every offset band widened by
 /// `16u (|slope| m_z + m_σ + |mid| + rad) + η` on each side, where `m_z = max(|l|, |u|)` and `m_σ` is the largest
 /// `|σ|` of the interval rule `(s_lo, s_hi)` on `[l, u]`.
-pub fn harden(
-    r: Relaxation,
-    l: &Tensor,
-    u: &Tensor,
-    s_lo: &Tensor,
-    s_hi: &Tensor,
-) -> candle_core::Result<Relaxation> {
+pub fn harden(r: Relaxation, l: &Tensor, u: &Tensor, s_lo: &Tensor, s_hi: &Tensor) -> candle_core::Result<Relaxation> {
     let dt = l.dtype();
     let k = 16.0 * unit(dt);
     let m_z = l.abs()?.maximum(&u.abs()?)?;

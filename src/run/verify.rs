@@ -249,12 +249,13 @@ fn output_magnitudes(model: &Model, set: &InputSet) -> Result<Vec<f64>> {
         .get(model.graph.output.index())
         .and_then(|b| b.as_ref())
         .ok_or_else(|| Error::Usage("internal: no interval bounds at the output".into()))?;
-    let read = |t: &Tensor| {
-        t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>())
-    };
+    let read = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
     let ctx = || "the output magnitudes".to_string();
     let (l, u) = (read(l).context(ctx)?, read(u).context(ctx)?);
-    Ok(l.iter().zip(&u).map(|(a, b)| if a.is_nan() || b.is_nan() { f64::INFINITY } else { a.abs().max(b.abs()) }).collect())
+    Ok(l.iter()
+        .zip(&u)
+        .map(|(a, b)| if a.is_nan() || b.is_nan() { f64::INFINITY } else { a.abs().max(b.abs()) })
+        .collect())
 }
 
 /// Check candidate inputs in float64 against every disjunct of the region. Each candidate is clipped into the
@@ -296,9 +297,7 @@ fn confirm(net: &Network, r: &Region, cands: Vec<Vec<f64>>) -> Result<Option<(Ve
         hi.flatten_from(1).and_then(|t| t.to_vec2()).context(ctx)?,
     );
     for (((x, y), yl), yu) in clipped.into_iter().zip(ys).zip(lo).zip(hi) {
-        if y.iter().all(|v| v.is_finite())
-            && r.disjuncts.iter().any(|d| d.iter().all(|c| c.holds_surely(&yl, &yu)))
-        {
+        if y.iter().all(|v| v.is_finite()) && r.disjuncts.iter().any(|d| d.iter().all(|c| c.holds_surely(&yl, &yu))) {
             return Ok(Some((x, y)));
         }
     }
