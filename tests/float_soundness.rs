@@ -14,6 +14,8 @@
 //!   own rounding certifies them about half the time;
 //! - random affine networks, whose exact minimum over a box the bounds must not exceed.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -175,26 +177,6 @@ fn onnx_mlp(layers: &Layers, double: bool) -> Vec<u8> {
     m.write_to_bytes().expect("encode")
 }
 
-/// A VNN-LIB property: `x ∈ [lo, hi]`, violated when `Y_j >= Y_y` for some `j ≠ y`.
-fn property(lo: &[f64], hi: &[f64], y: usize, k: usize) -> String {
-    let mut s = String::new();
-    for i in 0..lo.len() {
-        s.push_str(&format!("(declare-const X_{i} Real)\n"));
-    }
-    for j in 0..k {
-        s.push_str(&format!("(declare-const Y_{j} Real)\n"));
-    }
-    for i in 0..lo.len() {
-        s.push_str(&format!("(assert (>= X_{i} {:?}))\n(assert (<= X_{i} {:?}))\n", lo[i], hi[i]));
-    }
-    s.push_str("(assert (or\n");
-    for j in (0..k).filter(|j| *j != y) {
-        s.push_str(&format!("    (and (>= Y_{j} Y_{y}))\n"));
-    }
-    s.push_str("))\n");
-    s
-}
-
 /// `verify` on the MLP as ONNX, in `dtype`; a `sat` counterexample is checked here in exact arithmetic.
 fn verify_mlp(layers: &Layers, double: bool, lo: &[f64], hi: &[f64], y: usize, dtype: DType, family: Family) -> Answer {
     let dir = tempfile::tempdir().expect("tmp");
@@ -202,7 +184,7 @@ fn verify_mlp(layers: &Layers, double: bool, lo: &[f64], hi: &[f64], y: usize, d
     std::fs::write(&path, onnx_mlp(layers, double)).expect("write");
     let net = Network::load(&path, dtype).expect("load");
     let k = layers.last().expect("layers").1.len();
-    let prop = dualnet::vnnlib::parse("p.vnnlib", &property(lo, hi, y, k)).expect("parse");
+    let prop = dualnet::vnnlib::parse("p.vnnlib", &common::property(lo, hi, y, k)).expect("parse");
     let cfg = VerifyConfig { family, dtype, timeout: 20.0, ..VerifyConfig::default() };
     let (answer, _) = verify(&net, &prop, &cfg).expect("verify");
     if let Answer::Sat { x, .. } = &answer {

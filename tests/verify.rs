@@ -21,26 +21,6 @@ fn fc() -> PathBuf {
     common::repo().join("tests/fixtures/onnx/tiny_fc.onnx")
 }
 
-/// A property on the box `lo..hi`: violated when one of the `other` outputs reaches output `label`.
-fn property(lo: &[f64], hi: &[f64], label: usize, outputs: usize) -> String {
-    let mut s = String::new();
-    for i in 0..lo.len() {
-        s.push_str(&format!("(declare-const X_{i} Real)\n"));
-    }
-    for j in 0..outputs {
-        s.push_str(&format!("(declare-const Y_{j} Real)\n"));
-    }
-    for i in 0..lo.len() {
-        s.push_str(&format!("(assert (<= X_{i} {:?}))\n(assert (>= X_{i} {:?}))\n", hi[i], lo[i]));
-    }
-    s.push_str("(assert (or\n");
-    for j in (0..outputs).filter(|j| *j != label) {
-        s.push_str(&format!("    (and (>= Y_{j} Y_{label}))\n"));
-    }
-    s.push_str("))\n");
-    s
-}
-
 fn eval(net: &Network, x: &[f64]) -> Vec<f64> {
     net.eval_f64(&[x.to_vec()]).expect("eval").remove(0)
 }
@@ -72,7 +52,7 @@ fn answers_are_sound_and_counterexamples_valid() {
         let lo: Vec<f64> = center.iter().map(|c| c - eps).collect();
         let hi: Vec<f64> = center.iter().map(|c| c + eps).collect();
         let label = argmax(&eval(&net, &center));
-        let prop = dualnet::vnnlib::parse("case.vnnlib", &property(&lo, &hi, label, 3)).expect("parse");
+        let prop = dualnet::vnnlib::parse("case.vnnlib", &common::property(&lo, &hi, label, 3)).expect("parse");
         for family in [Family::Crown, Family::Wk, Family::Ibp, Family::Alpha] {
             let cfg = VerifyConfig { family, timeout: 30.0, ..VerifyConfig::default() };
             let (answer, _) = verify(&net, &prop, &cfg).expect("verify");
@@ -116,7 +96,7 @@ fn conv_networks_with_normalisation_answer_soundly() {
         let lo: Vec<f64> = center.iter().map(|c| (c - eps).max(0.0)).collect();
         let hi: Vec<f64> = center.iter().map(|c| (c + eps).min(1.0)).collect();
         let label = argmax(&eval(&net, &center));
-        let prop = dualnet::vnnlib::parse("conv.vnnlib", &property(&lo, &hi, label, 5)).expect("parse");
+        let prop = dualnet::vnnlib::parse("conv.vnnlib", &common::property(&lo, &hi, label, 5)).expect("parse");
         let (answer, _) =
             verify(&net, &prop, &VerifyConfig { timeout: 30.0, ..VerifyConfig::default() }).expect("verify");
         match &answer {
@@ -207,8 +187,8 @@ fn bench(dir: &Path) -> PathBuf {
     let net = Network::load(&fc(), DType::F64).expect("load");
     let c = [0.2, -0.1, 0.4, 0.0, 0.3, -0.3];
     let label = argmax(&eval(&net, &c));
-    let tight = property(&c.map(|v| v - 0.001), &c.map(|v| v + 0.001), label, 3);
-    let wide = property(&[-1.0; 6], &[1.0; 6], label, 3);
+    let tight = common::property(&c.map(|v| v - 0.001), &c.map(|v| v + 0.001), label, 3);
+    let wide = common::property(&[-1.0; 6], &[1.0; 6], label, 3);
     std::fs::write(dir.join("tight.vnnlib"), tight).expect("write");
     std::fs::write(dir.join("wide.vnnlib"), wide).expect("write");
     std::fs::copy(fc(), dir.join("tiny_fc.onnx")).expect("copy");
@@ -273,7 +253,7 @@ fn bad_inputs_answer_error_with_a_diagnostic() {
     assert_eq!(std::fs::read_to_string(&result).expect("result"), "error\n");
     // A property of another network: its inputs are out of range.
     let other = dir.path().join("other.vnnlib");
-    std::fs::write(&other, property(&[0.0; 8], &[1.0; 8], 0, 3)).expect("write");
+    std::fs::write(&other, common::property(&[0.0; 8], &[1.0; 8], 0, 3)).expect("write");
     let (code, _, err) =
         run(bin().args(["verify", "--onnx"]).arg(dir.path().join("tiny_fc.onnx")).arg("--vnnlib").arg(&other));
     assert_eq!(code, 1);

@@ -324,7 +324,6 @@ impl InputSet {
         match self {
             InputSet::Box { center, radius } => {
                 // On the host in f64, each end rounded outward (two roundings: two ulps), then as a box.
-                let _ = (&m, &s);
                 let cv = crate::finite::host_values(center, "the box's centre")?;
                 let rv = crate::finite::host_values(radius, "the box's radius")?;
                 let plane: usize = c.dims().iter().skip(2).product();

@@ -125,12 +125,17 @@ pub fn dual_pass(
                         || r.slope.rank() == lam.rank()
                         || r.mid.rank() == lam.rank();
                     if !per_row {
-                        // One weight per unit: `|slope| m_z γ_3 + (|mid| + rad) γ_n`.
-                        let go = || -> candle_core::Result<Tensor> {
-                            let mut slope = r.slope.detach().abs()?;
-                            if let Some(al) = &r.lower {
-                                slope = slope.maximum(&al.detach().abs()?)?;
+                        // One weight per unit: `|slope| m_z γ_3 + (|mid| + rad) γ_n`, `|slope|` the larger of
+                        // the two lines' slopes.
+                        let smax = || -> candle_core::Result<Tensor> {
+                            let slope = r.slope.detach().abs()?;
+                            match &r.lower {
+                                Some(al) => slope.maximum(&al.detach().abs()?),
+                                None => Ok(slope),
                             }
+                        };
+                        let slope = smax().context(ctx_err)?;
+                        let go = || -> candle_core::Result<Tensor> {
                             let offs = (r.mid.detach().abs()? + r.rad.detach())?;
                             (slope.mul(m_z)? * g_3)? + (offs * g_n)?
                         };
@@ -147,14 +152,8 @@ pub fn dual_pass(
                                 let zctx = model.ctx(z);
                                 let n_z: usize = g.node(z).shape.iter().product();
                                 let t = zop.transpose_terms(&zctx).max(rounding::sum_terms(n_z)) + 1;
-                                let go = || -> candle_core::Result<Tensor> {
-                                    let mut slope = r.slope.detach().abs()?;
-                                    if let Some(al) = &r.lower {
-                                        slope = slope.maximum(&al.detach().abs()?)?;
-                                    }
-                                    let k = rounding::charge_gamma(t, dt) * (1.0 + 4.0 * rounding::unit(dt));
-                                    (slope * k)?.broadcast_mul(image)
-                                };
+                                let k = rounding::charge_gamma(t, dt) * (1.0 + 4.0 * rounding::unit(dt));
+                                let go = || (&slope * k)?.broadcast_mul(image);
                                 charge_w = add_w(charge_w, go().context(ctx_err)?).context(ctx_err)?;
                                 prepaid[z.index()] = true;
                             }

@@ -242,18 +242,24 @@ fn prove_region(net: &Network, r: &Region, cfg: &VerifyConfig) -> Result<(bool, 
     Ok((finite && best.iter().all(|&m| m > cfg.safety_margin), worst))
 }
 
-/// `max(|l_j|, |u_j|)` of every output over `set` (one example), from sound interval bounds.
-fn output_magnitudes(model: &Model, set: &InputSet) -> Result<Vec<f64>> {
+/// Sound interval bounds `(lower, upper)` `[B][K]` on the outputs over `set` (every rounding paid for).
+fn output_interval(model: &Model, set: &InputSet) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
     let iv = crate::dual::ibp::interval_bounds(model, set)?;
     let (l, u) = iv
         .get(model.graph.output.index())
         .and_then(|b| b.as_ref())
         .ok_or_else(|| Error::Usage("internal: no interval bounds at the output".into()))?;
-    let read = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
-    let ctx = || "the output magnitudes".to_string();
-    let (l, u) = (read(l).context(ctx)?, read(u).context(ctx)?);
+    let read = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_from(1)).and_then(|t| t.to_vec2::<f64>());
+    let ctx = || "the outputs' interval bounds".to_string();
+    Ok((read(l).context(ctx)?, read(u).context(ctx)?))
+}
+
+/// `max(|l_j|, |u_j|)` of every output over `set` (one example), from [`output_interval`]; NaN gives ∞.
+fn output_magnitudes(model: &Model, set: &InputSet) -> Result<Vec<f64>> {
+    let (l, u) = output_interval(model, set)?;
     Ok(l.iter()
-        .zip(&u)
+        .flatten()
+        .zip(u.iter().flatten())
         .map(|(a, b)| if a.is_nan() || b.is_nan() { f64::INFINITY } else { a.abs().max(b.abs()) })
         .collect())
 }
@@ -286,16 +292,7 @@ fn confirm(net: &Network, r: &Region, cands: Vec<Vec<f64>>) -> Result<Option<(Ve
     shape.extend_from_slice(net.exact.graph.input_shape());
     let flat: Vec<f64> = clipped.iter().flatten().copied().collect();
     let point = InputSet::from_host_box(&flat, &flat, &shape, DType::F64, &net.exact.device, false)?;
-    let iv = crate::dual::ibp::interval_bounds(&net.exact, &point)?;
-    let (lo, hi) = iv
-        .get(net.exact.graph.output.index())
-        .and_then(|b| b.as_ref())
-        .ok_or_else(|| Error::Usage("internal: no interval bounds at the output".into()))?;
-    let ctx = || "the float64 check".to_string();
-    let (lo, hi): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (
-        lo.flatten_from(1).and_then(|t| t.to_vec2()).context(ctx)?,
-        hi.flatten_from(1).and_then(|t| t.to_vec2()).context(ctx)?,
-    );
+    let (lo, hi) = output_interval(&net.exact, &point)?;
     for (((x, y), yl), yu) in clipped.into_iter().zip(ys).zip(lo).zip(hi) {
         if y.iter().all(|v| v.is_finite()) && r.disjuncts.iter().any(|d| d.iter().all(|c| c.holds_surely(&yl, &yu))) {
             return Ok(Some((x, y)));

@@ -97,3 +97,23 @@ pub fn write_mnist_subset(dir: &Path, train: std::ops::Range<usize>, test: std::
     write_idx(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", &data, train);
     write_idx(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", &data, test);
 }
+
+/// A property on the box `lo..hi`: violated when one of the `other` outputs reaches output `label`.
+pub fn property(lo: &[f64], hi: &[f64], label: usize, outputs: usize) -> String {
+    let mut s = String::new();
+    for i in 0..lo.len() {
+        s.push_str(&format!("(declare-const X_{i} Real)\n"));
+    }
+    for j in 0..outputs {
+        s.push_str(&format!("(declare-const Y_{j} Real)\n"));
+    }
+    for i in 0..lo.len() {
+        s.push_str(&format!("(assert (<= X_{i} {:?}))\n(assert (>= X_{i} {:?}))\n", hi[i], lo[i]));
+    }
+    s.push_str("(assert (or\n");
+    for j in (0..outputs).filter(|j| *j != label) {
+        s.push_str(&format!("    (and (>= Y_{j} Y_{label}))\n"));
+    }
+    s.push_str("))\n");
+    s
+}
