@@ -19,7 +19,6 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use dualnet::check::check_source;
 use dualnet::dual::bounds::Options;
 use dualnet::dual::robust::certify_batch_with;
 use dualnet::dual::{InputSet, Model};
@@ -32,8 +31,7 @@ use rand::{Rng, SeedableRng};
 
 const FAMILIES: [Family; 4] = [Family::Wk, Family::Crown, Family::Ibp, Family::Alpha];
 
-/// An MLP as host values: per layer `W [out][in]` and `b [out]`, ReLU between layers.
-type Layers = Vec<(Vec<Vec<f64>>, Vec<f64>)>;
+use common::nets::{mlp_model, mlp_spec, Layers};
 
 fn q(v: f64) -> BigRational {
     BigRational::from_float(v).expect("finite")
@@ -61,39 +59,6 @@ fn exact_forward(layers: &Layers, x: &[f64]) -> Vec<BigRational> {
 fn exact_margins(layers: &Layers, x: &[f64], y: usize) -> Vec<BigRational> {
     let f = exact_forward(layers, x);
     f.iter().map(|fj| &f[y] - fj).collect()
-}
-
-/// The spec of an MLP with these layer widths.
-fn mlp_spec(widths: &[usize]) -> String {
-    let mut s = format!("network m {{ input x: [{}]", widths[0]);
-    let mut prev = "x".to_string();
-    for (k, w) in widths[1..].iter().enumerate() {
-        s.push_str(&format!("  l{k} = linear({prev}, out={w})"));
-        prev = format!("l{k}");
-        if k + 2 < widths.len() {
-            s.push_str(&format!("  r{k} = relu({prev})"));
-            prev = format!("r{k}");
-        }
-    }
-    s.push_str(&format!("  output {prev} }}"));
-    s
-}
-
-/// The model of `spec` with these exact layer values, in `dtype` (every value must be exact in it).
-fn mlp_model(spec: &str, names: &[&str], layers: &Layers, dtype: DType) -> Model {
-    let checked = check_source("t.net", spec);
-    let g = checked
-        .graph
-        .unwrap_or_else(|| panic!("spec: {:?}", checked.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
-    let mut map = HashMap::new();
-    for (name, (w, b)) in names.iter().zip(layers) {
-        let (o, i) = (w.len(), w[0].len());
-        let flat: Vec<f64> = w.iter().flatten().copied().collect();
-        map.insert(format!("{name}.weight"), Tensor::from_vec(flat, (o, i), &Device::Cpu).expect("w"));
-        map.insert(format!("{name}.bias"), Tensor::from_vec(b.clone(), o, &Device::Cpu).expect("b"));
-    }
-    let w = Weights::from_map(&g, map, "t.safetensors", dtype).expect("weights");
-    Model::new(g, w, dtype, Device::Cpu)
 }
 
 /// The box `[lo, hi]` (one example) as a set in `dtype`.

@@ -17,8 +17,67 @@ use crate::run::verify::{format_results, merge, read_instances, run_batch, verif
 pub enum Branching {
     /// One bound per box, no branch and bound.
     None,
-    /// Branch and bound over ReLU splits (not yet available).
+    /// Branch and bound over ReLU splits.
     Relu,
+    /// Branch and bound over bisections of the input box.
+    Input,
+    /// `input` for networks with at most 16 inputs, else `relu`.
+    Auto,
+}
+
+impl Branching {
+    pub fn search(self) -> crate::run::search::Branching {
+        use crate::run::search::Branching as B;
+        match self {
+            Branching::None => B::None,
+            Branching::Relu => B::Relu,
+            Branching::Input => B::Input,
+            Branching::Auto => B::Auto,
+        }
+    }
+}
+
+/// `--heuristic`: which unit a ReLU split takes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeuristicArg {
+    /// BaBSR's intercept score from the bound's dual variables.
+    Babsr,
+    /// The widest unstable unit.
+    Widest,
+}
+
+impl HeuristicArg {
+    pub fn search(self) -> crate::run::search::Heuristic {
+        match self {
+            HeuristicArg::Babsr => crate::run::search::Heuristic::Babsr,
+            HeuristicArg::Widest => crate::run::search::Heuristic::Widest,
+        }
+    }
+}
+
+/// `--max-memory` in bytes: a number with an optional unit, `8G`, `512M`, `2e9`.
+pub fn parse_bytes(flag: &str, s: &str) -> Result<f64> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1e3,
+                'M' => 1e6,
+                'G' => 1e9,
+                'T' => 1e12,
+                _ => 0.0,
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1.0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && mult > 0.0 => Ok(v * mult),
+        _ => Err(Error::input(
+            Diagnostic::new(Code::BadOption, format!("`{flag} {s}` is not a positive size"))
+                .help(format!("give bytes with an optional unit K, M, G or T, e.g. `{flag} 8G`")),
+        )),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -53,8 +112,26 @@ pub struct Args {
     /// The bound family: `crown` (default), `alpha`, `wk` or `ibp`.
     #[arg(long, value_enum, default_value = "crown")]
     pub bound: crate::ops::Family,
-    #[arg(long, value_enum, default_value = "none")]
+    /// Branch and bound: `auto` (input splitting up to 16 inputs, else ReLU splitting), `relu`, `input`, or
+    /// `none` (the bound alone).
+    #[arg(long, value_enum, default_value = "auto")]
     pub branching: Branching,
+    /// Which unit a ReLU split takes.
+    #[arg(long, value_enum, default_value = "babsr")]
+    pub heuristic: HeuristicArg,
+    /// The most memory the queue of domains may take (bytes, or with a unit: `8G`).
+    #[arg(long, default_value = "8G")]
+    pub max_memory: String,
+    /// Most domains per bound pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// After a ReLU split, keep every layer's bounds from the parent domain (only the margins are computed);
+    /// by default the layers after the split are computed again.
+    #[arg(long)]
+    pub no_recompute: bool,
+    /// Ascent steps on the split multipliers (β-CROWN) of each split domain; 0 turns them off.
+    #[arg(long, default_value_t = crate::run::search::DEFAULT_BETA_ITERS)]
+    pub beta_iters: usize,
     /// The compute dtype of the bounds and the attack (counterexamples are always checked in float64).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: super::DTypeArg,
@@ -87,12 +164,6 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
 }
 
 fn config(args: &Args) -> Result<VerifyConfig> {
-    if args.branching == Branching::Relu {
-        return Err(Error::input(
-            Diagnostic::new(Code::BadOption, "`--branching relu` is not yet available")
-                .help("use `--branching none` (one bound per input box); branch and bound over ReLU splits is planned"),
-        ));
-    }
     if let Some(t) = args.timeout {
         crate::finite::check_option("--timeout", t)?;
         if t <= 0.0 {
@@ -114,6 +185,12 @@ fn config(args: &Args) -> Result<VerifyConfig> {
             seed: args.seed,
             ..Default::default()
         },
+        branching: args.branching.search(),
+        heuristic: args.heuristic.search(),
+        max_memory: parse_bytes("--max-memory", &args.max_memory)?,
+        batch: args.batch.max(1),
+        recompute: !args.no_recompute,
+        beta_iters: args.beta_iters,
         ..VerifyConfig::default()
     })
 }
@@ -142,9 +219,10 @@ pub fn run(args: &Args) -> Result<i32> {
         let instances = read_instances(csv)?;
         let (_, summary) = run_batch(&instances, shard, out, dir, &cfg, !args.quiet, args.timeout)?;
         println!(
-            "{} (bound {}, branching none{}) -> {} and {}",
+            "{} (bound {}, branching {}{}) -> {} and {}",
             summary,
             cfg.family,
+            format!("{:?}", args.branching).to_lowercase(),
             if shard.1 > 1 { format!(", shard {}/{}", shard.0, shard.1) } else { String::new() },
             out.display(),
             dir.display()
@@ -171,10 +249,11 @@ pub fn run(args: &Args) -> Result<i32> {
     println!("{}", answer.word());
     if !args.quiet {
         eprintln!(
-            "{} in {:.2} s (bound {}{})",
+            "{} in {:.2} s (bound {}, {} domains{})",
             answer.word(),
             details.seconds,
             cfg.family,
+            details.domains,
             details.worst_margin.map(|m| format!(", worst margin {m:.4}")).unwrap_or_default()
         );
     }
@@ -193,5 +272,15 @@ mod tests {
         assert!(parse_shard("1").is_err());
         assert!(parse_shard("a/b").is_err());
         assert!(parse_shard("0/0").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("--max-memory", "8G").ok(), Some(8e9));
+        assert_eq!(parse_bytes("--max-memory", "512M").ok(), Some(512e6));
+        assert_eq!(parse_bytes("--max-memory", "2e9").ok(), Some(2e9));
+        assert!(parse_bytes("--max-memory", "0").is_err());
+        assert!(parse_bytes("--max-memory", "8X").is_err());
+        assert!(parse_bytes("--max-memory", "-1G").is_err());
     }
 }

@@ -30,7 +30,7 @@ use petgraph::graph::NodeIndex;
 use super::bounds::{strict_max, Bounds};
 use super::input_set::InputSet;
 use super::model::Model;
-use super::objective::{dual_pass, objective};
+use super::objective::{dual_pass_recording, objective};
 use crate::error::{Context, Error, Result};
 use crate::ops::{Family, Lines, Relaxation, Role};
 
@@ -98,7 +98,7 @@ fn optimise_margins(
         mags: bounds.mags.clone(),
     };
     let best = strict_max(start, &objective(model, set, &single, c)?).context(ctx)?;
-    match ascend(model, set, bounds, model.graph.output, c, iters, lr)? {
+    match ascend(model, set, bounds, model.graph.output, c, iters, lr, None)? {
         Some(j) => strict_max(&best, &j).context(ctx),
         None => Ok(best),
     }
@@ -147,7 +147,7 @@ fn tighten_layer(
     let mut c_shape = vec![b, 2 * m];
     c_shape.extend_from_slice(&shape);
     let c = Tensor::from_vec(rows, c_shape, l.device()).and_then(|t| t.to_dtype(l.dtype())).context(ctx)?;
-    let Some(j) = ascend(model, set, bounds, z, &c, iters, lr)? else { return Ok(()) };
+    let Some(j) = ascend(model, set, bounds, z, &c, iters, lr, None)? else { return Ok(()) };
     let jh = host(&j).context(ctx)?;
     let mut changed = false;
     for e in 0..b {
@@ -233,6 +233,31 @@ impl FreeTangent {
 /// `start` (the lower slopes of [`crate::ops::OpExec::lower_slope_range`], the tangent points of
 /// [`crate::ops::OpExec::tangents`]), from the relaxations' own (CROWN's) choice, for the rows
 /// `c: [B, K, *shape_start]`; `None` when no activation before `start` has a free parameter.
+/// Margins `[B, K]` of a batch of branch-and-bound domains with split multipliers (β-CROWN, Wang et al. 2021):
+/// `signs[z]` `[B, *shape_z]` is `+1` on the units split active (`z ≥ 0` on the domain), `−1` on those split
+/// inactive (`z ≤ 0`), 0 elsewhere. On the domain `c·f(x) ≥ c·f(x) − Σ_j β_j s_j z_j(x)` for every `β ≥ 0`, so
+/// the dual objective of the right side (the term injected at `z`, [`dual_pass_recording`]) bounds the margin
+/// below for every `β ≥ 0` and every lower slope in range; both are raised by the projected ascent of
+/// [`ascend`] (β projected onto `[0, ∞)`), from `β = 0`. Never below `start`.
+#[allow(clippy::too_many_arguments)]
+pub fn optimised_split_margins(
+    model: &Model,
+    set: &InputSet,
+    bounds: &Bounds,
+    c: &Tensor,
+    start: &Tensor,
+    signs: &HashMap<NodeIndex, Tensor>,
+    iters: usize,
+    lr: f64,
+) -> Result<Tensor> {
+    let ctx = || "optimising the split multipliers (beta)".to_string();
+    match ascend(model, set, bounds, model.graph.output, c, iters, lr, Some(signs))? {
+        Some(j) => strict_max(start, &j).context(ctx),
+        None => Ok(start.clone()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn ascend(
     model: &Model,
     set: &InputSet,
@@ -241,6 +266,7 @@ fn ascend(
     c: &Tensor,
     iters: usize,
     lr: f64,
+    signs: Option<&HashMap<NodeIndex, Tensor>>,
 ) -> Result<Option<Tensor>> {
     let ctx = || "optimising the relaxations (alpha)".to_string();
     let (b, k) = (c.dims()[0], c.dims()[1]);
@@ -288,6 +314,16 @@ fn ascend(
             tangents.push(FreeTangent { node: i, base, lo, up });
         }
     }
+    // Split multipliers: one per example, row and unit of every split layer, from 0, kept `≥ 0`.
+    let mut betas: Vec<(NodeIndex, Tensor, usize)> = Vec::new();
+    for (&z, s) in signs.into_iter().flatten() {
+        if z.index() >= start.index() {
+            continue;
+        }
+        let s = expand(s).context(ctx)?;
+        vars.push((Var::from_tensor(&s.zeros_like().context(ctx)?).context(ctx)?, 0.0, f64::INFINITY));
+        betas.push((z, s, vars.len() - 1));
+    }
     if vars.is_empty() || iters == 0 {
         return Ok(None);
     }
@@ -313,7 +349,21 @@ fn ascend(
                 r.lines = Some(lines);
             }
         }
-        let (lin, rad) = dual_pass(model, set, &relax, bounds.mags.as_ref(), start, c)?;
+        let inject: HashMap<NodeIndex, Tensor> = betas
+            .iter()
+            .map(|(z, s, v)| Ok((*z, vars[*v].0.as_tensor().mul(s)?.neg()?)))
+            .collect::<candle_core::Result<_>>()
+            .context(ctx)?;
+        let (lin, rad) = dual_pass_recording(
+            model,
+            set,
+            &relax,
+            bounds.mags.as_ref(),
+            start,
+            c,
+            None,
+            (!inject.is_empty()).then_some(&inject),
+        )?;
         let j = (lin - rad).context(ctx)?;
         best = Some(match &best {
             None => j.detach(),

@@ -384,6 +384,41 @@ pub fn compute(model: &Model, set: &InputSet) -> Result<Bounds> {
 
 /// Layer bounds, exact or with random projections (`opts.proj`).
 pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bounds> {
+    compute_given(model, set, opts, &Given::default())
+}
+
+/// Layer bounds known beforehand, per example (for branch and bound, [`crate::run::search`]): bounds that hold
+/// on the example's part of the input set (its parent domain's bounds, and the split constraints `z ≥ 0` or
+/// `z ≤ 0` as bounds `[0, ∞)`, `(−∞, 0]`, written with a large finite sentinel).
+#[derive(Clone, Default)]
+pub struct Given {
+    /// `(lower, upper)` `[B, *shape]` of an activation input: every computed bound is intersected with it.
+    pub layers: HashMap<NodeIndex, (Tensor, Tensor)>,
+    /// Activation inputs whose given bounds are taken as they are, without computing them (no split before them
+    /// changed them since they were computed).
+    pub keep: std::collections::HashSet<NodeIndex>,
+    /// Split constraints per activation input ([`Splits`]).
+    pub splits: HashMap<NodeIndex, Splits>,
+}
+
+/// The split constraints on one activation input, per example and unit: `z ≥ lower` and `z ≤ upper` (a large
+/// finite sentinel where there is none). They hold on the example's set by its definition, so the activation is
+/// relaxed on the clamped interval `[max(l, lower), min(u, upper)]`; the layer bounds themselves are kept as
+/// computed (the unclamped ones tell a split unit's lower line, below). `relu_active` (a 0/1 mask, ReLU only)
+/// marks the units split active (`z ≥ 0`): their relaxation is `α z ≤ a ≤ z` — exact on the set, and with
+/// CROWN's lower slope `α = [u ≥ −l]` on the unclamped bounds, where the identity alone would extend the line
+/// `a = z` below 0 over the parts of the box the split excludes.
+#[derive(Clone)]
+pub struct Splits {
+    pub lower: Tensor,
+    pub upper: Tensor,
+    pub relu_active: Option<Tensor>,
+}
+
+/// [`compute_with`], with layer bounds known beforehand ([`Given`]). Each layer's bounds are the intersection of
+/// the computed ones and the given ones: both hold on the example's set, so their intersection does. A layer
+/// where the intersection is empty (`l > u` somewhere) means the example's set is empty.
+pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Given) -> Result<Bounds> {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let g = &model.graph;
@@ -409,7 +444,7 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
         Family::Crown | Family::Alpha | Family::Ibp => Some(super::ibp::interval_bounds(model, set)?),
     };
     if let (Family::Ibp, Some(iv)) = (opts.family, &intervals) {
-        return interval_family(model, set, iv, opts, out, b);
+        return interval_family(model, set, iv, opts, given, out, b);
     }
     // Exact bounds: a layer much narrower than the free directions that would reach it (the input and the dense
     // offsets of earlier activations) gets its bounds from the dual network run backwards from it (n_z rows)
@@ -418,11 +453,20 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
         Some(_) => Vec::new(),
         None => backward_layers(model),
     };
-    let last_forward = g.activation_inputs().into_iter().filter(|z| !backward.contains(z)).map(|z| z.index()).max();
+    // With CROWN layer bounds on every layer the forward sources would serve no layer: none are propagated.
+    let crown_all = opts.crown_layers
+        && matches!(opts.family, Family::Crown | Family::Alpha)
+        && g.activation_inputs().into_iter().all(|z| crown_bytes(model, z, b) <= CROWN_LAYER_BYTES);
+    let last_forward = g
+        .activation_inputs()
+        .into_iter()
+        .filter(|z| !backward.contains(z) && !crown_all && !given.keep.contains(z))
+        .map(|z| z.index())
+        .max();
     let propagate = |i: NodeIndex| last_forward.map(|l| i.index() <= l).unwrap_or(false);
     let grouping = match opts.proj {
         Some(_) => None,
-        None if opts.ungrouped => None,
+        None if opts.ungrouped || last_forward.is_none() => None,
         None => {
             let targets: Vec<NodeIndex> = g.activation_inputs().into_iter().filter(|z| !backward.contains(z)).collect();
             match model.grouping.get() {
@@ -575,16 +619,19 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                     }
                     Role::Activation => {
                         let z = node.inputs[0];
+                        let kept = match (given.keep.contains(&z), given.layers.get(&z)) {
+                            (true, Some((l, u))) => Some((l.clone(), u.clone())),
+                            _ => None,
+                        };
+                        if let (None, Some((l, u))) = (out.of(z), kept) {
+                            out.push_layer(z, l, u, opts.poison, b).context(ctx_err)?;
+                        }
                         if out.of(z).is_none() {
                             // The backward pass holds `2n` adjoints of every node's size per example: within
-                            // 512 MB, else the layer keeps the default bounds.
-                            let n_z: usize = g.node(z).shape.iter().product();
-                            let widest =
-                                g.order().map(|j| g.node(j).shape.iter().product::<usize>()).max().unwrap_or(0);
-                            let bytes = (b * 2 * n_z * widest * x.dtype().size_in_bytes()) as f64;
+                            // [`CROWN_LAYER_BYTES`], else the layer keeps the default bounds.
                             let crown = opts.crown_layers
                                 && matches!(opts.family, Family::Crown | Family::Alpha)
-                                && bytes <= 512e6;
+                                && crown_bytes(model, z, b) <= CROWN_LAYER_BYTES;
                             let (l, u) = if crown {
                                 crown_backward_bounds(model, set, &out.relax, &mags, z, b)?
                             } else if backward.contains(&z) {
@@ -609,15 +656,34 @@ pub fn compute_with(model: &Model, set: &InputSet, opts: &Options) -> Result<Bou
                                 }
                                 None => (l, u),
                             };
+                            let (l, u) = match given.layers.get(&z) {
+                                Some((gl, gu)) => {
+                                    (strict_max(&l, gl).context(ctx_err)?, strict_min(&u, gu).context(ctx_err)?)
+                                }
+                                None => (l, u),
+                            };
                             out.push_layer(z, l, u, opts.poison, b).context(ctx_err)?;
                         }
                         let (l, u) = match out.of(z) {
                             Some((l, u)) => (l.clone(), u.clone()),
                             None => return Err(crate::error::Error::Usage("internal: bounds missing".into())),
                         };
+                        let (l0, u0) = (l.clone(), u.clone());
+                        let (l, u) = match given.splits.get(&z) {
+                            Some(sp) => (
+                                strict_max(&l, &sp.lower).context(ctx_err)?,
+                                strict_min(&u, &sp.upper).context(ctx_err)?,
+                            ),
+                            None => (l, u),
+                        };
                         mags.cap(z, &l, &u).context(ctx_err)?;
                         mags.fill(model, set, i, |n| (n == z).then_some((&l, &u)))?;
-                        let r = rounding::relax_sound(model, i, &l, &u, opts.family)?;
+                        let mut r = rounding::relax_sound(model, i, &l, &u, opts.family)?;
+                        if let Some(act) = given.splits.get(&z).and_then(|sp| sp.relu_active.as_ref()) {
+                            if r.lines.is_none() {
+                                r = split_active(r, act, &l0, &u0).context(ctx_err)?;
+                            }
+                        }
                         fe[i.index()] = Some(activation_error(&r, &fe, z).context(ctx_err)?);
                         let cz = centers[z.index()].clone().unwrap_or_else(|| x.clone());
                         centers[i.index()] = Some((r.slope.mul(&cz).context(ctx_err)? + &r.mid).context(ctx_err)?);
@@ -718,6 +784,7 @@ fn interval_family(
     set: &InputSet,
     iv: &[Option<(Tensor, Tensor)>],
     opts: &Options,
+    given: &Given,
     mut out: Bounds,
     b: usize,
 ) -> Result<Bounds> {
@@ -733,6 +800,10 @@ fn interval_family(
         if out.of(z).is_none() {
             let (l, u) =
                 iv[z.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal: interval missing".into()))?;
+            let (l, u) = match given.layers.get(&z) {
+                Some((gl, gu)) => (strict_max(&l, gl).context(ctx_err)?, strict_min(&u, gu).context(ctx_err)?),
+                None => (l, u),
+            };
             out.push_layer(z, l, u, opts.poison, b).context(ctx_err)?;
         }
         let (l, u) = match out.of(z) {
@@ -745,6 +816,41 @@ fn interval_family(
     }
     out.mags = Some(Magnitudes::of_bounds(model, set, &out.layers)?);
     Ok(out)
+}
+
+/// The relaxation `r` of a ReLU layer with the units of mask `act` (1 = split active, `z ≥ 0`) relaxed as
+/// `α z ≤ a ≤ z`, `α = [u ≥ −l]` on the unclamped bounds `l, u` (see [`Splits`]). Every piece is exact (slopes 0
+/// and 1, no offset), so no rounding widening is needed.
+fn split_active(r: Relaxation, act: &Tensor, l: &Tensor, u: &Tensor) -> candle_core::Result<Relaxation> {
+    let keep = act.affine(-1.0, 1.0)?;
+    let pick = |old: &Tensor, new: &Tensor| -> candle_core::Result<Tensor> { old.mul(&keep)? + new.mul(act)? };
+    let one = act.ones_like()?;
+    let zero = act.zeros_like()?;
+    let alpha = u.ge(&l.neg()?)?.to_dtype(act.dtype())?;
+    let lower = match &r.lower {
+        Some(al) if al.rank() == act.rank() => pick(al, &alpha)?,
+        _ => pick(&r.slope, &alpha)?,
+    };
+    Ok(Relaxation {
+        slope: pick(&r.slope, &one)?,
+        mid: pick(&r.mid, &zero)?,
+        rad: pick(&r.rad, &zero)?,
+        lower: Some(lower),
+        lines: None,
+        constant: false,
+    })
+}
+
+/// The most memory the CROWN bounds of one layer may take ([`Options::crown_layers`]).
+pub const CROWN_LAYER_BYTES: f64 = 512e6;
+
+/// Bytes of the backward pass for the CROWN bounds of activation input `z` on `b` examples: `2n` adjoints of
+/// every node's size per example.
+pub fn crown_bytes(model: &Model, z: NodeIndex, b: usize) -> f64 {
+    let g = &model.graph;
+    let n_z: usize = g.node(z).shape.iter().product();
+    let widest = g.order().map(|j| g.node(j).shape.iter().product::<usize>()).max().unwrap_or(0);
+    (b * 2 * n_z * widest * model.dtype.size_in_bytes()) as f64
 }
 
 /// Activation inputs whose exact bounds come from the dual network run backwards from them: those much

@@ -52,17 +52,44 @@ pub fn dual_pass(
     start: NodeIndex,
     c: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
+    dual_pass_recording(model, set, relax, mags, start, c, None, None)
+}
+
+/// [`dual_pass`], keeping the adjoint `λ_m` `[B, K, *shape_m]` at every activation node `m` and at the input in
+/// `record` (indexed by node): the dual variables that branching heuristics read ([`crate::run::search`]).
+///
+/// `inject` adds a term `t_n · n(x')` (`t_n: [B, K, *shape_n]`) to the objective at nodes before `start`: the
+/// bound is then on `c·start(x') + Σ_n t_n · n(x')`. Branch and bound's split multipliers use it
+/// ([`super::alpha::optimised_split_margins`]).
+#[allow(clippy::too_many_arguments)]
+pub fn dual_pass_recording(
+    model: &Model,
+    set: &InputSet,
+    relax: &std::collections::HashMap<NodeIndex, crate::ops::Relaxation>,
+    mags: Option<&Magnitudes>,
+    start: NodeIndex,
+    c: &Tensor,
+    mut record: Option<&mut Vec<Option<Tensor>>>,
+    inject: Option<&std::collections::HashMap<NodeIndex, Tensor>>,
+) -> Result<(Tensor, Tensor)> {
     let g = &model.graph;
     let (b, k) = (c.dims()[0], c.dims()[1]);
     let n_nodes = g.dag.node_count();
     let mut lambda: Vec<Option<Tensor>> = vec![None; n_nodes];
     lambda[start.index()] = Some(c.clone());
+    let mut hits = vec![0usize; n_nodes];
+    let injected = |j: NodeIndex| inject.is_some_and(|m| m.contains_key(&j));
+    for (j, t) in inject.into_iter().flatten() {
+        if j.index() < start.index() {
+            hits[j.index()] += 1;
+            accumulate(&mut lambda, *j, t.clone()).context(|| "dual objective".to_string())?;
+        }
+    }
     let zero = Tensor::zeros((b, k), c.dtype(), c.device()).context(|| "dual objective".to_string())?;
     let (mut lin, mut rad) = (zero.clone(), zero.clone());
     let dt = c.dtype();
     // The rounding charge and the magnitude of every term added to `lin` or `rad` (their sums round too).
     let (mut charge, mut terms_abs, mut n_terms) = (zero.clone(), zero, 0usize);
-    let mut hits = vec![0usize; n_nodes];
     // Affine nodes whose charge an activation (their one consumer) already took (see below).
     let mut prepaid = vec![false; n_nodes];
     let magnitude = |j: NodeIndex| -> Result<&Tensor> {
@@ -146,7 +173,7 @@ pub fn dual_pass(
                         // its one consumer (no other adjoint meets there).
                         let z = node.inputs[0];
                         if let NodeKind::Op(zop) = g.node(z).kind {
-                            let single = g.consumers(z).len() == 1 && z != start;
+                            let single = g.consumers(z).len() == 1 && z != start && !injected(z);
                             let image = mags.and_then(|m| m.image[z.index()].as_ref());
                             if let (Role::Affine, true, Some(image)) = (zop.role(), single, image) {
                                 let zctx = model.ctx(z);
@@ -239,6 +266,12 @@ pub fn dual_pass(
         };
         match node.kind {
             NodeKind::Input => {
+                if let Some(rec) = record.as_deref_mut() {
+                    if rec.len() < n_nodes {
+                        rec.resize(n_nodes, None);
+                    }
+                    rec[i.index()] = Some(lam.detach());
+                }
                 let center = set.center();
                 let l = weighted_row_sums(&lam, center, false).context(ctx_err)?;
                 let nrm = match set {
@@ -274,6 +307,12 @@ pub fn dual_pass(
                     }
                     Role::Activation => {
                         let r = relax.get(&i).ok_or_else(|| Error::Usage("internal: relaxation missing".into()))?;
+                        if let Some(rec) = record.as_deref_mut() {
+                            if rec.len() < n_nodes {
+                                rec.resize(n_nodes, None);
+                            }
+                            rec[i.index()] = Some(lam.detach());
+                        }
                         // The one place where the adjoint's sign picks the line: a coefficient `λ >= 0` on `σ(z)`
                         // is bounded below by the lower line, `λ < 0` by the upper one.
                         let back = if let Some(ln) = &r.lines {

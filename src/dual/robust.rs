@@ -67,9 +67,33 @@ pub fn lower_bounds_with(
     c: &Tensor,
     opts: &bounds::Options,
 ) -> Result<(Bounds, Tensor)> {
-    let bounds = bounds::compute_with(model, set, opts)?;
+    lower_bounds_given(model, set, c, opts, &bounds::Given::default(), None)
+}
+
+/// [`lower_bounds_with`] with layer bounds known beforehand ([`bounds::Given`], for branch and bound), keeping
+/// the dual variables of the margins' dual network in `record` where given
+/// ([`super::objective::dual_pass_recording`]).
+pub fn lower_bounds_given(
+    model: &Model,
+    set: &InputSet,
+    c: &Tensor,
+    opts: &bounds::Options,
+    given: &bounds::Given,
+    record: Option<&mut Vec<Option<Tensor>>>,
+) -> Result<(Bounds, Tensor)> {
+    let bounds = bounds::compute_given(model, set, opts, given)?;
     let c = &c.to_dtype(set.center().dtype()).context(|| "specification matrix".to_string())?;
-    let margin_lb = objective(model, set, &bounds, c)?;
+    let (lin, rad) = super::objective::dual_pass_recording(
+        model,
+        set,
+        &bounds.relax,
+        bounds.mags.as_ref(),
+        model.graph.output,
+        c,
+        record,
+        None,
+    )?;
+    let margin_lb = (lin - rad).context(|| "dual objective".to_string())?;
     let margin_lb = match opts.family {
         Family::Wk | Family::Ibp => margin_lb,
         // Both are valid lower bounds on the same margins, so their maximum is: the CROWN lines on the layer

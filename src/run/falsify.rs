@@ -72,6 +72,20 @@ pub fn candidates(
     cfg: &AttackConfig,
     deadline: std::time::Instant,
 ) -> Result<Vec<Vec<f64>>> {
+    candidates_from(model, lo, hi, disjuncts, cfg, deadline, &[])
+}
+
+/// [`candidates`], with PGD restarts started from `starts` (points of the box, taken in turn; e.g. the points
+/// that a bound's dual variables suggest) instead of random points, where given.
+pub fn candidates_from(
+    model: &Model,
+    lo: &[f64],
+    hi: &[f64],
+    disjuncts: &[&[Constraint]],
+    cfg: &AttackConfig,
+    deadline: std::time::Instant,
+    starts: &[Vec<f64>],
+) -> Result<Vec<Vec<f64>>> {
     let ctx = || "attacking the property".to_string();
     let dev = &model.device;
     let dt = model.dtype;
@@ -149,6 +163,8 @@ pub fn candidates(
         for r in 0..restarts {
             start.push(if r == 0 {
                 lo.iter().zip(hi).map(|(a, z)| 0.5 * (a + z)).collect()
+            } else if !starts.is_empty() && starts[(r - 1) % starts.len()].len() == n {
+                starts[(r - 1) % starts.len()].iter().zip(lo).zip(hi).map(|((v, a), z)| v.max(*a).min(*z)).collect()
             } else {
                 (0..n).map(|i| rng.random_range(0.0..=1.0) * (hi[i] - lo[i]) + lo[i]).collect()
             });

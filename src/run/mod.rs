@@ -4,5 +4,6 @@ pub mod cascade;
 pub mod certify;
 pub mod falsify;
 pub use crate::memory;
+pub mod search;
 pub mod train;
 pub mod verify;

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 
 use super::falsify::{candidates, AttackConfig};
+pub use super::search::Branching;
+use super::search::{confirm, search, Heuristic, Problem, SearchOptions, Verdict};
 use crate::diagnostics::{Code, Diagnostic};
-use crate::dual::bounds::Options;
-use crate::dual::robust::lower_bounds_with;
-use crate::dual::{InputSet, Model};
+use crate::dual::Model;
 use crate::error::{Context, Error, Result};
 use crate::ops::Family;
 use crate::vnnlib::{Property, Region};
@@ -39,6 +39,37 @@ pub struct VerifyConfig {
     pub safety_margin: f64,
     pub attack: AttackConfig,
     pub alpha: (usize, f64),
+    /// What branch and bound splits ([`Branching::None`]: the bound alone).
+    pub branching: Branching,
+    pub heuristic: Heuristic,
+    /// Most domains per bound pass.
+    pub batch: usize,
+    /// Bytes the queue of domains may take.
+    pub max_memory: f64,
+    /// Recompute the layers after a ReLU split (else they keep the parent's bounds).
+    pub recompute: bool,
+    /// Ascent steps on the split multipliers (β-CROWN) per split domain; 0 turns them off.
+    pub beta_iters: usize,
+    /// A spinner for the search's state (domains left, done, worst bound).
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+impl VerifyConfig {
+    pub fn search_options(&self) -> SearchOptions {
+        SearchOptions {
+            family: self.family,
+            alpha: self.alpha,
+            branching: self.branching,
+            heuristic: self.heuristic,
+            batch: self.batch,
+            max_memory: self.max_memory,
+            safety_margin: self.safety_margin,
+            attack: self.attack,
+            recompute: self.recompute,
+            beta_iters: self.beta_iters,
+            beta_lr: super::search::DEFAULT_BETA_LR,
+        }
+    }
 }
 
 impl Default for VerifyConfig {
@@ -50,6 +81,13 @@ impl Default for VerifyConfig {
             safety_margin: super::certify::default_safety_margin(DType::F32),
             attack: AttackConfig::default(),
             alpha: (crate::dual::bounds::DEFAULT_ALPHA_ITERS, crate::dual::bounds::DEFAULT_ALPHA_LR),
+            branching: Branching::Auto,
+            heuristic: Heuristic::Babsr,
+            batch: SearchOptions::default().batch,
+            max_memory: super::search::DEFAULT_MAX_MEMORY,
+            recompute: true,
+            beta_iters: super::search::DEFAULT_BETA_ITERS,
+            progress: None,
         }
     }
 }
@@ -157,148 +195,8 @@ pub struct Details {
     /// The smallest margin by which a disjunct was refuted (over the boxes), or the largest miss.
     pub worst_margin: Option<f64>,
     pub seconds: f64,
-}
-
-/// The box of a region as an input set `[1, *in]` that contains, in real arithmetic, the box of decimals the
-/// file wrote (each bound parsed to the nearest f64, so moved one ulp outward, then rounded outward to the
-/// compute dtype).
-fn region_set(model: &Model, r: &Region) -> Result<InputSet> {
-    let mut shape = vec![1];
-    shape.extend_from_slice(model.graph.input_shape());
-    InputSet::from_host_box(&r.lo, &r.hi, &shape, model.dtype, &model.device, true)
-}
-
-/// What rounding the specification rows cost: for row `−c·y − d`, the margin bound `L` computed for the rows
-/// `c` as rounded to the compute dtype bounds the real `−c_dec·y − d_dec` (the decimals of the file) only after
-/// `Σ_j |c_dec,j − c_dt,j| M_j` (`M_j` a sound bound on `|y_j|` over the box), the offset's parsing
-/// (`|d| u`) and the f64 subtraction `L − d` (`|L − d| u`) are taken off. Returns `fl(L − d)` less that, rounded
-/// down by a factor on the charge.
-fn sound_row_margin(l: f64, c: &crate::vnnlib::Constraint, m_out: &[f64], dtype: DType) -> f64 {
-    let u = f64::EPSILON / 2.0;
-    let m = l - c.offset;
-    let mut charge = (c.offset.abs() + m.abs()) * u;
-    for &(j, v) in &c.coef {
-        // The row holds `−v`: parsed within `|v| u` of the decimal, then rounded to the compute dtype.
-        let v_dt = if dtype == DType::F64 { v } else { v as f32 as f64 };
-        let dc = (v - v_dt).abs() + v.abs() * u;
-        charge += dc * m_out.get(j).copied().unwrap_or(f64::INFINITY);
-    }
-    let n = c.coef.len() as f64 + 4.0;
-    m - (charge * (1.0 + 4.0 * n * u) + f64::MIN_POSITIVE)
-}
-
-/// Try to prove a region: returns whether every disjunct is refuted and the smallest refuting margin.
-fn prove_region(net: &Network, r: &Region, cfg: &VerifyConfig) -> Result<(bool, f64)> {
-    if r.disjuncts.iter().any(|d| d.is_empty()) {
-        return Ok((false, f64::NEG_INFINITY));
-    }
-    let k = net.outputs;
-    // One specification row per constraint: `-(c · y) - d > 0` everywhere refutes `c · y + d >= 0`.
-    let rows: Vec<(usize, &crate::vnnlib::Constraint)> =
-        r.disjuncts.iter().enumerate().flat_map(|(i, d)| d.iter().map(move |c| (i, c))).collect();
-    let mut data = vec![0f64; rows.len() * k];
-    for (row, (_, c)) in rows.iter().enumerate() {
-        for &(j, v) in &c.coef {
-            data[row * k + j] -= v;
-        }
-    }
-    // Refuse up front what cannot fit (an allocation failure would abort the whole benchmark).
-    if net.model.device.is_cpu() {
-        crate::memory::ensure_fits(
-            crate::dual::bounds::exact_bytes_per_example(&net.model) as f64,
-            &format!("the bounds of `{}` on one input box", net.model.graph.name),
-            "verify a smaller network, or on a machine with more memory",
-        )?;
-    }
-    let set = region_set(&net.model, r)?;
-    let c =
-        Tensor::from_vec(data, (1, rows.len(), k), &net.model.device).context(|| "the specification".to_string())?;
-    let opts = Options {
-        family: cfg.family,
-        alpha_iters: cfg.alpha.0,
-        alpha_lr: cfg.alpha.1,
-        crown_layers: true,
-        ..Default::default()
-    };
-    let (bounds, lb) = lower_bounds_with(&net.model, &set, &c, &opts)?;
-    let finite = bounds.finite.iter().all(|f| *f);
-    let lb: Vec<f64> = lb
-        .to_dtype(DType::F64)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1())
-        .context(|| "reading bounds".to_string())?;
-    // A sound bound on every output's magnitude over the box (interval propagation, every rounding paid for),
-    // for the rounding of the specification rows.
-    let m_out = output_magnitudes(&net.model, &set)?;
-    let mut best = vec![f64::NEG_INFINITY; r.disjuncts.len()];
-    for ((d, c), l) in rows.iter().zip(&lb) {
-        // A NaN never refutes (`max` keeps the other operand, and NaN > s is false below).
-        let m = sound_row_margin(*l, c, &m_out, net.model.dtype);
-        if m.is_finite() {
-            best[*d] = best[*d].max(m);
-        }
-    }
-    let worst = best.iter().copied().fold(f64::INFINITY, f64::min);
-    Ok((finite && best.iter().all(|&m| m > cfg.safety_margin), worst))
-}
-
-/// Sound interval bounds `(lower, upper)` `[B][K]` on the outputs over `set` (every rounding paid for).
-fn output_interval(model: &Model, set: &InputSet) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
-    let iv = crate::dual::ibp::interval_bounds(model, set)?;
-    let (l, u) = iv
-        .get(model.graph.output.index())
-        .and_then(|b| b.as_ref())
-        .ok_or_else(|| Error::Usage("internal: no interval bounds at the output".into()))?;
-    let read = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_from(1)).and_then(|t| t.to_vec2::<f64>());
-    let ctx = || "the outputs' interval bounds".to_string();
-    Ok((read(l).context(ctx)?, read(u).context(ctx)?))
-}
-
-/// `max(|l_j|, |u_j|)` of every output over `set` (one example), from [`output_interval`]; NaN gives ∞.
-fn output_magnitudes(model: &Model, set: &InputSet) -> Result<Vec<f64>> {
-    let (l, u) = output_interval(model, set)?;
-    Ok(l.iter()
-        .flatten()
-        .zip(u.iter().flatten())
-        .map(|(a, b)| if a.is_nan() || b.is_nan() { f64::INFINITY } else { a.abs().max(b.abs()) })
-        .collect())
-}
-
-/// Check candidate inputs in float64 against every disjunct of the region. Each candidate is clipped into the
-/// box strictly inside the file's decimals (`[next_up(lo), next_down(hi)]`, where that is not empty: each f64
-/// bound is within half an ulp of its decimal, on either side), and counts only when a disjunct holds for
-/// every output in a sound enclosure of its real outputs (interval bounds at the point, in f64 on the weights
-/// as stored, every rounding paid for): `sat` is then a proof.
-fn confirm(net: &Network, r: &Region, cands: Vec<Vec<f64>>) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
-    if cands.is_empty() {
-        return Ok(None);
-    }
-    let inner = |a: f64, b: f64| if a.next_up() <= b.next_down() { (a.next_up(), b.next_down()) } else { (a, b) };
-    let clipped: Vec<Vec<f64>> = cands
-        .into_iter()
-        .map(|x| {
-            x.iter()
-                .zip(&r.lo)
-                .zip(&r.hi)
-                .map(|((v, a), b)| {
-                    let (a, b) = inner(*a, *b);
-                    v.max(a).min(b)
-                })
-                .collect()
-        })
-        .collect();
-    let ys = net.eval_f64(&clipped)?;
-    let mut shape = vec![clipped.len()];
-    shape.extend_from_slice(net.exact.graph.input_shape());
-    let flat: Vec<f64> = clipped.iter().flatten().copied().collect();
-    let point = InputSet::from_host_box(&flat, &flat, &shape, DType::F64, &net.exact.device, false)?;
-    let (lo, hi) = output_interval(&net.exact, &point)?;
-    for (((x, y), yl), yu) in clipped.into_iter().zip(ys).zip(lo).zip(hi) {
-        if y.iter().all(|v| v.is_finite()) && r.disjuncts.iter().any(|d| d.iter().all(|c| c.holds_surely(&yl, &yu))) {
-            return Ok(Some((x, y)));
-        }
-    }
-    Ok(None)
+    /// Domains bounded (1 per box without branching).
+    pub domains: usize,
 }
 
 /// Answer one instance.
@@ -311,31 +209,48 @@ pub fn verify(net: &Network, prop: &Property, cfg: &VerifyConfig) -> Result<(Ans
         d.seconds = start.elapsed().as_secs_f64();
         Ok((a, d))
     };
+    let check = |r: &Region, cands: Vec<Vec<f64>>| confirm(&net.exact, &r.lo, &r.hi, &r.disjuncts, cands);
     // 1. A quick attack on every box: most violated properties fall here, before any bound is computed.
     let quick = AttackConfig { steps: cfg.attack.steps.min(20), restarts: 1, samples: 8, ..cfg.attack };
     for r in &prop.regions {
         let ds: Vec<&[crate::vnnlib::Constraint]> = r.disjuncts.iter().map(|d| d.as_slice()).collect();
-        if let Some((x, y)) = confirm(net, r, candidates(&net.model, &r.lo, &r.hi, &ds, &quick, deadline)?)? {
+        if let Some((x, y)) = check(r, candidates(&net.model, &r.lo, &r.hi, &ds, &quick, deadline)?)? {
             return done(Answer::Sat { x, y }, details);
         }
     }
-    // 2. The bound on every box.
+    // 2. The search on every box: the bound alone (`--branching none`), or branch and bound.
+    let opts = cfg.search_options();
     let mut worst = f64::INFINITY;
+    let mut timed_out = false;
     for (i, r) in prop.regions.iter().enumerate() {
         if Instant::now() > deadline {
             return done(Answer::Timeout, details);
         }
-        let (ok, m) = prove_region(net, r, cfg)?;
-        details.proved_boxes[i] = ok;
-        worst = worst.min(m);
+        let p = Problem { model: &net.model, exact: &net.exact, lo: &r.lo, hi: &r.hi, disjuncts: &r.disjuncts };
+        let (verdict, stats) = search(&p, &opts, deadline, cfg.progress.as_ref())?;
+        details.domains += stats.domains;
+        match verdict {
+            Verdict::Proved => details.proved_boxes[i] = true,
+            Verdict::Counterexample { x, y } => return done(Answer::Sat { x, y }, details),
+            Verdict::Unknown { worst: w } => worst = worst.min(w),
+            Verdict::Timeout { worst: w } => {
+                worst = worst.min(w);
+                timed_out = true;
+            }
+        }
     }
     details.worst_margin = worst.is_finite().then_some(worst);
     if details.proved_boxes.iter().all(|p| *p) {
         return done(Answer::Unsat, details);
     }
+    if timed_out {
+        return done(Answer::Timeout, details);
+    }
     // 3. The full attack on the boxes the bound left open, with new seeds until the time is spent (at most a few
-    //    rounds: more restarts of the same attack rarely find what the first ones missed).
-    for round in 0..4u64 {
+    //    rounds: more restarts of the same attack rarely find what the first ones missed). Branch and bound ran
+    //    its own attacks already.
+    let rounds = if cfg.branching == Branching::None { 4u64 } else { 0 };
+    for round in 0..rounds {
         for (i, r) in prop.regions.iter().enumerate() {
             if details.proved_boxes[i] {
                 continue;
@@ -345,7 +260,7 @@ pub fn verify(net: &Network, prop: &Property, cfg: &VerifyConfig) -> Result<(Ans
             }
             let ds: Vec<&[crate::vnnlib::Constraint]> = r.disjuncts.iter().map(|d| d.as_slice()).collect();
             let a = AttackConfig { seed: cfg.attack.seed.wrapping_add(1 + round * 7919 + i as u64), ..cfg.attack };
-            if let Some((x, y)) = confirm(net, r, candidates(&net.model, &r.lo, &r.hi, &ds, &a, deadline)?)? {
+            if let Some((x, y)) = check(r, candidates(&net.model, &r.lo, &r.hi, &ds, &a, deadline)?)? {
                 return done(Answer::Sat { x, y }, details);
             }
         }
@@ -588,7 +503,11 @@ pub fn run_batch(
     let mut rows = Vec::new();
     let mut summary = BatchSummary::default();
     for inst in mine {
-        let icfg = VerifyConfig { timeout: timeout_override.unwrap_or(inst.timeout), ..cfg.clone() };
+        let icfg = VerifyConfig {
+            timeout: timeout_override.unwrap_or(inst.timeout),
+            progress: progress.then(|| bar.clone()),
+            ..cfg.clone()
+        };
         let (answer, d) = verify_files(&mut nets, &inst.onnx_path, &inst.vnnlib_path, &icfg);
         if let Answer::Error(m) = &answer {
             bar.suspend(|| eprintln!("{} {}: error\n{m}", inst.onnx, inst.vnnlib));

@@ -61,3 +61,39 @@ pub fn margins(m: &Model, x: &Tensor, labels: &[u32]) -> Vec<Vec<f64>> {
     let logits: Vec<Vec<f64>> = m.forward(x).expect("forward").to_vec2().expect("logits");
     logits.iter().zip(labels).map(|(row, &y)| row.iter().map(|v| row[y as usize] - v).collect()).collect()
 }
+
+/// An MLP as host values: per layer `W [out][in]` and `b [out]`, ReLU between layers.
+pub type Layers = Vec<(Vec<Vec<f64>>, Vec<f64>)>;
+
+/// The spec of an MLP with these layer widths.
+pub fn mlp_spec(widths: &[usize]) -> String {
+    let mut s = format!("network m {{ input x: [{}]", widths[0]);
+    let mut prev = "x".to_string();
+    for (k, w) in widths[1..].iter().enumerate() {
+        s.push_str(&format!("  l{k} = linear({prev}, out={w})"));
+        prev = format!("l{k}");
+        if k + 2 < widths.len() {
+            s.push_str(&format!("  r{k} = relu({prev})"));
+            prev = format!("r{k}");
+        }
+    }
+    s.push_str(&format!("  output {prev} }}"));
+    s
+}
+
+/// The model of `spec` with these exact layer values, in `dtype` (every value must be exact in it).
+pub fn mlp_model(spec: &str, names: &[&str], layers: &Layers, dtype: DType) -> Model {
+    let checked = check_source("t.net", spec);
+    let g = checked
+        .graph
+        .unwrap_or_else(|| panic!("spec: {:?}", checked.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    let mut map = std::collections::HashMap::new();
+    for (name, (w, b)) in names.iter().zip(layers) {
+        let (o, i) = (w.len(), w[0].len());
+        let flat: Vec<f64> = w.iter().flatten().copied().collect();
+        map.insert(format!("{name}.weight"), Tensor::from_vec(flat, (o, i), &Device::Cpu).expect("w"));
+        map.insert(format!("{name}.bias"), Tensor::from_vec(b.clone(), o, &Device::Cpu).expect("b"));
+    }
+    let w = Weights::from_map(&g, map, "t.safetensors", dtype).expect("weights");
+    Model::new(g, w, dtype, Device::Cpu)
+}

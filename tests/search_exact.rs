@@ -1,0 +1,227 @@
+//! Branch and bound against exact answers: on small random ReLU networks (2 to 6 inputs, 12 ReLUs in two layers,
+//! boxes of three sizes), the search ([`dualnet::run::search`]) with ReLU splitting and with input splitting must
+//! agree with the exact answer on every robustness property it answers, and answer nearly all of them.
+//!
+//! The exact answer enumerates the activation patterns that some point of the box realises: a depth-first search
+//! over the units in order, each unit fixed active (`z ≥ 0`) or inactive (`z ≤ 0`) where a linear program says
+//! the pattern so far stays feasible (every pre-activation is affine in `x` once the earlier units are fixed).
+//! On each feasible full pattern the margins `f_y − f_j` are affine, and a linear program gives their minimum
+//! over the pattern's polytope; the exact minimum over the box is the smallest of those. The linear programs
+//! are solved in floating point (`microlp`, tolerance about 1e-7), so properties whose exact minimum is within
+//! 1e-4 of 0 are left out: their sign is not certain.
+
+mod common;
+
+use candle_core::DType;
+use common::nets::{mlp_model, mlp_spec, Layers};
+use dualnet::run::search::{search, Branching, Problem, SearchOptions, Verdict};
+use dualnet::vnnlib::Constraint;
+use microlp::{ComparisonOp, OptimizationDirection};
+use rand::{Rng, SeedableRng};
+
+/// An affine function of the input: `a · x + b`.
+#[derive(Clone)]
+struct Affine {
+    a: Vec<f64>,
+    b: f64,
+}
+
+impl Affine {
+    fn combine(terms: &[(f64, &Affine)], bias: f64, n: usize) -> Affine {
+        let mut a = vec![0.0; n];
+        let mut b = bias;
+        for (w, t) in terms {
+            for (ai, ti) in a.iter_mut().zip(&t.a) {
+                *ai += w * ti;
+            }
+            b += w * t.b;
+        }
+        Affine { a, b }
+    }
+}
+
+/// `min f(x)` over the box with the constraints `g(x) ≥ 0` (each `g` affine); `None` when infeasible.
+fn lp_min(f: &Affine, cons: &[Affine], lo: &[f64], hi: &[f64]) -> Option<f64> {
+    let mut p = microlp::Problem::new(OptimizationDirection::Minimize);
+    let vars: Vec<_> = f.a.iter().zip(lo.iter().zip(hi)).map(|(c, (a, b))| p.add_var(*c, (*a, *b))).collect();
+    for g in cons {
+        let row: Vec<_> = vars.iter().copied().zip(g.a.iter().copied()).collect();
+        p.add_constraint(&row, ComparisonOp::Ge, -g.b);
+    }
+    match p.solve().map(|o| o.into_solution()) {
+        Ok(Ok(s)) => Some(s.objective() + f.b),
+        Ok(Err(_)) => panic!("the linear program was interrupted"),
+        Err(microlp::Error::Infeasible) => None,
+        Err(e) => panic!("the linear program failed: {e:?}"),
+    }
+}
+
+/// The exact minimum over the box of every margin `f_y − f_j` (index `j`; `+∞` at `y`), by enumerating the
+/// feasible activation patterns.
+fn exact_min_margins(layers: &Layers, lo: &[f64], hi: &[f64], y: usize) -> Vec<f64> {
+    let n = lo.len();
+    let inputs: Vec<Affine> = (0..n)
+        .map(|i| {
+            let mut a = vec![0.0; n];
+            a[i] = 1.0;
+            Affine { a, b: 0.0 }
+        })
+        .collect();
+    let k = layers.last().expect("layers").1.len();
+    let mut best = vec![f64::INFINITY; k];
+    // Depth-first: layer `li`, unit `j`, the post-activations of the finished layers' units so far.
+    #[allow(clippy::too_many_arguments)]
+    fn go(
+        layers: &Layers,
+        li: usize,
+        prev: &[Affine],
+        cur: &mut Vec<Affine>,
+        cons: &mut Vec<Affine>,
+        lo: &[f64],
+        hi: &[f64],
+        y: usize,
+        best: &mut [f64],
+    ) {
+        let n = lo.len();
+        let (w, b) = &layers[li];
+        if li + 1 == layers.len() {
+            // The output layer: affine outputs, the margins' minima on this pattern.
+            let out: Vec<Affine> = w
+                .iter()
+                .zip(b)
+                .map(|(row, bj)| {
+                    let terms: Vec<(f64, &Affine)> = row.iter().copied().zip(prev.iter()).collect();
+                    Affine::combine(&terms, *bj, n)
+                })
+                .collect();
+            for j in 0..out.len() {
+                if j == y {
+                    continue;
+                }
+                let m = Affine::combine(&[(1.0, &out[y]), (-1.0, &out[j])], 0.0, n);
+                if let Some(v) = lp_min(&m, cons, lo, hi) {
+                    best[j] = best[j].min(v);
+                }
+            }
+            return;
+        }
+        let j = cur.len();
+        if j == w.len() {
+            let next = std::mem::take(cur);
+            go(layers, li + 1, &next, &mut Vec::new(), cons, lo, hi, y, best);
+            *cur = next;
+            return;
+        }
+        let terms: Vec<(f64, &Affine)> = w[j].iter().copied().zip(prev.iter()).collect();
+        let z = Affine::combine(&terms, b[j], n);
+        let neg = Affine { a: z.a.iter().map(|v| -v).collect(), b: -z.b };
+        let zero = Affine { a: vec![0.0; n], b: 0.0 };
+        for (constraint, post) in [(z.clone(), z.clone()), (neg, zero)] {
+            cons.push(constraint);
+            if lp_min(&Affine { a: vec![0.0; n], b: 0.0 }, cons, lo, hi).is_some() {
+                cur.push(post);
+                go(layers, li, prev, cur, cons, lo, hi, y, best);
+                cur.pop();
+            }
+            cons.pop();
+        }
+    }
+    go(layers, 0, &inputs, &mut Vec::new(), &mut Vec::new(), lo, hi, y, &mut best);
+    best
+}
+
+/// A random MLP `n → 6 → 6 → 3` with values exact in f32 (weights in [−1, 1], biases in [−0.5, 0.5]).
+fn random_layers(n: usize, rng: &mut impl Rng) -> Layers {
+    let widths = [n, 6, 6, 3];
+    widths
+        .windows(2)
+        .map(|w| {
+            let m: Vec<Vec<f64>> =
+                (0..w[1]).map(|_| (0..w[0]).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect()).collect();
+            let b: Vec<f64> = (0..w[1]).map(|_| rng.random_range(-0.5f32..0.5) as f64).collect();
+            (m, b)
+        })
+        .collect()
+}
+
+/// The float64 forward pass (to pick the label at the centre).
+fn forward(layers: &Layers, x: &[f64]) -> Vec<f64> {
+    let mut h = x.to_vec();
+    for (k, (w, b)) in layers.iter().enumerate() {
+        h = w.iter().zip(b).map(|(r, bj)| r.iter().zip(&h).map(|(a, v)| a * v).sum::<f64>() + bj).collect();
+        if k + 1 < layers.len() {
+            h.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+    h
+}
+
+#[test]
+fn branch_and_bound_agrees_with_the_exact_answer() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let mut cases = 0;
+    let mut answered = [0usize; 2];
+    let mut proved = [0usize; 2];
+    let mut violated = 0;
+    for case in 0..72 {
+        let n = 2 + case % 5;
+        let layers = random_layers(n, &mut rng);
+        let spec = mlp_spec(&[n, 6, 6, 3]);
+        let model = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F32);
+        let exact = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F64);
+        let center: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect();
+        let radius = [0.05, 0.2, 0.5][case % 3];
+        let lo: Vec<f64> = center.iter().map(|c| c - radius).collect();
+        let hi: Vec<f64> = center.iter().map(|c| c + radius).collect();
+        let f = forward(&layers, &center);
+        let y = (0..3).max_by(|a, b| f[*a].total_cmp(&f[*b])).expect("label");
+        let mins = exact_min_margins(&layers, &lo, &hi, y);
+        let exact_min = mins.iter().copied().fold(f64::INFINITY, f64::min);
+        if exact_min.abs() < 1e-4 {
+            continue;
+        }
+        cases += 1;
+        violated += usize::from(exact_min < 0.0);
+        // Violated when some other class reaches the label's score: `y_j − y_y ≥ 0`.
+        let disjuncts: Vec<Vec<Constraint>> = (0..3)
+            .filter(|j| *j != y)
+            .map(|j| vec![Constraint { coef: vec![(j, 1.0), (y, -1.0)], offset: 0.0, strict: false }])
+            .collect();
+        for (mi, branching) in [Branching::Relu, Branching::Input].into_iter().enumerate() {
+            let p = Problem { model: &model, exact: &exact, lo: &lo, hi: &hi, disjuncts: &disjuncts };
+            let opts = SearchOptions { branching, ..Default::default() };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let (v, stats) = search(&p, &opts, deadline, None).expect("search");
+            match v {
+                Verdict::Proved => {
+                    assert!(
+                        exact_min > 0.0,
+                        "case {case} ({branching:?}): proved, but the exact minimum margin is {exact_min} ({stats:?})"
+                    );
+                    answered[mi] += 1;
+                    proved[mi] += 1;
+                }
+                Verdict::Counterexample { x, y: out } => {
+                    assert!(
+                        exact_min < 0.0,
+                        "case {case} ({branching:?}): a counterexample, exact minimum {exact_min}"
+                    );
+                    // The point is in the box and its outputs violate the property.
+                    assert!(x.iter().zip(&lo).zip(&hi).all(|((v, a), b)| a <= v && v <= b));
+                    assert!((0..3).any(|j| j != y && out[j] >= out[y]));
+                    answered[mi] += 1;
+                }
+                Verdict::Unknown { .. } | Verdict::Timeout { .. } => {}
+            }
+        }
+    }
+    println!("{cases} properties ({violated} violated); answered (relu, input) {answered:?}; proved {proved:?}");
+    assert!(cases >= 50, "too few properties away from 0: {cases}");
+    assert!(
+        violated >= 3 && cases - violated >= 3,
+        "the cases should mix both answers: {violated} of {cases} violated"
+    );
+    for (mi, name) in ["relu", "input"].iter().enumerate() {
+        assert!(answered[mi] * 10 >= cases * 9, "{name} splitting answered {} of {cases}", answered[mi]);
+    }
+}
