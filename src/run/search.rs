@@ -504,10 +504,20 @@ impl Ctx<'_> {
                 }
             }
         }
-        let r = self.rows.len();
+        // Only the rows of disjuncts still open in some domain of the batch (the others keep their parent's
+        // margins): after the first splits most disjuncts are refuted, and the passes' cost is per row.
+        let active: Vec<usize> =
+            (0..self.rows.len()).filter(|ri| doms.iter().any(|d| d.open[self.rows[*ri].0])).collect();
+        let mut pos = vec![None; self.rows.len()];
+        for (p, ri) in active.iter().enumerate() {
+            pos[*ri] = Some(p);
+        }
+        let r = active.len();
         let mut c = Vec::with_capacity(nd * r * k);
         for _ in 0..nd {
-            c.extend_from_slice(&self.c_row);
+            for ri in &active {
+                c.extend_from_slice(&self.c_row[ri * k..(ri + 1) * k]);
+            }
         }
         let c = Tensor::from_vec(c, (nd, r, k), dev).context(ctx_err)?;
         let mut record = Vec::new();
@@ -578,7 +588,10 @@ impl Ctx<'_> {
                 .iter()
                 .enumerate()
                 .map(|(ri, (_, con))| {
-                    let m = sound_row_margin(lb[d][ri], con, &self.m_out, dt);
+                    let m = match pos[ri] {
+                        Some(p) => sound_row_margin(lb[d][p], con, &self.m_out, dt),
+                        None => f64::NEG_INFINITY,
+                    };
                     let m = if m.is_nan() { f64::NEG_INFINITY } else { m };
                     match &dom.margins {
                         Some(pm) => m.max(pm[ri]),
@@ -612,7 +625,8 @@ impl Ctx<'_> {
             let row = worst_d
                 .map(|i| best_row[i])
                 .filter(|r| *r != usize::MAX)
-                .or_else(|| worst_d.and_then(|i| self.rows.iter().position(|(di, _)| *di == i)));
+                .or_else(|| worst_d.and_then(|i| self.rows.iter().position(|(di, _)| *di == i)))
+                .and_then(|r| pos[r]);
             let lx: Option<Vec<f64>> = match (&lam_x, row) {
                 (Some(t), Some(r)) => Some(t.get(d).and_then(|t| t.get(r)).and_then(|t| t.to_vec1()).context(ctx_err)?),
                 _ => None,
@@ -709,8 +723,11 @@ impl Ctx<'_> {
         Ok(best.map(|b| b.2))
     }
 
-    /// The dimension to bisect (input splitting): the largest `|λ_x,i| · width_i`, else the widest.
+    /// The dimension to bisect (input splitting): the largest `(|λ_x,i| + g/20) · width_i` (`g` the largest
+    /// `|λ_x|`: a floor, so that a dimension the linear bound happens to ignore is split once the others are
+    /// narrow), else the widest.
     fn input_branch(&self, dom: &Domain, lx: Option<&[f64]>) -> Option<Branch> {
+        let floor = lx.map(|g| g.iter().fold(0.0f64, |m, v| m.max(v.abs())) / 20.0).unwrap_or(0.0);
         let mut best: Option<(f64, f64, usize)> = None;
         for i in 0..dom.lo.len() {
             let (a, b) = (dom.lo[i], dom.hi[i]);
@@ -719,7 +736,7 @@ impl Ctx<'_> {
                 continue;
             }
             let w = b - a;
-            let s = lx.and_then(|g| g.get(i)).map(|g| g.abs() * w).unwrap_or(w);
+            let s = lx.and_then(|g| g.get(i)).map(|g| (g.abs() + floor) * w).unwrap_or(w);
             if best.as_ref().is_none_or(|(bs, bw, _)| s > *bs || (s == *bs && w > *bw)) {
                 best = Some((s, w, i));
             }
@@ -957,15 +974,23 @@ pub fn search(
                 return done(Verdict::Counterexample { x, y }, stats);
             }
         }
+        if std::env::var_os("DUALNET_TRACE_SEARCH").is_some() && stats.batches % 100 == 0 {
+            if let Some(d) = queue.peek() {
+                let w: Vec<String> =
+                    d.0.lo.iter().zip(d.0.hi.iter()).map(|(a, b)| format!("[{a:.4},{b:.4}]")).collect();
+                eprintln!("  top box {}", w.join(" "));
+            }
+        }
         if std::env::var_os("DUALNET_TRACE_SEARCH").is_some() {
             let worst = queue.peek().map(|d| d.0.bound).unwrap_or(f64::INFINITY).min(dropped_worst);
             eprintln!(
-                "batch {} of {nb}: {:.3} s per domain, {} left, {} done, {} pruned, worst {:.4}, depth {}",
+                "batch {} of {nb}: {:.3} s per domain, {} left, {} done, {} pruned, {} dropped, worst {:.4}, depth {}",
                 stats.batches,
                 per,
                 queue.len(),
                 stats.domains,
                 stats.pruned,
+                stats.dropped,
                 worst,
                 queue.peek().map(|d| d.0.depth).unwrap_or(0)
             );
