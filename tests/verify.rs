@@ -266,14 +266,21 @@ fn bad_inputs_answer_error_with_a_diagnostic() {
         run(bin().args(["verify", "--onnx"]).arg(&cut).arg("--vnnlib").arg(dir.path().join("tight.vnnlib")));
     assert_eq!(code, 1);
     assert!(err.contains("E0120"), "{err}");
-    // Branch and bound is not there yet.
+    // Branch and bound answers; a memory cap that is not a size is refused.
+    let (code, out, err) = run(bin()
+        .args(["verify", "--branching", "relu", "--timeout", "20", "--onnx"])
+        .arg(fc())
+        .arg("--vnnlib")
+        .arg(dir.path().join("tight.vnnlib")));
+    assert_eq!(code, 0, "{err}");
+    assert!(["unsat", "sat", "unknown", "timeout"].contains(&out.trim()), "{out}");
     let (code, _, err) = run(bin()
-        .args(["verify", "--branching", "relu", "--onnx"])
+        .args(["verify", "--max-memory", "8X", "--onnx"])
         .arg(fc())
         .arg("--vnnlib")
         .arg(dir.path().join("tight.vnnlib")));
     assert_eq!(code, 1);
-    assert!(err.contains("not yet available"), "{err}");
+    assert!(err.contains("--max-memory 8X"), "{err}");
 }
 
 #[test]
