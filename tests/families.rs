@@ -415,3 +415,41 @@ fn alpha_tangent_points_tighten_s_shaped_nets() {
     );
     assert!(gain > 1e-4, "alpha's tangent points never raised a margin ({gain})");
 }
+
+/// The layout ops (`transpose`, `pad2d`, a padded `window_pick`) are linear: on a network of them and a
+/// `linear`, every family's bound equals the linear program's optimum over the box, which for a linear map
+/// `g(x) = G x + g0` is `min_{|x − x0| <= ε} c·g(x) = c·g(x0) − ε Σ_i |(cG)_i|` (each input at the end of its
+/// interval that lowers `c·g`). `G`'s columns are read off the network on unit vectors.
+#[test]
+fn layout_ops_are_exact() {
+    let spec = "network m { input x: [4, 5, 3]  t = transpose(x, d0=2, d1=0, d2=1)  p = pad2d(t, top=2, left=1)  w = window_pick(p, kernel=3, stride=2, padding=1, at=4)  f = flatten(w)  l = linear(f, out=3)  output l }";
+    let m = model(spec, 9, 1.0);
+    let n = 4 * 5 * 3;
+    let eval = |v: Vec<f64>| -> Vec<f64> {
+        let x = Tensor::from_vec(v, (1, 4, 5, 3), &Device::Cpu).expect("x");
+        m.forward(&x).expect("forward").flatten_all().and_then(|y| y.to_vec1()).expect("values")
+    };
+    let g0 = eval(vec![0.0; n]);
+    let cols: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let mut e = vec![0.0; n];
+            e[i] = 1.0;
+            eval(e).iter().zip(&g0).map(|(a, b)| a - b).collect()
+        })
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let x0: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let gx = eval(x0.clone());
+    let x = Tensor::from_vec(x0, (1, 4, 5, 3), &Device::Cpu).expect("x");
+    let eps = 0.1;
+    let set = InputSet::new(&x, &[eps], Norm::Linf, None).expect("set");
+    let label = 0u32;
+    for f in FAMILIES {
+        let lb: Vec<Vec<f64>> = certify(&m, &set, &[label], f).margin_lb.to_vec2().expect("lb");
+        for j in 0..3 {
+            // c = e_label − e_j.
+            let exact = gx[0] - gx[j] - eps * cols.iter().map(|c| (c[0] - c[j]).abs()).sum::<f64>();
+            assert!((lb[0][j] - exact).abs() < 1e-9, "{f}, class {j}: bound {} != LP optimum {exact}", lb[0][j]);
+        }
+    }
+}

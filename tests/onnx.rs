@@ -126,22 +126,56 @@ fn every_unsupported_node_is_reported_at_once() {
     });
 }
 
+fn set_ints(m: &mut ModelProto, node: &str, name: &str, v: Vec<i64>) {
+    let g = m.graph.as_mut().expect("graph");
+    for n in g.node.iter_mut().filter(|n| n.name == node) {
+        for a in n.attribute.iter_mut().filter(|a| a.name == name) {
+            a.ints = v.clone();
+        }
+    }
+}
+
+/// The diagnostic of an unsupported node names the node, its op, its attributes and what is wrong.
 #[test]
 fn unsupported_attributes_are_named() {
     let mut m = decode("tiny_conv.onnx");
-    let g = m.graph.as_mut().expect("graph");
-    for n in g.node.iter_mut() {
-        if n.name == "conv1" {
-            for a in n.attribute.iter_mut() {
-                if a.name == "pads" {
-                    a.ints = vec![1, 1, 0, 0];
-                }
-            }
-        }
-    }
-    let d = codes(import_bytes("asymmetric.onnx", &m.write_to_bytes().expect("encode")));
+    set_ints(&mut m, "conv1", "strides", vec![1, 2]);
+    let d = codes(import_bytes("strided.onnx", &m.write_to_bytes().expect("encode")));
     assert_eq!(d[0].0, Code::OnnxUnsupported);
-    assert!(d[0].1.contains("conv1") && d[0].1.contains("pads [1, 1, 0, 0]"), "{}", d[0].1);
+    let msg = &d[0].1;
+    assert!(msg.contains("node `conv1` (Conv, ") && msg.contains("strides=[1, 2]"), "{msg}");
+    assert!(msg.contains("kernel_shape=[3, 3]") && msg.contains("only equal strides"), "{msg}");
+}
+
+/// Pads that differ by side (`[top, left, bottom, right] = [2, 2, 0, 0]`) become a `pad2d` before the convolution,
+/// whose own padding is then 0. The output has the size of the symmetric `[1, 1, 1, 1]`'s, shifted by one row and
+/// one column: `a[i, j] = b[i − 1, j − 1]` for `i, j >= 1`.
+#[test]
+fn asymmetric_conv_pads_become_a_pad_node() {
+    let sym = import_bytes("sym.onnx", &decode("tiny_conv.onnx").write_to_bytes().expect("encode")).expect("import");
+    let mut m = decode("tiny_conv.onnx");
+    set_ints(&mut m, "conv1", "pads", vec![2, 2, 0, 0]);
+    let imp = import_bytes("asymmetric.onnx", &m.write_to_bytes().expect("encode")).expect("import");
+    assert!(imp.text.contains("pad1 = pad2d(center, top=2, bottom=0, left=2, right=0)"), "{}", imp.text);
+    assert!(imp.text.contains("conv1 = conv2d(pad1, out=4, kernel=3, stride=1, padding=0)"), "{}", imp.text);
+    let (g, w) = imp.graph_and_weights(DType::F64, &Device::Cpu).expect("graph");
+    let (gs, ws) = sym.graph_and_weights(DType::F64, &Device::Cpu).expect("graph");
+    let (m, ms) = (Model::new(g, w, DType::F64, Device::Cpu), Model::new(gs, ws, DType::F64, Device::Cpu));
+    let x: Vec<f64> =
+        (0..ms.graph.input_shape().iter().product::<usize>()).map(|i| ((i * 37) % 11) as f64 - 5.0).collect();
+    let shape = [vec![1], ms.graph.input_shape().to_vec()].concat();
+    let t = Tensor::from_vec(x, shape, &Device::Cpu).expect("x");
+    let conv = |m: &Model| {
+        let i = m.graph.order().into_iter().find(|&i| m.graph.node(i).kind.op().is_some_and(|o| o.name() == "conv2d"));
+        m.forward_all(&t).expect("forward")[i.expect("conv").index()].clone().expect("value")
+    };
+    let (a, b) = (conv(&m), conv(&ms));
+    let (h, w) = (a.dims()[2], a.dims()[3]);
+    assert_eq!((b.dims()[2], b.dims()[3]), (h, w));
+    let a = a.narrow(2, 1, h - 1).and_then(|a| a.narrow(3, 1, w - 1)).expect("crop");
+    let b = b.narrow(2, 0, h - 1).and_then(|b| b.narrow(3, 0, w - 1)).expect("crop");
+    let d: f64 = (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar()).expect("diff");
+    assert_eq!(d, 0.0);
 }
 
 #[test]
@@ -232,4 +266,47 @@ fn nonlinearities_import_as_the_ops_of_the_same_name() {
             Err(e) => panic!("{onnx_op}: {e}"),
         }
     }
+}
+
+/// Every network of the shared VNN-COMP benchmarks imports, and its forward pass on the points of
+/// `../shared/vnncomp/forward_reference/` equals ONNX Runtime's outputs (f32, within 1e-5 of the output's scale):
+/// fully connected nets (mnistfc, ACAS Xu, ERAN), conv + average / max pooling with a `Pad` (verivital), and
+/// tf2onnx exports in NHWC with two `Transpose`s (marabou-cifar10).
+#[test]
+fn every_shared_network_computes_what_onnxruntime_computed() {
+    let Some(dir) = common::shared("vnncomp/forward_reference", "the forward-reference test") else { return };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("forward_reference")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no references in {}", dir.display());
+    let mut checked = 0;
+    for f in &files {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).expect("read")).expect("json");
+        let bench = v["benchmark"].as_str().expect("benchmark");
+        let onnx = dir.parent().expect("vnncomp").join(bench).join(v["onnx"].as_str().expect("onnx"));
+        let rows = |k: &str| -> Vec<Vec<f64>> {
+            v[k].as_array()
+                .expect("array")
+                .iter()
+                .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("number")).collect())
+                .collect()
+        };
+        let imp = import_file(&onnx).unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
+        let (g, w) =
+            imp.graph_and_weights(DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
+        let m = Model::new(g, w, DType::F32, Device::Cpu);
+        for (x, y) in rows("inputs").iter().zip(&rows("outputs")) {
+            let got = forward(&m, x);
+            let scale = y.iter().fold(1e-6f64, |s, v| s.max(v.abs()));
+            assert_eq!(got.len(), y.len(), "{}", f.display());
+            for (g, w) in got.iter().zip(y) {
+                assert!((g - w).abs() <= 1e-5 * scale, "{}: got {got:?}\nwant {y:?}", f.display());
+            }
+        }
+        checked += 1;
+    }
+    eprintln!("{checked} shared networks agree with ONNX Runtime");
 }

@@ -235,18 +235,19 @@ fn bounds_are_tight_near_pgd_on_small_nets() {
 }
 
 /// `maxpool2d`'s expansion computes max pooling: the network's output equals an independent computation of the
-/// windows' maxima (here with stride 2 and with overlapping windows, stride 1).
+/// windows' maxima (here with stride 2, with overlapping windows, stride 1, and with padding, where the padded
+/// positions take no part in the max: PyTorch's `−∞` padding).
 #[test]
 fn maxpool_expansion_is_max_pooling() {
-    let spec = "network m { input x: [2, 5, 5]  a = maxpool2d(x, kernel=2)  b = maxpool2d(x, kernel=3, stride=1)  fa = flatten(a)  fb = flatten(b)  la = linear(fa, out=2)  lb = linear(fb, out=2)  s = la + lb  output s }";
+    let spec = "network m { input x: [2, 5, 5]  a = maxpool2d(x, kernel=2)  b = maxpool2d(x, kernel=3, stride=1)  c = maxpool2d(x, kernel=3, stride=2, padding=1)  fa = flatten(a)  fb = flatten(b)  fc = flatten(c)  la = linear(fa, out=2)  lb = linear(fb, out=2)  lc = linear(fc, out=2)  s = la + lb + lc  output s }";
     let m = model(spec, 1, 1.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
     let xs: Vec<f64> = (0..3 * 2 * 5 * 5).map(|_| rng.random_range(-1.0..1.0)).collect();
     let x = Tensor::from_vec(xs.clone(), (3, 2, 5, 5), &Device::Cpu).expect("x");
     let vals = m.forward_all(&x).expect("forward");
-    for (name, k, s) in [("a", 2usize, 2usize), ("b", 3, 1)] {
+    for (name, k, s, p) in [("a", 2usize, 2usize, 0usize), ("b", 3, 1, 0), ("c", 3, 2, 1)] {
         let got = flat(vals[m.graph.find(name).expect("node").index()].as_ref().expect("value"));
-        let o = (5 - k) / s + 1;
+        let o = (5 + 2 * p - k) / s + 1;
         let mut want = Vec::new();
         for b in 0..3 {
             for c in 0..2 {
@@ -255,7 +256,10 @@ fn maxpool_expansion_is_max_pooling() {
                         let mut best = f64::NEG_INFINITY;
                         for dy in 0..k {
                             for dx in 0..k {
-                                best = best.max(xs[((b * 2 + c) * 5 + i * s + dy) * 5 + j * s + dx]);
+                                let (r, q) = ((i * s + dy) as i64 - p as i64, (j * s + dx) as i64 - p as i64);
+                                if (0..5).contains(&r) && (0..5).contains(&q) {
+                                    best = best.max(xs[((b * 2 + c) * 5 + r as usize) * 5 + q as usize]);
+                                }
                             }
                         }
                         want.push(best);

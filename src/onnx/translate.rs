@@ -4,13 +4,15 @@
 //! | --- | --- |
 //! | `Gemm` (`transA = 0`; `transB`, `alpha`, `beta` folded into the weights) | `linear` |
 //! | `MatMul` by a constant, and a following `Add` of a constant | `linear` (the `Add` becomes its bias) |
-//! | `Conv` (group 1, square kernel, equal strides, symmetric padding, no dilation) | `conv2d` |
+//! | `Conv` (group 1, square kernel, equal strides, no dilation) | `conv2d` (pads that differ by side: a `pad2d` before it) |
 //! | `Relu`, `Sigmoid`, `Tanh`, `LeakyRelu` | `relu`, `sigmoid`, `tanh`, `leaky_relu` |
-//! | `MaxPool`, `AveragePool` (square windows, symmetric padding) | `maxpool2d`, `avgpool2d` |
+//! | `MaxPool`, `AveragePool` (square windows, symmetric padding; `AveragePool` with `count_include_pad`: any) | `maxpool2d`, `avgpool2d` |
 //! | `BatchNormalization` (inference) | `batchnorm2d` (on a vector: `scale_shift`) |
 //! | `Flatten` (axis 1), `Reshape` to `[1, -1]` or to the same shape | `flatten`, or nothing |
 //! | `Add` of two computed tensors | a sum `a + b` |
 //! | `Add`, `Sub`, `Mul`, `Div` of a computed tensor and a constant | `scale_shift` (exact; folded into the bias of a preceding `linear`/`conv2d` for `Add`/`Sub`) |
+//! | `Transpose` (the batch axis stays first) | `transpose` (nothing for the identity; on a constant matrix: folded) |
+//! | `Pad` (constant mode, value 0, spatial axes; pads as attribute or input) | `pad2d` (nothing when every pad is 0) |
 //! | `Identity`, `Dropout`, `Constant`, and `Shape`/`Gather`/`Unsqueeze`/`Concat`/`Cast` on constants | nothing (folded) |
 
 use std::collections::{HashMap, HashSet};
@@ -48,6 +50,8 @@ const KNOWN: &[&str] = &[
     "BatchNormalization",
     "AveragePool",
     "MaxPool",
+    "Transpose",
+    "Pad",
 ];
 
 /// A computed tensor: a node of the network.
@@ -231,7 +235,7 @@ impl<'a> Translator<'a> {
                     }
                 }
                 Err(Fail::Unsupported(msg)) => {
-                    self.unsupported.push(format!("node {label} ({}): {msg}", node.op_type));
+                    self.unsupported.push(format!("node {label} ({}{}): {msg}", node.op_type, attrs_text(node)));
                     self.poison(node);
                 }
                 Err(Fail::Invalid(msg)) => {
@@ -472,6 +476,8 @@ impl<'a> Translator<'a> {
             "Add" | "Sub" | "Mul" | "Div" => self.arith(node).map(|v| vec![v]),
             "BatchNormalization" => self.batchnorm(node).map(|v| vec![v]),
             "AveragePool" | "MaxPool" => self.pool(node).map(|v| vec![v]),
+            "Transpose" => self.transpose(node).map(|v| vec![v]),
+            "Pad" => self.pad(node).map(|v| vec![v]),
             other => unsup(format!("`{other}` has no counterpart in dualnet")),
         }
     }
@@ -594,7 +600,15 @@ impl<'a> Translator<'a> {
         Ok(self.linear(node, &a, w, Arr { dims: vec![out], data: vec![0.0; out] }))
     }
 
-    fn window(&self, node: &NodeProto, kh: usize, kw: usize) -> R<(usize, usize, usize)> {
+    /// `(kernel, stride, padding, extra)`: `extra` is `Some([top, left, bottom, right])` for pads that differ by
+    /// side where `zero_pads` allows them (a zero-padding node then goes before the op, whose padding is 0).
+    fn window(
+        &self,
+        node: &NodeProto,
+        kh: usize,
+        kw: usize,
+        zero_pads: bool,
+    ) -> R<(usize, usize, usize, Option<[usize; 4]>)> {
         if kh != kw {
             return unsup(format!("kernel {kh}x{kw}: only square kernels are supported"));
         }
@@ -607,7 +621,11 @@ impl<'a> Translator<'a> {
             return unsup(format!("strides {strides:?}: only equal strides are supported"));
         }
         let pads = Self::ints_attr(node, "pads").unwrap_or_else(|| vec![0; 4]);
-        if pads.len() != 4 || pads.iter().any(|&p| p != pads[0]) || pads[0] < 0 {
+        if pads.len() != 4 || pads.iter().any(|&p| p < 0) {
+            return bad(format!("pads {pads:?}: expected 4 nonnegative values"));
+        }
+        let extra = pads.iter().any(|&p| p != pads[0]);
+        if extra && !zero_pads {
             return unsup(format!("pads {pads:?}: only the same padding on every side is supported"));
         }
         let dil = Self::ints_attr(node, "dilations").unwrap_or_else(|| vec![1, 1]);
@@ -617,7 +635,33 @@ impl<'a> Translator<'a> {
         if Self::int_attr(node, "ceil_mode", 0) != 0 {
             return unsup("`ceil_mode=1` is not supported");
         }
-        Ok((kh, strides[0] as usize, pads[0] as usize))
+        if extra {
+            let p = [pads[0] as usize, pads[1] as usize, pads[2] as usize, pads[3] as usize];
+            return Ok((kh, strides[0] as usize, 0, Some(p)));
+        }
+        Ok((kh, strides[0] as usize, pads[0] as usize, None))
+    }
+
+    /// Pads that differ by side, as a `pad2d` node before the op that has them: the padded input.
+    fn pad_before(&mut self, node: &NodeProto, a: NodeRef, pads: Option<[usize; 4]>) -> NodeRef {
+        let Some([top, left, bottom, right]) = pads else { return a };
+        let name = loop {
+            let n = self.counters.entry("pad".into()).or_insert(0);
+            *n += 1;
+            let c = format!("pad{n}");
+            if self.names.insert(c.clone()) {
+                break c;
+            }
+        };
+        let rhs = format!("pad2d({}, top={top}, bottom={bottom}, left={left}, right={right})", a.name);
+        let comment = format!("the pads of {} `{}`", node.op_type, node.name);
+        self.emits.push(Emit { name, rhs, params: vec![], kind: Kind::Other, comment });
+        let shape = vec![a.shape[0], a.shape[1] + top + bottom, a.shape[2] + left + right];
+        let onnx = [vec![1], shape.clone()].concat();
+        match self.node_out(self.emits.len() - 1, shape, onnx) {
+            Val::Node(n) => n,
+            Val::Const(_) => a,
+        }
     }
 
     fn image_input(&self, node: &NodeProto) -> R<NodeRef> {
@@ -641,7 +685,8 @@ impl<'a> Translator<'a> {
         if cin != a.shape[0] {
             return bad(format!("weight {:?} expects {cin} input channels, the input has {}", w.dims, a.shape[0]));
         }
-        let (k, s, p) = self.window(node, kh, kw)?;
+        let (k, s, p, extra) = self.window(node, kh, kw, true)?;
+        let a = self.pad_before(node, a, extra);
         let (h, wd) = (a.shape[1], a.shape[2]);
         if k > h + 2 * p || k > wd + 2 * p {
             return bad(format!("kernel {k} is larger than the padded input {h}x{wd}"));
@@ -669,8 +714,10 @@ impl<'a> Translator<'a> {
         if ks.len() != 2 || ks.iter().any(|&k| k < 1) {
             return unsup(format!("kernel_shape {ks:?}: only 2-d pooling is supported"));
         }
-        let (k, s, p) = self.window(node, ks[0] as usize, ks[1] as usize)?;
         let avg = node.op_type == "AveragePool";
+        let include_pad = Self::int_attr(node, "count_include_pad", 0) != 0;
+        let (k, s, p, extra) = self.window(node, ks[0] as usize, ks[1] as usize, avg && include_pad)?;
+        let a = self.pad_before(node, a, extra);
         if avg && p > 0 && Self::int_attr(node, "count_include_pad", 0) == 0 {
             return unsup("average pooling with padding that is left out of the average (`count_include_pad=0`) is not supported; export with `count_include_pad=True`");
         }
@@ -688,6 +735,107 @@ impl<'a> Translator<'a> {
             Kind::Other,
         );
         Ok(self.node_out(i, vec![c, ho, wo], vec![1, c, ho, wo]))
+    }
+
+    fn transpose(&mut self, node: &NodeProto) -> R<Val> {
+        let v = self.get(node, 0)?;
+        let rank = match &v {
+            Val::Const(c) => c.dims.len(),
+            Val::Node(n) => n.onnx.len(),
+        };
+        // ONNX's default is the reversal of the axes.
+        let perm: Vec<i64> = Self::ints_attr(node, "perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
+        let mut seen = vec![false; rank];
+        for &p in &perm {
+            if p < 0 || p as usize >= rank || std::mem::replace(&mut seen[p as usize], true) {
+                return bad(format!("perm {perm:?} is not a permutation of the {rank} axes"));
+            }
+        }
+        if perm.len() != rank {
+            return bad(format!("perm {perm:?} does not have one entry per axis ({rank})"));
+        }
+        let a = match v {
+            Val::Const(c) if rank == 2 && perm == [1, 0] => return Ok(Val::Const(transpose2(&c))),
+            Val::Const(_) if perm.iter().enumerate().all(|(i, &p)| p as usize == i) => return Ok(v),
+            Val::Const(_) => return unsup(format!("a transpose of a constant of rank {rank} by {perm:?}")),
+            Val::Node(a) => a,
+        };
+        if perm.iter().enumerate().all(|(i, &p)| p as usize == i) {
+            return Ok(Val::Node(a));
+        }
+        if perm[0] != 0 {
+            return unsup(format!(
+                "perm {perm:?} moves the batch axis; only permutations of an example's axes are supported"
+            ));
+        }
+        if rank != 4 || a.shape.len() != 3 {
+            return unsup(format!(
+                "perm {perm:?} on a tensor of shape {:?}: only the axes of an image `[1, A, B, C]` can be permuted",
+                a.onnx
+            ));
+        }
+        let d: Vec<usize> = perm[1..].iter().map(|&p| p as usize - 1).collect();
+        let shape: Vec<usize> = d.iter().map(|&k| a.shape[k]).collect();
+        let i = self.emit(
+            node,
+            "transpose",
+            format!("transpose({}, d0={}, d1={}, d2={})", a.name, d[0], d[1], d[2]),
+            vec![],
+            Kind::Other,
+        );
+        let onnx = [vec![1], shape.clone()].concat();
+        Ok(self.node_out(i, shape, onnx))
+    }
+
+    fn pad(&mut self, node: &NodeProto) -> R<Val> {
+        let a = self.computed(node, 0)?;
+        let mode = attr(node, "mode").map(|m| String::from_utf8_lossy(&m.s).to_string()).unwrap_or_default();
+        if !mode.is_empty() && mode != "constant" {
+            return unsup(format!("`mode={mode}`: only constant padding (with 0) is supported"));
+        }
+        // Opset < 11: `pads` and `value` are attributes; from 11: inputs 1 and 2 (and from 18 `axes`, input 3).
+        let pads: Vec<i64> = match Self::ints_attr(node, "pads") {
+            Some(p) => p,
+            None => self.konst(node, 1, "pads")?.data.iter().map(|&v| v as i64).collect(),
+        };
+        let value = match self.get_opt(node, 2)? {
+            Some(Val::Const(c)) => c.data.first().copied().unwrap_or(0.0),
+            Some(Val::Node(_)) => return unsup("a padding value computed from the input is not supported"),
+            None => Self::float_attr(node, "value", 0.0),
+        };
+        if self.get_opt(node, 3)?.is_some() {
+            return unsup("pads on selected axes (the `axes` input) are not supported; give pads for every axis");
+        }
+        let rank = a.onnx.len();
+        if pads.len() != 2 * rank {
+            return bad(format!("pads {pads:?} should have 2 × {rank} entries"));
+        }
+        if pads.iter().any(|&p| p < 0) {
+            return unsup(format!("pads {pads:?}: negative pads (crops) are not supported"));
+        }
+        if pads.iter().all(|&p| p == 0) {
+            return Ok(Val::Node(a));
+        }
+        if value != 0.0 {
+            return unsup(format!("constant padding with the value {value}: only 0 is supported"));
+        }
+        if rank != 4 || a.shape.len() != 3 || [0, 1, 4, 5].iter().any(|&k| pads[k] != 0) {
+            return unsup(format!(
+                "pads {pads:?} on shape {:?}: only pads of the height and width of an image `[1, C, H, W]` are supported",
+                a.onnx
+            ));
+        }
+        let (top, left, bottom, right) = (pads[2] as usize, pads[3] as usize, pads[6] as usize, pads[7] as usize);
+        let shape = vec![a.shape[0], a.shape[1] + top + bottom, a.shape[2] + left + right];
+        let i = self.emit(
+            node,
+            "pad",
+            format!("pad2d({}, top={top}, bottom={bottom}, left={left}, right={right})", a.name),
+            vec![],
+            Kind::Other,
+        );
+        let onnx = [vec![1], shape.clone()].concat();
+        Ok(self.node_out(i, shape, onnx))
     }
 
     fn batchnorm(&mut self, node: &NodeProto) -> R<Val> {
@@ -879,9 +1027,9 @@ impl<'a> Translator<'a> {
                     ),
                 )
                 .help(
-                    "dualnet imports Gemm, MatMul+Add, Conv (group 1, square kernels, symmetric padding), Relu, \
+                    "dualnet imports Gemm, MatMul+Add, Conv (group 1, square kernels), Relu, \
                      Sigmoid, Tanh, LeakyRelu, Flatten, Reshape to a vector, BatchNormalization, AveragePool, MaxPool, \
-                     residual Add, input normalisation (Add/Sub/Mul/Div by constants), Identity, Constant, Dropout; \
+                     Transpose of an image's axes, Pad (constant 0, spatial), residual Add, input normalisation (Add/Sub/Mul/Div by constants), Identity, Constant, Dropout; \
                      export the network without the others (e.g. fold them into neighbouring layers)",
                 ),
             );
@@ -971,6 +1119,32 @@ impl<'a> Translator<'a> {
 
 /// An attribute read from float32, written with the fewest digits that give it back (`1e-5`, not
 /// `9.999999747378752e-6`).
+/// A node's attributes as ` name=value, ...` for diagnostics (tensors and graphs by their kind only).
+fn attrs_text(node: &NodeProto) -> String {
+    use onnx_protobuf::attribute_proto::AttributeType as T;
+    let parts: Vec<String> = node
+        .attribute
+        .iter()
+        .map(|a| {
+            let v = match a.type_.enum_value() {
+                Ok(T::INT) => a.i.to_string(),
+                Ok(T::FLOAT) => fmt_f(a.f as f64),
+                Ok(T::STRING) => format!("{:?}", String::from_utf8_lossy(&a.s)),
+                Ok(T::INTS) => format!("{:?}", a.ints),
+                Ok(T::FLOATS) => format!("{:?}", a.floats),
+                Ok(T::TENSOR) => "<tensor>".into(),
+                _ => "<…>".into(),
+            };
+            format!("{}={v}", a.name)
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", parts.join(", "))
+    }
+}
+
 fn fmt_f32(v: f64) -> String {
     fmt_f(format!("{:?}", v as f32).parse::<f64>().unwrap_or(v))
 }

@@ -13,7 +13,9 @@
 //! `p_i − m_{i−1}` (either sign) adds no looseness. (DeepPoly's relaxation, lower line the input with the
 //! largest lower bound and upper line the largest upper bound, would need a window op in every bound route.)
 //!
-//! Padding would pad with −∞ (PyTorch's rule), which a sum of ReLUs cannot pick up: `padding` must be 0.
+//! Padding: PyTorch pads with −∞, so padded positions take no part in the max. The picks of a padded pool copy
+//! the nearest edge of the image instead ([`super::window_pick`]): a value the window holds anyway, so the max
+//! is the same. `padding` is at most half the kernel (PyTorch's own limit), so every window holds the image.
 
 use super::window_pick::WindowPick;
 use super::*;
@@ -40,14 +42,6 @@ impl Op for MaxPool2d {
         Window::parse(a).map(|_| ())
     }
     fn infer_shape(&self, a: &Attrs, inputs: &[&Shape]) -> std::result::Result<Shape, ShapeError> {
-        if Window::parse(a)?.padding > 0 {
-            return Err(ShapeError::BadValue {
-                param: "padding",
-                detail: "max pooling pads with −∞, which dualnet's rewrite cannot express: `padding` must be 0 \
-                         (pad with a `conv2d` before, or use `avgpool2d`)"
-                    .into(),
-            });
-        }
         super::avgpool2d::pool_shape(a, inputs[0])
     }
     fn dual_name(&self) -> Option<&'static str> {
@@ -61,6 +55,7 @@ impl Op for MaxPool2d {
             let mut attrs = Attrs::default();
             attrs.0.insert("kernel".into(), Value::Int(w.kernel as i64));
             attrs.0.insert("stride".into(), Value::Int(w.stride as i64));
+            attrs.0.insert("padding".into(), Value::Int(w.padding as i64));
             attrs.0.insert("at".into(), Value::Int(at as i64));
             steps.push(Step { suffix: format!("pick{at}"), op: &WindowPick, attrs, inputs: vec![StepInput::Call(0)] });
         }

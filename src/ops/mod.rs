@@ -16,6 +16,7 @@ pub mod identity;
 pub mod leaky_relu;
 pub mod linear;
 pub mod maxpool2d;
+pub mod pad2d;
 pub mod relu;
 pub mod scale_shift;
 pub mod sigmoid;
@@ -23,6 +24,7 @@ pub mod softmax;
 pub mod sshape;
 pub mod sub;
 pub mod tanh;
+pub mod transpose;
 pub mod window_pick;
 
 mod exec;
@@ -50,6 +52,8 @@ pub static REGISTRY: &[&dyn Op] = &[
     &sigmoid::Sigmoid,
     &tanh::Tanh,
     &softmax::Softmax,
+    &transpose::Transpose,
+    &pad2d::Pad2d,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static dyn Op> {

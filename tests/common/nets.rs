@@ -14,6 +14,7 @@ pub const SPECS: &[(&str, &str)] = &[
     ("batchnorm", "network m { input x: [1, 8, 8]  n = scale_shift(x)  c1 = conv2d(n, out=4, kernel=3, stride=1, padding=1)  b1 = batchnorm2d(c1)  r1 = relu(b1)  p = avgpool2d(r1, kernel=2)  f = flatten(p)  i = identity(f)  l = linear(i, out=4)  output l }"),
     ("smooth", "network m { input x: [1, 6, 6]  c = conv2d(x, out=3, kernel=3, padding=1)  s = sigmoid(c)  f = flatten(s)  l1 = linear(f, out=10)  t = tanh(l1)  l2 = linear(t, out=8)  k = leaky_relu(l2, slope=0.1)  l3 = linear(k, out=4)  output l3 }"),
     ("maxpool", "network m { input x: [2, 8, 8]  c1 = conv2d(x, out=3, kernel=3, padding=1)  r1 = relu(c1)  p1 = maxpool2d(r1, kernel=2)  c2 = conv2d(p1, out=4, kernel=3, padding=1)  t = tanh(c2)  p2 = maxpool2d(t, kernel=2, stride=1)  f = flatten(p2)  d = sub(f, f)  s = f + d  l = linear(s, out=3)  output l }"),
+    ("layout", "network m { input x: [6, 6, 3]  t = transpose(x, d0=2, d1=0, d2=1)  p = pad2d(t, top=1, right=1)  c = conv2d(p, out=4, kernel=3)  r = relu(c)  q = maxpool2d(r, kernel=3, stride=2, padding=1)  u = transpose(q, d0=1, d1=2, d2=0)  f = flatten(u)  l = linear(f, out=4)  output l }"),
     ("hardtanh", "network m { input x: [6]  l1 = linear(x, out=10)  h1 = hardtanh(l1)  l2 = linear(h1, out=8)  h2 = hardtanh(l2, min_val=-0.5, max_val=0.7)  l3 = linear(h2, out=3)  output l3 }"),
 ];
 
