@@ -24,6 +24,10 @@ pub enum Error {
     /// The run was interrupted or stopped on purpose (e.g. a NaN loss); the message says what was kept.
     #[error("{0}")]
     Stopped(String),
+    /// A computation given a deadline ([`crate::dual::bounds::Options::deadline`]) stopped at it: the caller
+    /// answers `timeout` (never a bound).
+    #[error("the time limit was reached")]
+    Deadline,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -37,7 +41,7 @@ impl Error {
     }
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Input(_) | Error::Tensor { .. } | Error::Stopped(_) => 1,
+            Error::Input(_) | Error::Tensor { .. } | Error::Stopped(_) | Error::Deadline => 1,
             Error::Io { .. } | Error::Usage(_) => 2,
             Error::Internal(_) => 3,
         }

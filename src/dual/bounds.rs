@@ -75,6 +75,19 @@ pub struct Options {
     /// backward passes of the dual network per layer (CROWN proper). Tighter than the default single-slope
     /// layer bounds, at the cost of the backward passes (cheap for fully connected networks; `verify` uses it).
     pub crown_layers: bool,
+    /// Stop with [`crate::error::Error::Deadline`] once this instant has passed (checked before every node's
+    /// bounds), so that a caller with a time limit keeps it on deep networks whose single bound takes long.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl Options {
+    /// `Err(Deadline)` once the deadline has passed.
+    pub fn check_deadline(&self) -> Result<()> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(crate::error::Error::Deadline),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for Options {
@@ -89,6 +102,7 @@ impl Default for Options {
             alpha_iters: DEFAULT_ALPHA_ITERS,
             alpha_lr: DEFAULT_ALPHA_LR,
             crown_layers: false,
+            deadline: None,
         }
     }
 }
@@ -481,6 +495,7 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
     };
 
     for i in g.order() {
+        opts.check_deadline()?;
         let node = g.node(i);
         let ctx_err = || format!("computing bounds at `{}`", node.name);
         match node.kind {

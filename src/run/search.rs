@@ -411,6 +411,7 @@ struct Ctx<'a> {
     c_row: Vec<f64>,
     m_out: Vec<f64>,
     input_split: bool,
+    deadline: Instant,
 }
 
 impl Ctx<'_> {
@@ -420,6 +421,7 @@ impl Ctx<'_> {
             alpha_iters: self.opts.alpha.0,
             alpha_lr: self.opts.alpha.1,
             crown_layers: true,
+            deadline: Some(self.deadline),
             ..Default::default()
         }
     }
@@ -807,6 +809,7 @@ pub fn search(
         // of the specification rows.
         m_out: output_magnitudes(model, &root_set)?,
         input_split: branching == Branching::Input,
+        deadline,
     };
     let root = Domain {
         lo: lo.clone(),
@@ -819,7 +822,13 @@ pub fn search(
         depth: 0,
     };
     let t0 = Instant::now();
-    let mut res = cx.bound(&[&root])?;
+    let mut res = match cx.bound(&[&root]) {
+        Err(Error::Deadline) => {
+            stats.seconds = start.elapsed().as_secs_f64();
+            return Ok((Verdict::Timeout { worst: f64::NEG_INFINITY }, stats));
+        }
+        r => r?,
+    };
     let per_domain = t0.elapsed().as_secs_f64();
     stats.domains = 1;
     stats.batches = 1;
@@ -919,7 +928,18 @@ pub fn search(
         }
         let refs: Vec<&Domain> = batch.iter().collect();
         let t = Instant::now();
-        let results = cx.bound(&refs)?;
+        let results = match cx.bound(&refs) {
+            Err(Error::Deadline) => {
+                // The batch was not bounded: its domains are as open as the queue's.
+                let worst = batch
+                    .iter()
+                    .map(|d| d.bound)
+                    .chain(queue.peek().map(|d| d.0.bound))
+                    .fold(open_worst.min(dropped_worst), f64::min);
+                return done(Verdict::Timeout { worst }, stats);
+            }
+            r => r?,
+        };
         per = 0.7 * per + 0.3 * (t.elapsed().as_secs_f64() / nb as f64);
         stats.batches += 1;
         stats.domains += nb;
