@@ -329,3 +329,62 @@ fn training_without_the_training_split_is_e0109() {
     }
     assert!(flat.contains("yann.lecun.com"), "where the files come from:\n{out}");
 }
+
+/// `certify --branching relu --timeout S`: the open examples (correct, not certified by the bound, not broken by
+/// PGD) get branch and bound. The summary's counts add up (each example is settled one way), the JSON says which
+/// way for each, the bound alone certifies the same examples as without branching, and branching only lowers the
+/// certified error, never below the examples that PGD or the search broke.
+#[test]
+fn certify_with_branching_settles_open_examples() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let w = "models/mnist_small_eps0.1.safetensors";
+    let base = ["certify", "--spec", "specs/mnist_small.net", "--weights", w, "--data-dir", "data/mnist"];
+    let go = |extra: &[&str], name: &str| {
+        let j = tmp.path().join(name);
+        let args = [
+            &base[..],
+            &["--limit", "6", "--eps", "0.25", "--bounded", "--attack", "--quiet", "--json", j.to_str().expect("p")],
+            extra,
+        ]
+        .concat();
+        let (code, out) = run(&args);
+        assert_eq!(code, 0, "{out}");
+        (out, serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&j).expect("json")).expect("json"))
+    };
+    let (_, plain) = go(&[], "plain.json");
+    let (out, bab) = go(&["--branching", "relu", "--timeout", "1"], "bab.json");
+    assert!(out.contains("certified by the bound") && out.contains("by branching"), "{out}");
+    let s = &bab["summary"];
+    let n = s["examples"].as_u64().expect("n") as usize;
+    let get = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}")) as usize;
+    let examples = bab["examples"].as_array().expect("examples");
+    let how = |w: &str| examples.iter().filter(|e| e["how"] == w).count();
+    assert_eq!(how("bound"), get("certified_by_bound"));
+    assert_eq!(how("branching"), get("certified_by_branching"));
+    assert_eq!(how("pgd"), get("broken_by_pgd"));
+    assert_eq!(how("search"), get("broken_by_search"));
+    assert_eq!(how("unknown"), get("unknown"));
+    assert_eq!(how("misclassified") + how("bound") + how("branching") + how("pgd") + how("search") + how("unknown"), n);
+    let cert = |v: &serde_json::Value| v["summary"]["certified_robust_err"].as_f64().expect("cert");
+    let certified = get("certified_by_bound") + get("certified_by_branching");
+    assert!((cert(&bab) - (n - certified) as f64 / n as f64).abs() < 1e-12);
+    let plain_bound = plain["examples"].as_array().expect("ex").iter().filter(|e| e["how"] == "bound").count();
+    assert_eq!(plain_bound, get("certified_by_bound"));
+    assert!(cert(&bab) <= cert(&plain));
+    let broken = (how("misclassified") + how("pgd") + how("search")) as f64 / n as f64;
+    assert!(cert(&bab) >= broken - 1e-12, "certified error below the examples shown broken");
+    for e in examples {
+        if e["how"] == "branching" || e["how"] == "search" || e["how"] == "unknown" {
+            assert!(e["search_seconds"].as_f64().is_some(), "{e}");
+        }
+        if e["how"] == "branching" {
+            assert_eq!(e["certified"].as_bool(), Some(true), "{e}");
+            assert_eq!(e["pgd_fooled"].as_bool(), Some(false), "{e}");
+        }
+    }
+    // Branching needs the ℓ∞ box.
+    let (code, out) =
+        run(&[&base[..], &["--limit", "2", "--eps", "0.1", "--norm", "l2", "--branching", "relu", "--quiet"]].concat());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ℓ∞"), "{out}");
+}

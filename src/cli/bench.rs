@@ -180,6 +180,7 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                 normalize: None,
                 proj: None,
                 crown_layers: false,
+                branch: None,
             };
             let (_, s) = certify_dataset(&model, &data, &cfg)?;
             Ok(json!({"seconds": s.seconds, "peak_rss_mb": peak_rss_mb(), "examples": s.examples,

@@ -1,5 +1,6 @@
 //! `dualnet certify --spec S --weights W --data mnist --data-dir D [--split test] [--limit N] --eps E
-//! [--norm linf|l2] [--bounded] [--dtype f32|f64] [--batch 50] [--attack] [--json OUT] [--proj K --delta D]`.
+//! [--norm linf|l2] [--bounded] [--dtype f32|f64] [--batch 50] [--attack] [--json OUT] [--proj K --delta D]
+//! [--branching relu --timeout S]`.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,10 @@ use crate::data::{self, Split};
 use crate::diagnostics::{Code, Diagnostic};
 use crate::error::{Error, Result};
 use crate::run::attack::PgdConfig;
-use crate::run::certify::{certify_dataset, default_safety_margin, CertifyConfig, ExampleRecord, Summary};
+use crate::run::certify::{
+    certify_dataset, default_safety_margin, BranchConfig, CertifyConfig, ExampleRecord, Summary,
+};
+use crate::run::search::SearchOptions;
 
 /// The family `certify` uses without `--bound`.
 pub const DEFAULT_FAMILY: crate::ops::Family = crate::ops::Family::Crown;
@@ -83,6 +87,16 @@ pub struct Args {
     /// With `--proj`: each projected layer bound holds with probability at least 1 − δ (0 < δ < 1).
     #[arg(long, requires = "proj")]
     pub delta: Option<f64>,
+    /// Branch and bound on every example the bound leaves open (correct, not certified, not broken by PGD), for
+    /// up to `--timeout` seconds each: `relu`, `input`, `auto` (as `verify`), or `none` (default).
+    #[arg(long, value_enum, default_value = "none")]
+    pub branching: super::verify::Branching,
+    /// With `--branching`: seconds of branch and bound per open example.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// With `--branching relu`: which unit a split takes.
+    #[arg(long, value_enum, default_value = "babsr")]
+    pub heuristic: super::verify::HeuristicArg,
 }
 
 #[derive(Serialize)]
@@ -132,6 +146,31 @@ pub fn run(args: &Args) -> Result<()> {
         normalize: args.mean.clone().zip(args.std.clone()),
         proj: args.proj.zip(args.delta),
         crown_layers: args.crown_layers,
+        branch: match args.branching {
+            super::verify::Branching::None => None,
+            b => {
+                crate::finite::check_option("--timeout", args.timeout)?;
+                if args.timeout < 0.0 || args.proj.is_some() {
+                    return Err(Error::input(
+                        Diagnostic::new(
+                            Code::BadOption,
+                            "`--branching` needs exact bounds (no `--proj`) and a `--timeout` >= 0",
+                        )
+                        .help("branch and bound prunes a part only on an exact, sound bound"),
+                    ));
+                }
+                Some(BranchConfig {
+                    options: SearchOptions {
+                        family: args.set.bound.unwrap_or(DEFAULT_FAMILY),
+                        branching: b.search(),
+                        heuristic: args.heuristic.search(),
+                        safety_margin: args.safety_margin.unwrap_or(0.0),
+                        ..SearchOptions::default()
+                    },
+                    timeout: args.timeout,
+                })
+            }
+        },
     };
     let (records, s) = certify_dataset(&model, &data, &cfg)?;
     println!(
@@ -164,6 +203,19 @@ pub fn run(args: &Args) -> Result<()> {
             "  PGD robust error        {:>7.2}%   ({} steps; certified >= PGD always)",
             100.0 * p,
             args.attack_steps
+        );
+    }
+    if args.branching != super::verify::Branching::None {
+        println!(
+            "  certified by the bound {}, by branching {}; broken by PGD {}, by the search {}; unknown {} \
+             (branch and bound {:.1} s in all, {} s per example at most)",
+            s.certified_by_bound,
+            s.certified_by_branching,
+            s.broken_by_pgd,
+            s.broken_by_search,
+            s.unknown,
+            s.search_seconds,
+            args.timeout
         );
     }
     println!(

@@ -1,5 +1,11 @@
 //! Certification over a data set: exact bounds batch by batch, per-example records and a summary
 //! (clean error, certified robust error, optionally PGD error, time, throughput, peak memory).
+//!
+//! With [`CertifyConfig::branch`], an example that the bound leaves open (correctly classified, not certified,
+//! not broken by PGD) gets branch and bound ([`crate::run::search`]) on its ℓ∞ box for a limited time: the box is
+//! the one the bound used (`x ± ε` rounded outward, clipped, normalised outward), the specification the rows
+//! `f_j − f_y ≥ 0` for `j ≠ y` (any of them true is a violation), and the search's answer is the example's:
+//! proved (certified by branching), a counterexample confirmed in float64 (broken by the search), or open.
 
 use std::time::Instant;
 
@@ -8,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::attack::{pgd, Goal, PgdConfig};
+use super::search::{search, Problem, SearchOptions, Verdict};
 use crate::data::Dataset;
 use crate::diagnostics::{Code, Diagnostic};
 use crate::dual::bounds::Options;
@@ -37,6 +44,33 @@ pub struct CertifyConfig {
     /// `crown`/`alpha`: every layer bounded by CROWN's own backward passes ([`Options::crown_layers`]), tighter
     /// than the default single-slope layer bounds at the cost of two backward passes per layer.
     pub crown_layers: bool,
+    /// Branch and bound on the examples the bound leaves open (ℓ∞ only); `None`: the bound alone.
+    pub branch: Option<BranchConfig>,
+}
+
+/// Branch and bound in `certify`: the search's options and the seconds per example.
+#[derive(Debug, Clone)]
+pub struct BranchConfig {
+    pub options: SearchOptions,
+    pub timeout: f64,
+}
+
+/// How an example was settled (the `how` of the JSON records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settled {
+    /// The clean prediction is wrong.
+    Misclassified,
+    /// Every margin bound is above the safety margin.
+    Bound,
+    /// Branch and bound proved every margin positive on the box.
+    Branching,
+    /// PGD found a point of the set with another prediction.
+    Pgd,
+    /// Branch and bound found a counterexample, confirmed by a float64 forward pass.
+    Search,
+    /// None of the above (within the time given).
+    Unknown,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +90,12 @@ pub struct ExampleRecord {
     /// check; `pgd_fooled` also counts clean errors).
     #[serde(skip)]
     pub attack_fooled: bool,
+    pub how: Settled,
+    /// With branching: the seconds the search took, and its domains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_domains: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +121,14 @@ pub struct Summary {
     pub seconds: f64,
     pub examples_per_second: f64,
     pub peak_rss_mb: Option<f64>,
+    /// Counts by [`Settled`]: certified by the bound, by branching; broken by PGD, by the search; unknown.
+    pub certified_by_bound: usize,
+    pub certified_by_branching: usize,
+    pub broken_by_pgd: usize,
+    pub broken_by_search: usize,
+    pub unknown: usize,
+    /// Seconds spent in branch and bound (all examples together).
+    pub search_seconds: f64,
 }
 
 /// The default safety margin: none. Soundness does not rest on it: every bound already pays for its rounding
@@ -126,6 +174,18 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         }
         _ => usize::MAX,
     };
+    if cfg.branch.is_some() && cfg.norm != Norm::Linf {
+        return Err(Error::input(
+            Diagnostic::new(Code::BadOption, "branch and bound in `certify` needs the ℓ∞ norm (a box)")
+                .help("drop `--branching`, or use `--norm linf`"),
+        ));
+    }
+    // The float64 copy of the network that confirms the search's counterexamples.
+    let exact = match cfg.branch {
+        Some(_) => Some(exact_copy(model)?),
+        None => None,
+    };
+    let mut search_seconds = 0.0;
     for chunk in idx.chunks(cfg.batch.max(1)) {
         let part = chunk.len().div_ceil(workers).max(1);
         let results: Vec<Result<Vec<ExampleRecord>>> = std::thread::scope(|sc| {
@@ -151,7 +211,23 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
                 .collect()
         });
         for r in results {
-            for rec in r? {
+            for mut rec in r? {
+                if let (Some(bc), Some(exact), Settled::Unknown) = (&cfg.branch, &exact, rec.how) {
+                    bar.set_message(format!("branch and bound on example {}", rec.index));
+                    let t = Instant::now();
+                    let (verdict, domains) = branch_example(model, exact, data, rec.index, cfg, bc)?;
+                    search_seconds += t.elapsed().as_secs_f64();
+                    rec.search_seconds = Some(t.elapsed().as_secs_f64());
+                    rec.search_domains = Some(domains);
+                    match verdict {
+                        Verdict::Proved => {
+                            rec.certified = true;
+                            rec.how = Settled::Branching;
+                        }
+                        Verdict::Counterexample { .. } => rec.how = Settled::Search,
+                        Verdict::Unknown { .. } | Verdict::Timeout { .. } => {}
+                    }
+                }
                 if rec.certified && rec.attack_fooled {
                     bar.abandon();
                     let m = rec.min_margin_lb.map(|m| format!("{m:.6}")).unwrap_or_else(|| "not finite".into());
@@ -175,6 +251,7 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let nf = n.max(1) as f64;
+    let count = |w: Settled| records.iter().filter(|r| r.how == w).count();
     let summary = Summary {
         examples: n,
         eps: cfg.eps,
@@ -195,12 +272,66 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         seconds: secs,
         examples_per_second: n as f64 / secs.max(1e-9),
         peak_rss_mb: super::memory::peak_rss_mb(),
+        certified_by_bound: count(Settled::Bound),
+        certified_by_branching: count(Settled::Branching),
+        broken_by_pgd: count(Settled::Pgd),
+        broken_by_search: count(Settled::Search),
+        unknown: count(Settled::Unknown),
+        search_seconds,
     };
     Ok((records, summary))
 }
 
-/// Certify (and optionally attack) the examples `chunk` of `data`.
-fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyConfig) -> Result<Vec<ExampleRecord>> {
+/// `model` in float64 (every f32 value is exact in f64: the same network).
+fn exact_copy(model: &Model) -> Result<Model> {
+    let map: std::collections::HashMap<String, candle_core::Tensor> = model
+        .weights
+        .to_map(&model.graph)
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F64).and_then(|t| t.to_device(&candle_core::Device::Cpu))?)))
+        .collect::<candle_core::Result<_>>()
+        .context(|| "the float64 copy of the network".to_string())?;
+    let w = crate::weights::Weights::from_map(&model.graph, map, "the network", DType::F64)?;
+    Ok(Model::new(model.graph.clone(), w, DType::F64, candle_core::Device::Cpu).with_fixed_weights())
+}
+
+/// Branch and bound on example `index`: its box as the bound saw it, the rows `f_j − f_y >= 0` (`j != y`).
+fn branch_example(
+    model: &Model,
+    exact: &Model,
+    data: &Dataset,
+    index: usize,
+    cfg: &CertifyConfig,
+    bc: &BranchConfig,
+) -> Result<(Verdict, usize)> {
+    let (_, labels, set) = example_sets(model, data, &[index], cfg)?;
+    let InputSet::Box { center, radius } = &set else {
+        return Err(Error::Usage("internal: branch and bound on a set that is not a box".into()));
+    };
+    let c = crate::finite::host_values(center, "the box's centre")?;
+    let r = crate::finite::host_values(radius, "the box's radius")?;
+    // The box the bound used, as f64 ends rounded outward (the search moves them out by one more ulp).
+    let lo: Vec<f64> = c.iter().zip(&r).map(|(c, r)| (c - r).next_down()).collect();
+    let hi: Vec<f64> = c.iter().zip(&r).map(|(c, r)| (c + r).next_up()).collect();
+    let y = labels[0] as usize;
+    let k = model.graph.num_classes();
+    let disjuncts: Vec<Vec<crate::vnnlib::Constraint>> = (0..k)
+        .filter(|&j| j != y)
+        .map(|j| vec![crate::vnnlib::Constraint { coef: vec![(j, 1.0), (y, -1.0)], offset: 0.0, strict: false }])
+        .collect();
+    let p = Problem { model, exact, lo: &lo, hi: &hi, disjuncts: &disjuncts };
+    let deadline = Instant::now() + std::time::Duration::from_secs_f64(bc.timeout.max(0.0));
+    let (v, stats) = search(&p, &bc.options, deadline, None)?;
+    Ok((v, stats.domains))
+}
+
+/// The inputs (normalised where asked), labels and input set of the examples `chunk`.
+fn example_sets(
+    model: &Model,
+    data: &Dataset,
+    chunk: &[usize],
+    cfg: &CertifyConfig,
+) -> Result<(candle_core::Tensor, Vec<u32>, InputSet)> {
     let (x, y) = data.batch(chunk, &model.device, model.dtype)?;
     let labels: Vec<u32> = y.to_vec1().context(|| "reading labels".to_string())?;
     let set = InputSet::new(&x, &vec![cfg.eps; chunk.len()], cfg.norm, cfg.bounds)?;
@@ -208,6 +339,12 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
         Some((m, s)) => (crate::dual::input_set::normalize(&x, m, s)?, set.normalized(m, s)?),
         None => (x, set),
     };
+    Ok((x, labels, set))
+}
+
+/// Certify (and optionally attack) the examples `chunk` of `data`.
+fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyConfig) -> Result<Vec<ExampleRecord>> {
+    let (x, labels, set) = example_sets(model, data, chunk, cfg)?;
     let logits = model.forward(&x)?;
     let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
     let cert = match cfg.proj {
@@ -250,6 +387,16 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
             let y = labels[k];
             let min_m = min_margin(&margins[k], y);
             let attack_fooled = attacked.as_ref().map(|a| a[k]).unwrap_or(false);
+            let is_certified = certified[k] && preds[k] == y;
+            let how = if preds[k] != y {
+                Settled::Misclassified
+            } else if is_certified {
+                Settled::Bound
+            } else if attack_fooled {
+                Settled::Pgd
+            } else {
+                Settled::Unknown
+            };
             ExampleRecord {
                 index: i,
                 label: y,
@@ -259,6 +406,9 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
                 bounds_finite: finite[k],
                 pgd_fooled: attacked.as_ref().map(|_| attack_fooled || preds[k] != y),
                 attack_fooled,
+                how,
+                search_seconds: None,
+                search_domains: None,
             }
         })
         .collect())

@@ -415,6 +415,7 @@ pub fn train_on(
             normalize: cfg.mean.clone().zip(cfg.std.clone()),
             proj: None,
             crown_layers: false,
+            branch: None,
         };
         let (test_clean, test_cert) = if test_set.is_empty() || !evaluate {
             (f64::NAN, None)
