@@ -17,17 +17,19 @@ fn fixture(name: &str) -> PathBuf {
     common::repo().join("tests/fixtures/onnx").join(name)
 }
 
+/// The rows of numbers under key `k` of a fixture or reference JSON.
+fn rows(v: &serde_json::Value, k: &str) -> Vec<Vec<f64>> {
+    v[k].as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("number")).collect())
+        .collect()
+}
+
 fn io(name: &str) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
     let text = std::fs::read_to_string(fixture(&format!("{name}.json"))).expect("fixture json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    let rows = |k: &str| -> Vec<Vec<f64>> {
-        v[k].as_array()
-            .expect("array")
-            .iter()
-            .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("number")).collect())
-            .collect()
-    };
-    (rows("inputs"), rows("outputs"))
+    (rows(&v, "inputs"), rows(&v, "outputs"))
 }
 
 fn forward(model: &Model, x: &[f64]) -> Vec<f64> {
@@ -287,18 +289,11 @@ fn every_shared_network_computes_what_onnxruntime_computed() {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).expect("read")).expect("json");
         let bench = v["benchmark"].as_str().expect("benchmark");
         let onnx = dir.parent().expect("vnncomp").join(bench).join(v["onnx"].as_str().expect("onnx"));
-        let rows = |k: &str| -> Vec<Vec<f64>> {
-            v[k].as_array()
-                .expect("array")
-                .iter()
-                .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("number")).collect())
-                .collect()
-        };
         let imp = import_file(&onnx).unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
         let (g, w) =
             imp.graph_and_weights(DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
         let m = Model::new(g, w, DType::F32, Device::Cpu);
-        for (x, y) in rows("inputs").iter().zip(&rows("outputs")) {
+        for (x, y) in rows(&v, "inputs").iter().zip(&rows(&v, "outputs")) {
             let got = forward(&m, x);
             let scale = y.iter().fold(1e-6f64, |s, v| s.max(v.abs()));
             assert_eq!(got.len(), y.len(), "{}", f.display());
