@@ -27,11 +27,24 @@ pub fn tiny(dt: DType) -> f64 {
 
 /// `γ_n = n u / (1 − n u)`; infinite once `n u ≥ 1/2` (no bound: whatever it charges is lost).
 pub fn gamma(n: usize, dt: DType) -> f64 {
-    let nu = n as f64 * unit(dt);
+    gamma_unit(n, unit(dt))
+}
+
+/// `γ_n` for a unit roundoff `u` given directly (the deployed inference's precision).
+pub fn gamma_unit(n: usize, u: f64) -> f64 {
+    let nu = n as f64 * u;
     if nu >= 0.5 {
         f64::INFINITY
     } else {
         nu / (1.0 - nu)
+    }
+}
+
+/// The smallest normal number of the precision whose unit roundoff is `u` (f32 or coarser: f32's).
+pub fn tiny_unit(u: f64) -> f64 {
+    match u < unit(DType::F32) {
+        true => f64::MIN_POSITIVE,
+        false => f32::MIN_POSITIVE as f64,
     }
 }
 

@@ -60,6 +60,7 @@ fn cascade_trains_resumes_between_stages_and_certifies() {
         false,
         Some(&dualnet::run::attack::PgdConfig { steps: 10, ..Default::default() }),
         dualnet::ops::Family::Wk,
+        Some(candle_core::DType::F32),
     )
     .expect("certify");
     assert_eq!(records.len(), 60);

@@ -390,3 +390,141 @@ fn float64_weights_are_never_rounded_silently() {
     assert!(Weights::from_map(&g, map(0.1), "w.safetensors", DType::F64).is_ok());
     assert!(Weights::from_map(&g, map(0.5), "w.safetensors", DType::F32).is_ok());
 }
+
+/// The MLP evaluated in f32 the way an inference might: each dot product summed forward, backward, with
+/// FMA or pairwise (`order` 0..4), the bias added last, ReLU between layers. Returns the logits as f64.
+fn f32_inference(layers: &Layers, x: &[f64], order: usize) -> Vec<f64> {
+    fn pairwise(t: &[f32]) -> f32 {
+        match t.len() {
+            0 => 0.0,
+            1 => t[0],
+            n => pairwise(&t[..n / 2]) + pairwise(&t[n / 2..]),
+        }
+    }
+    let mut h: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+    for (k, (w, b)) in layers.iter().enumerate() {
+        let mut out: Vec<f32> = w
+            .iter()
+            .zip(b)
+            .map(|(row, bi)| {
+                let prods: Vec<(f32, f32)> = row.iter().zip(&h).map(|(a, v)| (*a as f32, *v)).collect();
+                let s = match order {
+                    0 => prods.iter().fold(0f32, |s, (a, v)| s + a * v),
+                    1 => prods.iter().rev().fold(0f32, |s, (a, v)| s + a * v),
+                    2 => prods.iter().fold(0f32, |s, (a, v)| a.mul_add(*v, s)),
+                    _ => pairwise(&prods.iter().map(|(a, v)| a * v).collect::<Vec<_>>()),
+                };
+                s + *bi as f32
+            })
+            .collect();
+        if k + 1 < layers.len() {
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        h = out;
+    }
+    h.into_iter().map(|v| v as f64).collect()
+}
+
+/// The deployed inference (`Options::deployed`, the default of `certify`): hand-derived, the net
+/// `a = x + 2²⁴`, `l₀ = a − 2²⁴`, `l₁ = 0.5` at `x = 1` has the real margin `l₀ − l₁ = +0.5`, but an f32
+/// inference rounds `1 + 2²⁴` to `2²⁴` (a tie, to even) and computes `l₀ = 0`: margin `−0.5`. With the
+/// deployed certificate no family may certify it, and every bound is `≤ −0.5`.
+#[test]
+fn the_deployed_absorption_is_never_certified() {
+    let spec = "network e { input x: [1]  a = linear(x, out=1)  l = linear(a, out=2)  output l }";
+    let big = 2f64.powi(24);
+    let layers: Layers = vec![(vec![vec![1.0]], vec![big]), (vec![vec![1.0], vec![0.0]], vec![-big, 0.5])];
+    for order in 0..4 {
+        let f = f32_inference(&layers, &[1.0], order);
+        assert_eq!(f[0] - f[1], -0.5, "order {order}");
+    }
+    // Computed in f64 the real network is certified (its own rounding charges are tiny there); an f32 inference
+    // of it is not. Computed in f32 the same holds for the deployed bound.
+    for dtype in [DType::F64, DType::F32] {
+        let m = mlp_model(spec, &["a", "l"], &layers, dtype);
+        let set = box_set(&[1.0], &[1.0], dtype);
+        if dtype == DType::F64 {
+            let (lb, ok) = lower_bounds(&m, &set, 0, Family::Crown);
+            assert!(ok && lb[1] > 0.49, "the real network's margin is +0.5: {}", lb[1]);
+        }
+        for family in FAMILIES {
+            let opts = Options { family, deployed: Some(DType::F32), ..Default::default() };
+            let cert = certify_batch_with(&m, &set, &[0], &opts).expect("bounds");
+            let lb: Vec<Vec<f64>> = cert.margin_lb.to_dtype(DType::F64).and_then(|t| t.to_vec2()).expect("lb");
+            let what = format!("{family} in {dtype:?}");
+            assert!(lb[0][1] <= -0.5, "{what}: deployed bound {} above the inference's margin −0.5", lb[0][1]);
+            assert!(!cert.certified(&lb, &[0], 0.0)[0], "{what}: certified");
+        }
+    }
+}
+
+/// Random ReLU nets (f32 weights) tuned to the edge of their real margin at `x0`, boxes of radius 0 and 2⁻²⁰,
+/// bounded in f64: the deployed (f32) bound of every family is below the f32 inference's margin (four summation
+/// orders, and candle's own f32 forward pass) at the centre and at sampled corners, and never above the
+/// real-arithmetic bound. The real-arithmetic bound alone is above some inference's margin on some of them (the
+/// test would fail without the deployed charge).
+#[test]
+fn deployed_bounds_hold_for_f32_inferences() {
+    let widths = [8, 16, 16, 3];
+    let spec = mlp_spec(&widths);
+    let names = ["l0", "l1", "l2"];
+    let mut real_above = 0;
+    for seed in 0..10u64 {
+        let (mut layers, x0) = random_mlp(&widths, 2000 + seed, DType::F32);
+        let y = (seed % 3) as usize;
+        tune_to_the_edge(&mut layers, &x0, y, DType::F32);
+        let m = mlp_model(&spec, &names, &layers, DType::F64);
+        let m32 = mlp_model(&spec, &names, &layers, DType::F32);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for radius in [0.0, 2f64.powi(-20)] {
+            let lo: Vec<f64> = x0.iter().map(|v| ((v - radius) as f32) as f64).collect();
+            let hi: Vec<f64> = x0.iter().map(|v| ((v + radius) as f32) as f64).collect();
+            let set = box_set(&lo, &hi, DType::F64);
+            let mut points = vec![x0.iter().map(|v| *v as f32 as f64).collect::<Vec<f64>>()];
+            for _ in 0..6 {
+                points.push(lo.iter().zip(&hi).map(|(a, b)| if rng.random_bool(0.5) { *a } else { *b }).collect());
+            }
+            // The smallest inference margin per class, over the points and the orders.
+            let mut worst = vec![f64::INFINITY; 3];
+            for p in &points {
+                let xt =
+                    Tensor::from_vec(p.iter().map(|v| *v as f32).collect::<Vec<f32>>(), (1, p.len()), &Device::Cpu)
+                        .expect("x");
+                let own: Vec<Vec<f32>> = m32.forward(&xt).expect("forward").to_vec2().expect("logits");
+                let mut runs: Vec<Vec<f64>> = (0..4).map(|o| f32_inference(&layers, p, o)).collect();
+                runs.push(own[0].iter().map(|v| *v as f64).collect());
+                for f in runs {
+                    for j in 0..3 {
+                        worst[j] = worst[j].min(f[y] - f[j]);
+                    }
+                }
+            }
+            for family in FAMILIES {
+                let what = format!("{family}, seed {seed}, radius {radius}");
+                let deployed = Options { family, deployed: Some(DType::F32), ..Default::default() };
+                let cert = certify_batch_with(&m, &set, &[y as u32], &deployed).expect("bounds");
+                let lb: Vec<f64> =
+                    cert.margin_lb.to_dtype(DType::F64).and_then(|t| t.to_vec2()).expect("lb")[0].clone();
+                let (real, _) = lower_bounds(&m, &set, y as u32, family);
+                for j in (0..3).filter(|j| *j != y) {
+                    assert!(
+                        lb[j] <= worst[j],
+                        "{what}: deployed bound {} on margin {j} above an inference's {}",
+                        lb[j],
+                        worst[j]
+                    );
+                    assert!(
+                        lb[j] <= real[j],
+                        "{what}: deployed bound {} above the real-arithmetic one {}",
+                        lb[j],
+                        real[j]
+                    );
+                    real_above += usize::from(real[j] > worst[j]);
+                }
+            }
+        }
+    }
+    // How often the real-arithmetic bound alone would not have covered an inference: the deployed charge's work.
+    println!("real-arithmetic bounds above an f32 inference's margin: {real_above}");
+    assert!(real_above > 0, "no case needs the deployed charge: the test has no teeth");
+}

@@ -252,6 +252,8 @@ fn check_case(case: &str, dir: &Path, exp: &Expected, dtype: DType) {
             bound: None,
             alpha_iters: dualnet::dual::bounds::DEFAULT_ALPHA_ITERS,
             alpha_lr: dualnet::dual::bounds::DEFAULT_ALPHA_LR,
+            // The reference computes the network in real arithmetic (f64).
+            deployed: None,
         };
         let out: BoundsJson = compute(&model, &x, &labels, &set).expect("bounds compute");
         let ours = serde_json::to_value(&out).expect("to json");

@@ -181,6 +181,8 @@ fn run_one(name: &str, args: &Args) -> Result<Value> {
                 proj: None,
                 crown_layers: false,
                 branch: None,
+                // What `certify` does by default: the certificate covers an f32 inference too.
+                deployed: Some(candle_core::DType::F32),
             };
             let (_, s) = certify_dataset(&model, &data, &cfg)?;
             Ok(json!({"seconds": s.seconds, "peak_rss_mb": peak_rss_mb(), "examples": s.examples,

@@ -41,9 +41,18 @@ pub struct SetArgs {
     /// `--bound alpha`: the Adam step of the slopes (they live in [0, 1]).
     #[arg(long, default_value_t = crate::dual::bounds::DEFAULT_ALPHA_LR)]
     pub alpha_lr: f64,
+    /// The margins also hold for a floating-point inference of the network: `f32` (an f32 forward pass in any
+    /// order, with or without FMA, as PyTorch or ONNX Runtime run it; the default of `certify` and `cascade
+    /// certify`), `f64`, or `none` (the network in real arithmetic; the default of `bounds`).
+    #[arg(long, value_enum)]
+    pub deployed: Option<super::DeployedArg>,
 }
 
 impl SetArgs {
+    /// The inference the bounds cover, `default` where `--deployed` is not given.
+    pub fn deployed_or(&self, default: super::DeployedArg) -> Option<DType> {
+        self.deployed.unwrap_or(default).dtype()
+    }
     /// The margin an example's bounds must clear in `bounds`: [`default_safety_margin`] (none: the bounds pay
     /// for their own rounding).
     ///
@@ -235,6 +244,7 @@ pub fn compute(model: &Model, x: &Tensor, labels: &[u32], set: &SetArgs) -> Resu
         family,
         alpha_iters: set.alpha_iters,
         alpha_lr: set.alpha_lr,
+        deployed: set.deployed_or(super::DeployedArg::None),
         ..Default::default()
     };
     let cert = crate::dual::robust::certify_batch_with(model, &input_set, labels, &opts)?;

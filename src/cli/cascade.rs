@@ -116,6 +116,7 @@ pub fn run(cmd: &Command) -> Result<()> {
                     .then_some(crate::run::attack::PgdConfig { steps: a.attack_steps, ..Default::default() })
                     .as_ref(),
                 a.set.bound.unwrap_or(super::certify::DEFAULT_FAMILY),
+                a.set.deployed_or(super::DeployedArg::F32),
             )?;
             println!(
                 "cascade {} ({} stages) on {} examples, {} eps {}{}:",

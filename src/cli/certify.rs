@@ -129,6 +129,19 @@ pub fn run(args: &Args) -> Result<()> {
             ));
         }
     }
+    // Branch and bound splits on the real network's values, which a deployed inference's may cross: with
+    // `--branching` the certificates are for the network in real arithmetic.
+    let branching = args.branching != super::verify::Branching::None;
+    let deployed = match (branching, args.set.deployed) {
+        (true, Some(d)) if d != super::DeployedArg::None => {
+            return Err(Error::input(
+                Diagnostic::new(Code::BadOption, "`--deployed` with `--branching` is not supported")
+                    .help("branch and bound certifies the network in real arithmetic: drop `--deployed` (or pass `--deployed none`), or drop `--branching`"),
+            ));
+        }
+        (true, _) => None,
+        (false, d) => d.unwrap_or(super::DeployedArg::F32).dtype(),
+    };
     let dtype = args.set.dtype.dtype();
     let model = args.model.load(dtype)?;
     let data = args.data.load()?;
@@ -146,6 +159,7 @@ pub fn run(args: &Args) -> Result<()> {
         normalize: args.mean.clone().zip(args.std.clone()),
         proj: args.proj.zip(args.delta),
         crown_layers: args.crown_layers,
+        deployed,
         branch: match args.branching {
             super::verify::Branching::None => None,
             b => {

@@ -44,6 +44,27 @@ pub enum DTypeArg {
     F64,
 }
 
+/// The floating-point inference a certificate also covers (`--deployed`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeployedArg {
+    /// An f32 forward pass, in any summation order, with or without FMA (PyTorch, ONNX Runtime).
+    F32,
+    /// An f64 forward pass.
+    F64,
+    /// None: the network in real arithmetic only.
+    None,
+}
+
+impl DeployedArg {
+    pub fn dtype(self) -> Option<candle_core::DType> {
+        match self {
+            DeployedArg::F32 => Some(candle_core::DType::F32),
+            DeployedArg::F64 => Some(candle_core::DType::F64),
+            DeployedArg::None => None,
+        }
+    }
+}
+
 impl DTypeArg {
     pub fn dtype(self) -> candle_core::DType {
         match self {

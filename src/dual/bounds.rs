@@ -78,6 +78,9 @@ pub struct Options {
     /// Stop with [`crate::error::Error::Deadline`] once this instant has passed (checked before every node's
     /// bounds), so that a caller with a time limit keeps it on deep networks whose single bound takes long.
     pub deadline: Option<std::time::Instant>,
+    /// `Some(dt)`: the margins also hold for an inference of the network in `dt` ([`super::deployed`]): the
+    /// forward rounding error of that inference is taken off every bound. `None`: real arithmetic only.
+    pub deployed: Option<DType>,
 }
 
 impl Options {
@@ -103,6 +106,7 @@ impl Default for Options {
             alpha_lr: DEFAULT_ALPHA_LR,
             crown_layers: false,
             deadline: None,
+            deployed: None,
         }
     }
 }
@@ -453,6 +457,27 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
     // Forward rounding error `E` and magnitude `M` of each node's representation (item 5 of
     // [`super::rounding`]).
     let mut fe: Vec<Option<(Tensor, Tensor)>> = vec![None; n_nodes];
+    // With a deployed inference ([`super::deployed`]): the error `E` of its value at every node.
+    let dep_u = opts.deployed.map(crate::float::unit);
+    let mut derr: Vec<Option<Tensor>> = vec![None; n_nodes];
+    let deploy = |i: NodeIndex,
+                  derr: &mut Vec<Option<Tensor>>,
+                  mags: &mut Magnitudes,
+                  layer: Option<(&Tensor, &Tensor)>|
+     -> Result<()> {
+        if let Some(u) = dep_u {
+            // Splits are constraints on the real network's values, which the inference's may cross.
+            if !given.splits.is_empty() {
+                return Err(crate::error::Error::Usage(
+                    "internal: a deployed inference's certificate with branch-and-bound splits".into(),
+                ));
+            }
+            let (e, own) = super::deployed::node_error(model, i, derr, mags, u, layer)?;
+            derr[i.index()] = Some(e);
+            mags.own[i.index()] = own;
+        }
+        Ok(())
+    };
     let intervals = match opts.family {
         Family::Wk => None,
         Family::Crown | Family::Alpha | Family::Ibp => Some(super::ibp::interval_bounds(model, set)?),
@@ -502,6 +527,7 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
             NodeKind::Input => {
                 centers[i.index()] = Some(x.clone());
                 mags.fill(model, set, i, |_| None)?;
+                deploy(i, &mut derr, &mut mags, None)?;
                 let m_in =
                     mags.value[i.index()].clone().ok_or_else(|| crate::error::Error::Usage("internal".into()))?;
                 fe[i.index()] = Some((m_in.zeros_like().context(ctx_err)?, m_in));
@@ -568,8 +594,12 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
                             c = c.broadcast_add(&bias).context(ctx_err)?;
                         }
                         centers[i.index()] = Some(c);
-                        mags.fill(model, set, i, |_| None)?;
-                        fe[i.index()] = Some(forward_error(model, i, &fe, b)?);
+                        // The forward error is needed up to the last layer bounded from the forward
+                        // representation; its products share one `|A|` call with the magnitudes'.
+                        let (e, prod) = forward_error(model, i, &fe, &mags, b, propagate(i))?;
+                        mags.fill_affine(model, i, prod, |_| None)?;
+                        deploy(i, &mut derr, &mut mags, None)?;
+                        fe[i.index()] = e;
                         for s in sources.iter_mut().filter(|_| propagate(i)) {
                             let present: Vec<(NodeIndex, Val)> =
                                 node.inputs.iter().filter_map(|j| s.vals.get(j).map(|v| (*j, v.clone()))).collect();
@@ -658,7 +688,11 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
                                     crate::error::Error::Usage("internal: forward error missing".into())
                                 })?;
                                 let go = || -> candle_core::Result<(Tensor, Tensor)> {
-                                    let w = (e + (mz * rounding::charge_gamma(m + 2, x.dtype()))?)?.detach();
+                                    let mut w = (e + (mz * rounding::charge_gamma(m + 2, x.dtype()))?)?.detach();
+                                    // The deployed inference's value lies within its error of the real one.
+                                    if let Some(d) = &derr[z.index()] {
+                                        w = (w + d)?;
+                                    }
                                     rounding::widen_interval(&(l - &w)?, &(u + &w)?)
                                 };
                                 go().context(ctx_err)?
@@ -667,7 +701,16 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
                             // and the interval bound on each side: both hold, so their intersection does.
                             let (l, u) = match intervals.as_ref().and_then(|iv| iv[z.index()].as_ref()) {
                                 Some((li, ui)) => {
-                                    (strict_max(&l, li).context(ctx_err)?, strict_min(&u, ui).context(ctx_err)?)
+                                    // Interval bounds are the real network's: widened by the deployed error.
+                                    let (li, ui) = match &derr[z.index()] {
+                                        Some(d) => rounding::widen_interval(
+                                            &(li - d).context(ctx_err)?,
+                                            &(ui + d).context(ctx_err)?,
+                                        )
+                                        .context(ctx_err)?,
+                                        None => (li.clone(), ui.clone()),
+                                    };
+                                    (strict_max(&l, &li).context(ctx_err)?, strict_min(&u, &ui).context(ctx_err)?)
                                 }
                                 None => (l, u),
                             };
@@ -693,13 +736,16 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
                         };
                         mags.cap(z, &l, &u).context(ctx_err)?;
                         mags.fill(model, set, i, |n| (n == z).then_some((&l, &u)))?;
+                        deploy(i, &mut derr, &mut mags, Some((&l, &u)))?;
                         let mut r = rounding::relax_sound(model, i, &l, &u, opts.family)?;
                         if let Some(act) = given.splits.get(&z).and_then(|sp| sp.relu_active.as_ref()) {
                             if r.lines.is_none() {
                                 r = split_active(r, act, &l0, &u0).context(ctx_err)?;
                             }
                         }
-                        fe[i.index()] = Some(activation_error(&r, &fe, z).context(ctx_err)?);
+                        if propagate(i) {
+                            fe[i.index()] = Some(activation_error(&r, &fe, z).context(ctx_err)?);
+                        }
                         let cz = centers[z.index()].clone().unwrap_or_else(|| x.clone());
                         centers[i.index()] = Some((r.slope.mul(&cz).context(ctx_err)? + &r.mid).context(ctx_err)?);
                         // Dense values are [Bs·m, *shape]; the slopes [B, *shape] scale each example's rows.
@@ -746,25 +792,43 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
     Ok(out)
 }
 
-/// `(E, M)` of affine node `i` from its inputs': `M' = |A| M + |b|`, `E' = |A| E + γ (|A| M + |b|) + bias
-/// error`, each inflated for its own rounding (item 5 of [`super::rounding`]). One `linear_abs` call carries
-/// both (stacked on the batch axis).
-fn forward_error(model: &Model, i: NodeIndex, fe: &[Option<(Tensor, Tensor)>], b: usize) -> Result<(Tensor, Tensor)> {
+/// `(E, M)` of affine node `i` from its inputs' (where `with_error`): `M' = |A| M + |b|`,
+/// `E' = |A| E + γ (|A| M + |b|) + bias error`, each inflated for its own rounding (item 5 of
+/// [`super::rounding`]), and the product `|A| m_x` of the inputs' sound magnitudes ([`Magnitudes::fill_affine`]).
+/// One `linear_abs` call carries all three (stacked on the batch axis).
+fn forward_error(
+    model: &Model,
+    i: NodeIndex,
+    fe: &[Option<(Tensor, Tensor)>],
+    mags: &Magnitudes,
+    b: usize,
+    with_error: bool,
+) -> Result<(Option<(Tensor, Tensor)>, Tensor)> {
     let node = model.graph.node(i);
     let Some(op) = node.kind.op() else { return Err(crate::error::Error::Usage("internal: not an op".into())) };
     let ctx = model.ctx(i);
     let ctx_err = || format!("rounding error at `{}`", node.name);
+    let missing = || crate::error::Error::Usage("internal: no error or magnitude".into());
     let stacked: Vec<Tensor> = node
         .inputs
         .iter()
         .map(|j| {
-            let (e, m) =
-                fe[j.index()].as_ref().ok_or_else(|| crate::error::Error::Usage("internal: no error".into()))?;
-            Tensor::cat(&[e, m], 0).context(ctx_err)
+            let mx = mags.value[j.index()].as_ref().ok_or_else(missing)?;
+            match with_error {
+                true => {
+                    let (e, m) = fe[j.index()].as_ref().ok_or_else(missing)?;
+                    Tensor::cat(&[e, m, mx], 0).context(ctx_err)
+                }
+                false => Ok(mx.clone()),
+            }
         })
         .collect::<Result<_>>()?;
-    let both = op.linear_abs(&ctx, &stacked)?;
-    let (ae, mut am) = (both.narrow(0, 0, b).context(ctx_err)?, both.narrow(0, b, b).context(ctx_err)?);
+    let all = op.linear_abs(&ctx, &stacked)?;
+    if !with_error {
+        return Ok((None, all));
+    }
+    let part = |k: usize| all.narrow(0, k * b, b).context(ctx_err);
+    let (ae, mut am, prod) = (part(0)?, part(1)?, part(2)?);
     if let Some(bias) = op.bias(&ctx)? {
         am = am.broadcast_add(&bias.abs().context(ctx_err)?).context(ctx_err)?;
     }
@@ -774,7 +838,8 @@ fn forward_error(model: &Model, i: NodeIndex, fe: &[Option<(Tensor, Tensor)>], b
         e = e.broadcast_add(&err).context(ctx_err)?;
     }
     let (e, am) = (e.detach(), am.detach());
-    Ok((rounding::inflate(&e, 2).context(ctx_err)?, rounding::inflate(&am, t).context(ctx_err)?))
+    let e = rounding::inflate(&e, 2).context(ctx_err)?;
+    Ok((Some((e, rounding::inflate(&am, t).context(ctx_err)?)), prod))
 }
 
 /// `(E, M)` of an activation with relaxation `r` on input `z`: `M' = |d| M_z + |mid| + rad`,

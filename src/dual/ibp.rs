@@ -46,24 +46,27 @@ pub fn interval_bounds(model: &Model, set: &InputSet) -> Result<Vec<Option<(Tens
                 match op.role() {
                     Role::Affine => {
                         let cs: Vec<Tensor> = ins.iter().map(|(c, _)| c.clone()).collect();
-                        let rs: Vec<Tensor> = ins.iter().map(|(_, r)| r.clone()).collect();
                         let bias = op.bias(&ctx)?;
                         let mut c = op.linear(&ctx, &cs)?;
                         if let Some(b) = &bias {
                             c = c.broadcast_add(b).context(ctx_err)?;
                         }
                         // Rounding (item 2 of [`super::rounding`]): `γ (|A| (|c| + r) + |b|)` plus the bias error.
-                        let ms: Vec<Tensor> = ins
+                        // One `|A|` call for both products, `[r; |c| + r]` stacked on the batch axis.
+                        let stacked: Vec<Tensor> = ins
                             .iter()
-                            .map(|(c, r)| c.detach().abs()? + r.detach())
+                            .map(|(c, r)| Tensor::cat(&[r, &(c.detach().abs()? + r.detach())?], 0))
                             .collect::<candle_core::Result<_>>()
                             .context(ctx_err)?;
-                        let mut m = op.linear_abs(&ctx, &ms)?;
+                        let both = op.linear_abs(&ctx, &stacked)?;
+                        let nb = both.dims()[0] / 2;
+                        let ar = both.narrow(0, 0, nb).context(ctx_err)?;
+                        let mut m = both.narrow(0, nb, nb).context(ctx_err)?;
                         if let Some(b) = &bias {
                             m = m.broadcast_add(&b.abs().context(ctx_err)?).context(ctx_err)?;
                         }
                         let g = rounding::charge_gamma(op.terms(&ctx) + 1, m.dtype());
-                        let mut r = (op.linear_abs(&ctx, &rs)? + (m * g).context(ctx_err)?).context(ctx_err)?;
+                        let mut r = (ar + (m * g).context(ctx_err)?).context(ctx_err)?;
                         if let Some(e) = op.bias_error(&ctx)? {
                             r = r.broadcast_add(&e).context(ctx_err)?;
                         }

@@ -4,6 +4,7 @@
 
 pub mod alpha;
 pub mod bounds;
+pub mod deployed;
 pub mod estimator;
 mod gpu;
 pub mod grouping;

@@ -29,6 +29,12 @@ fn sum_trailing(t: &Tensor) -> candle_core::Result<Tensor> {
     t.reshape((d[0], d[1], d[2..].iter().product::<usize>()))?.sum(2)
 }
 
+/// Whether affine node `i` only moves values (no products, no sums, no bias): its transpose rounds nothing.
+fn exact_move(model: &Model, i: NodeIndex, op: &dyn crate::ops::Op) -> Result<bool> {
+    let ctx = model.ctx(i);
+    Ok(op.terms(&ctx) == 0 && op.bias(&ctx)?.is_none() && op.bias_error(&ctx)?.is_none())
+}
+
 /// `J(c)` for every objective row of `c: [B, K, *out]`.
 pub fn objective(model: &Model, set: &InputSet, bounds: &Bounds, c: &Tensor) -> Result<Tensor> {
     let (lin, rad) = dual_pass(model, set, &bounds.relax, bounds.mags.as_ref(), model.graph.output, c)?;
@@ -126,6 +132,8 @@ pub fn dual_pass_recording(
                 ),
                 NodeKind::Op(op) => match op.role() {
                     Role::Affine if prepaid[i.index()] => None,
+                    // A pure data movement (flatten, transpose, padding: no terms, no bias) rounds nothing.
+                    Role::Affine if exact_move(model, i, op)? => None,
                     Role::Affine => {
                         let ctx = model.ctx(i);
                         let image = mags
@@ -139,6 +147,11 @@ pub fn dual_pass_recording(
                     _ => None,
                 },
             };
+            // A deployed inference's own rounding at this node ([`super::deployed`]), unless an activation took
+            // it with the node's other charge (`prepaid`).
+            if let (Some(own), false) = (mags.and_then(|m| m.own[i.index()].as_ref()), prepaid[i.index()]) {
+                charge_w = add_w(charge_w, own.clone()).context(ctx_err)?;
+            }
             if let Some(w) = w {
                 charge_w = add_w(charge_w, w).context(ctx_err)?;
             }
@@ -182,6 +195,10 @@ pub fn dual_pass_recording(
                                 let k = rounding::charge_gamma(t, dt) * (1.0 + 4.0 * rounding::unit(dt));
                                 let go = || (&slope * k)?.broadcast_mul(image);
                                 charge_w = add_w(charge_w, go().context(ctx_err)?).context(ctx_err)?;
+                                if let Some(own) = mags.and_then(|m| m.own[z.index()].as_ref()) {
+                                    let go = || (&slope * (1.0 + 4.0 * rounding::unit(dt)))?.broadcast_mul(own);
+                                    charge_w = add_w(charge_w, go().context(ctx_err)?).context(ctx_err)?;
+                                }
                                 prepaid[z.index()] = true;
                             }
                         }

@@ -117,6 +117,12 @@ pub fn lower_bounds_given(
             }
         }
     };
+    // The `ibp` family's layer bounds are interval propagation's (not widened): the plain charge. The other
+    // families' dual networks paid for the deployed inference already ([`super::deployed`]).
+    let margin_lb = match (opts.deployed, opts.family) {
+        (Some(dt), Family::Ibp) => super::deployed::charge(model, &bounds, c, &margin_lb, dt)?,
+        _ => margin_lb,
+    };
     Ok((bounds, margin_lb))
 }
 

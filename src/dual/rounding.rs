@@ -145,6 +145,9 @@ pub fn harden(r: Relaxation, l: &Tensor, u: &Tensor, s_lo: &Tensor, s_hi: &Tenso
 pub struct Magnitudes {
     pub value: Vec<Option<Tensor>>,
     pub image: Vec<Option<Tensor>>,
+    /// With a deployed inference ([`super::deployed`]): each node's own rounding in that inference, a bound
+    /// on `|σ̂(x̂) − σ(x̂)|`, which the dual network charges like its own (`Σ |λ| own`); `None`: exact.
+    pub own: Vec<Option<Tensor>>,
 }
 
 /// The relaxation of activation node `i` in `family` on `[l, u]`, made valid in real arithmetic ([`harden`]).
@@ -167,7 +170,7 @@ pub fn interval_sound(model: &Model, i: NodeIndex, l: &Tensor, u: &Tensor) -> Re
 
 impl Magnitudes {
     pub fn new(n: usize) -> Self {
-        Magnitudes { value: vec![None; n], image: vec![None; n] }
+        Magnitudes { value: vec![None; n], image: vec![None; n], own: vec![None; n] }
     }
 
     /// Fill node `i` (every input of `i` already filled). `layer` gives the sound layer bounds of an
@@ -204,24 +207,8 @@ impl Magnitudes {
                     .ok_or_else(|| Error::Usage("internal: magnitude of an input missing".into()))?;
                 match op.role() {
                     Role::Affine => {
-                        let ctx = model.ctx(i);
-                        let mut m = op.linear_abs(&ctx, &ins)?;
-                        if let Some(b) = op.bias(&ctx)? {
-                            m = m.broadcast_add(&b.abs().context(ctx_err)?).context(ctx_err)?;
-                        }
-                        if let Some(e) = op.bias_error(&ctx)? {
-                            m = m.broadcast_add(&e).context(ctx_err)?;
-                        }
-                        let m = inflate(&m, op.terms(&ctx) + 1).context(ctx_err)?;
-                        self.image[i.index()] = Some(m.detach());
-                        match layer(i) {
-                            Some((l, u)) => {
-                                let cap = inflate(&l.abs().and_then(|a| a.maximum(&u.abs()?)).context(ctx_err)?, 1)
-                                    .context(ctx_err)?;
-                                m.minimum(&cap).context(ctx_err)?
-                            }
-                            None => m,
-                        }
+                        let prod = op.linear_abs(&model.ctx(i), &ins)?;
+                        return self.fill_affine(model, i, prod, layer);
                     }
                     Role::Activation => {
                         let (l, u) = layer(node.inputs[0])
@@ -237,12 +224,45 @@ impl Magnitudes {
         Ok(())
     }
 
+    /// [`Magnitudes::fill`] at affine node `i`, given the product `|A| m_x` of its inputs' magnitudes (a caller
+    /// that makes other `|A|` products at this node stacks them into one call).
+    pub fn fill_affine<'a>(
+        &mut self,
+        model: &Model,
+        i: NodeIndex,
+        prod: Tensor,
+        layer: impl Fn(NodeIndex) -> Option<(&'a Tensor, &'a Tensor)>,
+    ) -> Result<()> {
+        let node = model.graph.node(i);
+        let ctx_err = || format!("rounding magnitudes at `{}`", node.name);
+        let op = node.kind.op().ok_or_else(|| Error::Usage("internal: magnitude of a non-op".into()))?;
+        let ctx = model.ctx(i);
+        let mut m = prod;
+        if let Some(b) = op.bias(&ctx)? {
+            m = m.broadcast_add(&b.abs().context(ctx_err)?).context(ctx_err)?;
+        }
+        if let Some(e) = op.bias_error(&ctx)? {
+            m = m.broadcast_add(&e).context(ctx_err)?;
+        }
+        let m = inflate(&m, op.terms(&ctx) + 1).context(ctx_err)?;
+        self.image[i.index()] = Some(m.detach());
+        let v = match layer(i) {
+            Some((l, u)) => {
+                let cap = inflate(&l.abs().and_then(|a| a.maximum(&u.abs()?)).context(ctx_err)?, 1).context(ctx_err)?;
+                m.minimum(&cap).context(ctx_err)?
+            }
+            None => m,
+        };
+        self.value[i.index()] = Some(v.detach());
+        Ok(())
+    }
+
     /// The magnitudes of examples `start..start + len`.
     pub fn narrow(&self, start: usize, len: usize) -> candle_core::Result<Self> {
         let cut = |v: &Vec<Option<Tensor>>| -> candle_core::Result<Vec<Option<Tensor>>> {
             v.iter().map(|t| t.as_ref().map(|t| t.narrow(0, start, len)).transpose()).collect()
         };
-        Ok(Magnitudes { value: cut(&self.value)?, image: cut(&self.image)? })
+        Ok(Magnitudes { value: cut(&self.value)?, image: cut(&self.image)?, own: cut(&self.own)? })
     }
 
     /// Cap an activation input's magnitude by its (sound) layer bounds once they are known.

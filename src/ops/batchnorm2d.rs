@@ -98,6 +98,21 @@ impl OpExec for BatchNorm2d {
     fn role(&self) -> Role {
         Role::Affine
     }
+    /// The inference computes `(x − mean) / √(var + eps) · γ + β`, or folds the scale and shift first: either
+    /// way each output carries at most a dozen roundings of terms of size `|s| (|x̂| + |mean|) + |β|`; `k = 20`
+    /// also covers the computed `s` (within `γ_4 |s|`) that `linear_abs` multiplies by.
+    fn deployed_error(&self, ctx: &NodeCtx, e: &[Tensor], m: &[Tensor], u: f64) -> Result<Option<Deployed>> {
+        let (s, _) = scale_shift(ctx)?;
+        let go = || -> candle_core::Result<Tensor> {
+            let b = ctx.weight("bias").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let mean = ctx.weight("running_mean").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let c = ctx.out_shape[0];
+            let o = (b.abs()?.reshape((c, 1, 1))? + mean.abs()?.reshape((c, 1, 1))?.mul(&s.abs()?)?)?;
+            o.broadcast_as(ctx.out_shape.as_slice())?.contiguous()
+        };
+        let o = go().context(|| format!("deployed error of batchnorm2d `{}`", ctx.name))?;
+        affine_deployed_error(self, ctx, e, m, u, 20, Some(&o)).map(Some)
+    }
     /// One product per entry by the computed scale `s = γ / √(var + eps)`, itself within `3u |s|` of the real one
     /// (an addition, a correctly rounded square root and a division).
     fn terms(&self, _ctx: &NodeCtx) -> usize {

@@ -174,6 +174,57 @@ fn no_rule(what: &str) -> Error {
     Error::Usage(format!("internal: {what} called on an op without that rule"))
 }
 
+/// What [`OpExec::deployed_error`] gives: the error of the inference's value against the real one, and the
+/// part of it the op's own evaluation adds (`None`: the op is exact in floating point).
+pub struct Deployed {
+    pub err: Tensor,
+    pub own: Option<Tensor>,
+}
+
+impl Deployed {
+    /// An op exact in floating point and 1-Lipschitz (elementwise or a selection): the input's error.
+    pub fn exact(e: &Tensor) -> Self {
+        Deployed { err: e.clone(), own: None }
+    }
+}
+
+/// `|A| e + γ_k (|A| (m + e) + offset)` (γ for the unit roundoff `u`): the deployed error of an affine op
+/// `y = A x + b` whose inference rounds each output with at most `k` roundings of terms of total magnitude
+/// `|A| |x̂| + offset` (`offset ≥ |b|`, more where the op computes its constant from several parameters), for
+/// `|x̂ − x| ≤ e`, `|x| ≤ m`: `|ŷ − y| ≤ |A| |x̂ − x| + |fl(A x̂ + b) − (A x̂ + b)|` (Higham, eq. (3.5)). An op
+/// with no terms and no constant (a reshape, a permutation, a zero padding) moves values: `|A| e`.
+pub fn affine_deployed_error<O: OpExec + ?Sized>(
+    op: &O,
+    ctx: &NodeCtx,
+    e: &[Tensor],
+    m: &[Tensor],
+    u: f64,
+    k: usize,
+    offset: Option<&Tensor>,
+) -> Result<Deployed> {
+    let ctx_err = || format!("deployed error of `{}`", ctx.name);
+    if op.terms(ctx) == 0 && offset.is_none() {
+        return Ok(Deployed { err: op.linear_abs(ctx, e)?, own: None });
+    }
+    let b = lead(&e[0]);
+    let stacked: Vec<Tensor> = e
+        .iter()
+        .zip(m)
+        .map(|(e, m)| Tensor::cat(&[e, &(m + e)?], 0))
+        .collect::<candle_core::Result<_>>()
+        .map_err(|s| Error::Tensor { context: ctx_err(), source: s })?;
+    let all = op.linear_abs(ctx, &stacked)?;
+    let go = || -> candle_core::Result<Deployed> {
+        let (ae, mut am) = (all.narrow(0, 0, b)?, all.narrow(0, b, b)?);
+        if let Some(o) = offset {
+            am = am.broadcast_add(o)?;
+        }
+        let own = (am * crate::float::gamma_unit(k, u))?;
+        Ok(Deployed { err: (ae + &own)?, own: Some(own) })
+    };
+    go().map_err(|s| Error::Tensor { context: ctx_err(), source: s })
+}
+
 pub trait OpExec {
     fn role(&self) -> Role {
         Role::Unsupported
@@ -228,6 +279,31 @@ pub trait OpExec {
     /// Affine ops whose constant term is computed from the stored weights (not stored itself): a bound
     /// `[*out]` on `|fl(b) − b|`. `None` (the default): the bias is a stored value, exact.
     fn bias_error(&self, _ctx: &NodeCtx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// The deployed inference ([`crate::dual::deployed`]): this op evaluated in floating point with unit
+    /// roundoff `u` (any order of its sums, with or without FMA, its parameters rounded to that precision), on
+    /// inputs `x̂_i` that the inference computed, with `|x̂_i − x_i| ≤ e_i` and `|x_i| ≤ m_i` for the real values
+    /// (each `[B, *in_i]`, nonnegative). Returns the bound on `|σ̂(x̂) − σ(x)|` and the op's own rounding, a bound
+    /// on `|σ̂(x̂) − σ(x̂)|` (`None`: exact). Computed in the compute dtype: the caller inflates both. The default
+    /// serves affine ops whose parameters are stored values ([`affine_deployed_error`] with `t + 2` roundings,
+    /// `t` = [`OpExec::terms`]: one more for the weight's and one for the bias's rounding to the inference
+    /// precision); `None`: no rule, and a certificate for the deployed network is refused.
+    fn deployed_error(&self, ctx: &NodeCtx, e: &[Tensor], m: &[Tensor], u: f64) -> Result<Option<Deployed>> {
+        if self.role() != Role::Affine || self.bias_error(ctx)?.is_some() {
+            return Ok(None);
+        }
+        let offset = self
+            .bias(ctx)?
+            .map(|b| b.abs())
+            .transpose()
+            .map_err(|e| Error::Tensor { context: format!("deployed error of `{}`", ctx.name), source: e })?;
+        affine_deployed_error(self, ctx, e, m, u, self.terms(ctx) + 2, offset.as_ref()).map(Some)
+    }
+    /// Activation ops: a `u8` mask `[B, *shape]`, 1 where the op is constant on the input bounds `[l, u]` (a ReLU with
+    /// `u ≤ 0`), so that any two inputs in them give the same output and a deployed inference's error there is 0
+    /// ([`crate::dual::deployed`]). `None` (the default): nowhere known.
+    fn flat_on(&self, _ctx: &NodeCtx, _l: &Tensor, _u: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
     /// Activation ops: the primal function, elementwise.

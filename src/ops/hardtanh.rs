@@ -96,6 +96,16 @@ impl OpExec for Hardtanh {
     fn role(&self) -> Role {
         Role::Activation
     }
+    /// A clamp: exact in floating point and 1-Lipschitz: the inference's error is its input's.
+    fn deployed_error(&self, _ctx: &NodeCtx, e: &[Tensor], _m: &[Tensor], _u: f64) -> Result<Option<Deployed>> {
+        Ok(Some(Deployed::exact(&e[0])))
+    }
+    /// Constant where `u ≤ min_val` or `l ≥ max_val`.
+    fn flat_on(&self, ctx: &NodeCtx, l: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
+        let a: HardtanhArgs = ctx.args()?;
+        let go = || u.le(a.min_val)?.maximum(&l.ge(a.max_val)?);
+        Ok(Some(go().context(|| format!("hardtanh `{}`", ctx.name))?))
+    }
     fn activate(&self, ctx: &NodeCtx, x: &Tensor) -> Result<Tensor> {
         let a: HardtanhArgs = ctx.args()?;
         x.clamp(a.min_val, a.max_val).context(|| format!("hardtanh `{}`", ctx.name))

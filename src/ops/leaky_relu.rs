@@ -84,6 +84,16 @@ impl OpExec for LeakyRelu {
     fn role(&self) -> Role {
         Role::Activation
     }
+    /// `max(1, s) e + γ_2 s (m + e)`: the function is `max(1, s)`-Lipschitz and its inference rounds the product
+    /// `s · ẑ` (and `s` itself) once each.
+    fn deployed_error(&self, ctx: &NodeCtx, e: &[Tensor], m: &[Tensor], u: f64) -> Result<Option<Deployed>> {
+        let s = ctx.args::<LeakyArgs>()?.slope.abs();
+        let go = || -> candle_core::Result<Deployed> {
+            let own = ((&m[0] + &e[0])? * (s * crate::float::gamma_unit(2, u)))?;
+            Ok(Deployed { err: ((&e[0] * s.max(1.0))? + &own)?, own: Some(own) })
+        };
+        Ok(Some(go().context(|| format!("deployed error of leaky_relu `{}`", ctx.name))?))
+    }
     fn activate(&self, ctx: &NodeCtx, x: &Tensor) -> Result<Tensor> {
         let s = ctx.args::<LeakyArgs>()?.slope;
         x.maximum(&(x * s).context(|| format!("leaky_relu `{}`", ctx.name))?)

@@ -77,6 +77,15 @@ impl OpExec for Relu {
     fn role(&self) -> Role {
         Role::Activation
     }
+    /// Exact in floating point and 1-Lipschitz: the inference's error is its input's.
+    fn deployed_error(&self, _ctx: &NodeCtx, e: &[Tensor], _m: &[Tensor], _u: f64) -> Result<Option<Deployed>> {
+        Ok(Some(Deployed::exact(&e[0])))
+    }
+    /// Zero wherever `u ≤ 0`.
+    fn flat_on(&self, ctx: &NodeCtx, _l: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
+        let go = || u.le(0.0);
+        Ok(Some(go().context(|| format!("relu `{}`", ctx.name))?))
+    }
     fn activate(&self, ctx: &NodeCtx, x: &Tensor) -> Result<Tensor> {
         x.relu().context(|| format!("relu `{}`", ctx.name))
     }

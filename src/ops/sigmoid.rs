@@ -40,6 +40,15 @@ impl OpExec for Sigmoid {
     fn role(&self) -> Role {
         Role::Activation
     }
+    /// `0.25 e + 8u + η`: the function is 0.25-Lipschitz with values in [−1, 1], and its inference is assumed
+    /// accurate to 8 ulps (the assumption of the interval rule, [`crate::dual::rounding`] item 2).
+    fn deployed_error(&self, ctx: &NodeCtx, e: &[Tensor], _m: &[Tensor], u: f64) -> Result<Option<Deployed>> {
+        let go = || -> candle_core::Result<Deployed> {
+            let own = (e[0].ones_like()? * (8.0 * u + crate::float::tiny_unit(u)))?;
+            Ok(Deployed { err: ((&e[0] * 0.25)? + &own)?, own: Some(own) })
+        };
+        Ok(Some(go().context(|| format!("deployed error of sigmoid `{}`", ctx.name))?))
+    }
     fn activate(&self, ctx: &NodeCtx, x: &Tensor) -> Result<Tensor> {
         Kind::Sigmoid.f(x).context(|| format!("sigmoid `{}`", ctx.name))
     }

@@ -62,6 +62,7 @@ pub fn stage_outcomes(
     batch: usize,
     bar: &ProgressBar,
     family: crate::ops::Family,
+    deployed: Option<DType>,
 ) -> Result<Vec<(u32, bool, bool)>> {
     let mut out = Vec::with_capacity(data.len());
     let idx: Vec<usize> = (0..data.len()).collect();
@@ -75,7 +76,7 @@ pub fn stage_outcomes(
         };
         let preds: Vec<u32> =
             model.forward(&x)?.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
-        let opts = crate::dual::bounds::Options { family, ..Default::default() };
+        let opts = crate::dual::bounds::Options { family, deployed, ..Default::default() };
         let cert = crate::dual::robust::certify_batch_with(model, &set, &preds, &opts)?;
         let lb = cert.margin_rows()?;
         let ok = cert.certified(&lb, &preds, crate::run::certify::default_safety_margin(model.dtype));
@@ -233,6 +234,8 @@ pub fn cascade_train(
             cfg.batch,
             &bar,
             crate::ops::Family::Wk,
+            // Training splits the data by what each stage certifies; the network in real arithmetic.
+            None,
         )?;
         bar.finish_and_clear();
         let mut still = Vec::new();
@@ -294,7 +297,8 @@ pub struct CascadeSummary {
     pub nonfinite_bounds: usize,
 }
 
-/// Certify a data set with the cascade in `run`, on `device`, with the bounds of `family`; with `attack`, PGD
+/// Certify a data set with the cascade in `run`, on `device`, with the bounds of `family` (covering an inference
+/// in `deployed` too, where given); with `attack`, PGD
 /// against every certified example on the stage that certified it: a success contradicts the certificate and
 /// stops with E0900.
 #[allow(clippy::too_many_arguments)]
@@ -310,6 +314,7 @@ pub fn cascade_certify(
     progress: bool,
     attack: Option<&crate::run::attack::PgdConfig>,
     family: crate::ops::Family,
+    deployed: Option<DType>,
 ) -> Result<(Vec<CascadeRecord>, CascadeSummary)> {
     let state = read_state(run)?;
     let spec = run.join("spec.net");
@@ -329,7 +334,8 @@ pub fn cascade_certify(
         let subset = data.select(&todo);
         let bar = if progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
         bar.set_message(format!("stage {k}"));
-        let outcomes = stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar, family)?;
+        let outcomes =
+            stage_outcomes(&model, &subset, eps, norm, bounds, normalize.as_ref(), batch, &bar, family, deployed)?;
         bar.finish_and_clear();
         let mut count = 0;
         for (&i, (p, c, f)) in todo.iter().zip(&outcomes) {

@@ -46,6 +46,8 @@ pub struct CertifyConfig {
     pub crown_layers: bool,
     /// Branch and bound on the examples the bound leaves open (ℓ∞ only); `None`: the bound alone.
     pub branch: Option<BranchConfig>,
+    /// `Some(dt)`: the certificates also cover an inference in `dt` ([`crate::dual::deployed`]).
+    pub deployed: Option<DType>,
 }
 
 /// Branch and bound in `certify`: the search's options and the seconds per example.
@@ -354,6 +356,7 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
                 alpha_iters: cfg.alpha.0,
                 alpha_lr: cfg.alpha.1,
                 crown_layers: cfg.crown_layers,
+                deployed: cfg.deployed,
                 ..Default::default()
             };
             certify_batch_with(model, &set, &labels, &opts)?
@@ -368,6 +371,7 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
                 family: cfg.family,
                 alpha_iters: cfg.alpha.0,
                 alpha_lr: cfg.alpha.1,
+                deployed: cfg.deployed,
                 ..Default::default()
             };
             certify_batch_with(model, &set, &labels, &opts)?

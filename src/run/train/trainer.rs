@@ -416,6 +416,8 @@ pub fn train_on(
             proj: None,
             crown_layers: false,
             branch: None,
+            // What `certify` does by default: the certificate covers an f32 inference too.
+            deployed: Some(candle_core::DType::F32),
         };
         let (test_clean, test_cert) = if test_set.is_empty() || !evaluate {
             (f64::NAN, None)
