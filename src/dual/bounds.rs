@@ -596,9 +596,19 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
                         centers[i.index()] = Some(c);
                         // The forward error is needed up to the last layer bounded from the forward
                         // representation; its products share one `|A|` call with the magnitudes'.
-                        let (e, prod) = forward_error(model, i, &fe, &mags, b, propagate(i))?;
+                        let dep_in = dep_u.map(|_| derr.as_slice());
+                        let (e, prod, ae_dep) = forward_error(model, i, &fe, &mags, b, propagate(i), dep_in)?;
+                        if let (Some(u), Some(ae)) = (dep_u, &ae_dep) {
+                            if !given.splits.is_empty() {
+                                return Err(crate::error::Error::Usage(
+                                    "internal: a deployed inference's certificate with branch-and-bound splits".into(),
+                                ));
+                            }
+                            let (e, own) = super::deployed::affine_node(model, i, ae, &prod, u)?;
+                            derr[i.index()] = Some(e);
+                            mags.own[i.index()] = own;
+                        }
                         mags.fill_affine(model, i, prod, |_| None)?;
-                        deploy(i, &mut derr, &mut mags, None)?;
                         fe[i.index()] = e;
                         for s in sources.iter_mut().filter(|_| propagate(i)) {
                             let present: Vec<(NodeIndex, Val)> =
@@ -803,7 +813,8 @@ fn forward_error(
     mags: &Magnitudes,
     b: usize,
     with_error: bool,
-) -> Result<(Option<(Tensor, Tensor)>, Tensor)> {
+    derr: Option<&[Option<Tensor>]>,
+) -> Result<(Option<(Tensor, Tensor)>, Tensor, Option<Tensor>)> {
     let node = model.graph.node(i);
     let Some(op) = node.kind.op() else { return Err(crate::error::Error::Usage("internal: not an op".into())) };
     let ctx = model.ctx(i);
@@ -814,21 +825,33 @@ fn forward_error(
         .iter()
         .map(|j| {
             let mx = mags.value[j.index()].as_ref().ok_or_else(missing)?;
-            match with_error {
-                true => {
-                    let (e, m) = fe[j.index()].as_ref().ok_or_else(missing)?;
-                    Tensor::cat(&[e, m, mx], 0).context(ctx_err)
-                }
-                false => Ok(mx.clone()),
+            let mut parts: Vec<&Tensor> = Vec::with_capacity(4);
+            if with_error {
+                let (e, m) = fe[j.index()].as_ref().ok_or_else(missing)?;
+                parts.extend([e, m]);
+            }
+            parts.push(mx);
+            if let Some(d) = derr {
+                parts.push(d[j.index()].as_ref().ok_or_else(missing)?);
+            }
+            match parts.len() {
+                1 => Ok(mx.clone()),
+                _ => Tensor::cat(&parts, 0).context(ctx_err),
             }
         })
         .collect::<Result<_>>()?;
     let all = op.linear_abs(&ctx, &stacked)?;
-    if !with_error {
-        return Ok((None, all));
-    }
     let part = |k: usize| all.narrow(0, k * b, b).context(ctx_err);
-    let (ae, mut am, prod) = (part(0)?, part(1)?, part(2)?);
+    let off = if with_error { 2 } else { 0 };
+    let prod = if stacked_len(with_error, derr.is_some()) == 1 { all.clone() } else { part(off)? };
+    let dep = match derr {
+        Some(_) => Some(part(off + 1)?),
+        None => None,
+    };
+    if !with_error {
+        return Ok((None, prod, dep));
+    }
+    let (ae, mut am) = (part(0)?, part(1)?);
     if let Some(bias) = op.bias(&ctx)? {
         am = am.broadcast_add(&bias.abs().context(ctx_err)?).context(ctx_err)?;
     }
@@ -839,7 +862,12 @@ fn forward_error(
     }
     let (e, am) = (e.detach(), am.detach());
     let e = rounding::inflate(&e, 2).context(ctx_err)?;
-    Ok((Some((e, rounding::inflate(&am, t).context(ctx_err)?)), prod))
+    Ok((Some((e, rounding::inflate(&am, t).context(ctx_err)?)), prod, dep))
+}
+
+/// How many slices [`forward_error`] stacks per input.
+fn stacked_len(with_error: bool, deployed: bool) -> usize {
+    1 + 2 * usize::from(with_error) + usize::from(deployed)
 }
 
 /// `(E, M)` of an activation with relaxation `r` on input `z`: `M' = |d| M_z + |mid| + rad`,

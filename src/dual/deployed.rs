@@ -60,15 +60,7 @@ pub fn node_error(
     let ms: Vec<Tensor> =
         node.inputs.iter().map(|j| mags.value[j.index()].clone().ok_or_else(missing)).collect::<Result<_>>()?;
     let ctx = model.ctx(i);
-    let Some(d) = op.deployed_error(&ctx, &es, &ms, u)? else {
-        return Err(Error::input(
-            crate::diagnostics::Diagnostic::new(
-                crate::diagnostics::Code::BadOption,
-                format!("`{}` ({}) has no rule for the rounding error of a deployed inference", node.name, op.name()),
-            )
-            .help("certify the network in real arithmetic only with `--deployed none`"),
-        ));
-    };
+    let Some(d) = op.deployed_error(&ctx, &es, &ms, u)? else { return Err(no_rule(&node.name, op.name())) };
     // The estimates' own rounding in the compute dtype: sums of at most `terms + 4` roundings.
     let n = match op.role() {
         crate::ops::Role::Affine => op.terms(&ctx) + 4,
@@ -83,6 +75,42 @@ pub fn node_error(
     }
     let own = d.own.map(|o| rounding::inflate(&o.detach(), n)).transpose().context(ctx_err)?;
     Ok((err, own))
+}
+
+/// [`node_error`] at affine node `i` from the products its caller made already: `ae = |A| E_in` and
+/// `am = |A| m_in` ([`crate::ops::OpExec::deployed_affine`]: `Δ = γ_k (am + ae + offset)`, `E = ae + Δ`).
+pub fn affine_node(model: &Model, i: NodeIndex, ae: &Tensor, am: &Tensor, u: f64) -> Result<(Tensor, Option<Tensor>)> {
+    let node = model.graph.node(i);
+    let ctx_err = || format!("deployed error at `{}`", node.name);
+    let op = node.kind.op().ok_or_else(|| Error::Usage("internal: deployed error of a non-op".into()))?;
+    let ctx = model.ctx(i);
+    let Some((k, offset)) = op.deployed_affine(&ctx)? else { return Err(no_rule(&node.name, op.name())) };
+    let n = op.terms(&ctx) + 4;
+    if op.terms(&ctx) == 0 && offset.is_none() {
+        return Ok((rounding::inflate(&ae.detach(), n + 1).context(ctx_err)?, None));
+    }
+    let go = || -> candle_core::Result<(Tensor, Tensor)> {
+        let mut s = (am + ae)?;
+        if let Some(o) = &offset {
+            s = s.broadcast_add(o)?;
+        }
+        let own = (s * crate::float::gamma_unit(k, u))?.detach();
+        let err = rounding::inflate(&(ae.detach() + &own)?, n + 1)?;
+        Ok((err, rounding::inflate(&own, n + 1)?))
+    };
+    let (err, own) = go().context(ctx_err)?;
+    Ok((err, Some(own)))
+}
+
+/// The diagnostic for an op without a rule for the deployed inference.
+fn no_rule(node: &str, op: &str) -> Error {
+    Error::input(
+        crate::diagnostics::Diagnostic::new(
+            crate::diagnostics::Code::BadOption,
+            format!("`{node}` ({op}) has no rule for the rounding error of a deployed inference"),
+        )
+        .help("certify the network in real arithmetic only with `--deployed none`"),
+    )
 }
 
 /// `E` at the output `[B, *out]`: a bound on `|f̂(x') − f(x')|` over the input set for an inference with unit

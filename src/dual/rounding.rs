@@ -46,6 +46,11 @@
 //! 7. **Weights as stored**: float64 values that float32 does not hold are refused for an f32 computation
 //!    (safetensors) or computed in f64 (ONNX, [`crate::run::verify::load_onnx_model`]).
 //!
+//! 8. **A deployed inference** ([`super::deployed`], `Options::deployed`): each node's own rounding in an f32 (or
+//!    f64) inference, `Δ`, joins the node's charge in the dual network (`Σ |λ| Δ`, [`Magnitudes::own`]), and the
+//!    layer bounds from the forward representation or from interval propagation are widened by the inference's
+//!    error `E`, so that every relaxation holds for the inference's values too.
+//!
 //! Random projections (training) are estimates, not bounds; the rest of their computation is still charged.
 //! The packed training loss (`packed_certificate`) is a training objective and charges nothing; every
 //! certificate training reports is computed by the charged path.

@@ -101,7 +101,7 @@ impl OpExec for BatchNorm2d {
     /// The inference computes `(x − mean) / √(var + eps) · γ + β`, or folds the scale and shift first: either
     /// way each output carries at most a dozen roundings of terms of size `|s| (|x̂| + |mean|) + |β|`; `k = 20`
     /// also covers the computed `s` (within `γ_4 |s|`) that `linear_abs` multiplies by.
-    fn deployed_error(&self, ctx: &NodeCtx, e: &[Tensor], m: &[Tensor], u: f64) -> Result<Option<Deployed>> {
+    fn deployed_affine(&self, ctx: &NodeCtx) -> Result<Option<(usize, Option<Tensor>)>> {
         let (s, _) = scale_shift(ctx)?;
         let go = || -> candle_core::Result<Tensor> {
             let b = ctx.weight("bias").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -111,7 +111,7 @@ impl OpExec for BatchNorm2d {
             o.broadcast_as(ctx.out_shape.as_slice())?.contiguous()
         };
         let o = go().context(|| format!("deployed error of batchnorm2d `{}`", ctx.name))?;
-        affine_deployed_error(self, ctx, e, m, u, 20, Some(&o)).map(Some)
+        Ok(Some((20, Some(o))))
     }
     /// One product per entry by the computed scale `s = γ / √(var + eps)`, itself within `3u |s|` of the real one
     /// (an addition, a correctly rounded square root and a division).

@@ -290,6 +290,16 @@ pub trait OpExec {
     /// `t` = [`OpExec::terms`]: one more for the weight's and one for the bias's rounding to the inference
     /// precision); `None`: no rule, and a certificate for the deployed network is refused.
     fn deployed_error(&self, ctx: &NodeCtx, e: &[Tensor], m: &[Tensor], u: f64) -> Result<Option<Deployed>> {
+        match self.deployed_affine(ctx)? {
+            Some((k, offset)) => affine_deployed_error(self, ctx, e, m, u, k, offset.as_ref()).map(Some),
+            None => Ok(None),
+        }
+    }
+    /// Affine ops: the deployed inference's rounding as `(k, offset)` for [`affine_deployed_error`]: each output
+    /// rounds at most `k` times, on terms of total size `|A| |x̂| + offset`. The default serves ops whose
+    /// parameters are stored values: `k = t + 2`, `offset = |b|`; `None` for the others (an op whose constant is
+    /// computed from several parameters declares its own).
+    fn deployed_affine(&self, ctx: &NodeCtx) -> Result<Option<(usize, Option<Tensor>)>> {
         if self.role() != Role::Affine || self.bias_error(ctx)?.is_some() {
             return Ok(None);
         }
@@ -298,7 +308,7 @@ pub trait OpExec {
             .map(|b| b.abs())
             .transpose()
             .map_err(|e| Error::Tensor { context: format!("deployed error of `{}`", ctx.name), source: e })?;
-        affine_deployed_error(self, ctx, e, m, u, self.terms(ctx) + 2, offset.as_ref()).map(Some)
+        Ok(Some((self.terms(ctx) + 2, offset)))
     }
     /// Activation ops: a `u8` mask `[B, *shape]`, 1 where the op is constant on the input bounds `[l, u]` (a ReLU with
     /// `u ≤ 0`), so that any two inputs in them give the same output and a deployed inference's error there is 0
