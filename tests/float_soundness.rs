@@ -528,3 +528,39 @@ fn deployed_bounds_hold_for_f32_inferences() {
     println!("real-arithmetic bounds above an f32 inference's margin: {real_above}");
     assert!(real_above > 0, "no case needs the deployed charge: the test has no teeth");
 }
+
+/// PGD's counterexamples count in `certify` only when confirmed in real arithmetic for the set the user gave.
+/// Hand-derived, with `f(x) = (x, 0.5)`, label 0 and `x₀ = 1` in the box `[0, 1]`: with `ε = 0.6` the set is
+/// `[0.4, 1]` and the point 0.45 gives `f₀ = 0.45 < 0.5`: confirmed. With `ε = 0.5` the set is `[0.5, 1]`: the point
+/// 0.45 is moved into it (to just above 0.5), where `f₀ > 0.5`, and the point 0.5 itself is a tie: neither counts.
+#[test]
+fn pgd_counterexamples_are_confirmed_in_real_arithmetic() {
+    use dualnet::run::certify::{confirm_pgd, CertifyConfig};
+    let spec = "network p { input x: [1]  l = linear(x, out=2)  output l }";
+    let layers: Layers = vec![(vec![vec![1.0], vec![0.0]], vec![0.0, 0.5])];
+    let m = mlp_model(spec, &["l"], &layers, DType::F64);
+    let cfg = |eps: f64| CertifyConfig {
+        eps,
+        norm: dualnet::dual::Norm::Linf,
+        bounds: Some((0.0, 1.0)),
+        batch: 1,
+        safety_margin: 0.0,
+        attack: None,
+        progress: false,
+        normalize: None,
+        family: Family::Crown,
+        alpha: (0, 0.1),
+        proj: None,
+        crown_layers: false,
+        branch: None,
+        deployed: None,
+    };
+    assert!(confirm_pgd(&m, &[1.0], &[0.45], 0, &cfg(0.6)).expect("confirm"));
+    assert!(!confirm_pgd(&m, &[1.0], &[0.45], 0, &cfg(0.5)).expect("confirm"));
+    assert!(!confirm_pgd(&m, &[1.0], &[0.5], 0, &cfg(0.5)).expect("confirm"));
+    // ℓ2: the point is scaled into the ball (radius 0.5 around 1 reaches 0.5, a tie at best).
+    let l2 = CertifyConfig { norm: dualnet::dual::Norm::L2, ..cfg(0.5) };
+    assert!(!confirm_pgd(&m, &[1.0], &[0.3], 0, &l2).expect("confirm"));
+    let l2 = CertifyConfig { norm: dualnet::dual::Norm::L2, ..cfg(0.6) };
+    assert!(confirm_pgd(&m, &[1.0], &[0.45], 0, &l2).expect("confirm"));
+}

@@ -41,7 +41,8 @@ pub struct SetArgs {
     /// `--bound alpha`: the Adam step of the slopes (they live in [0, 1]).
     #[arg(long, default_value_t = crate::dual::bounds::DEFAULT_ALPHA_LR)]
     pub alpha_lr: f64,
-    /// The margins also hold for a floating-point inference of the network: `f32` (an f32 forward pass in any
+    /// `bounds`, `certify`, `cascade certify`: the margins also hold for a floating-point inference of the
+    /// network: `f32` (an f32 forward pass in any
     /// order, with or without FMA, as PyTorch or ONNX Runtime run it; the default of `certify` and `cascade
     /// certify`), `f64`, or `none` (the network in real arithmetic; the default of `bounds`).
     #[arg(long, value_enum)]

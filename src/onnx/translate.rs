@@ -323,12 +323,16 @@ impl<'a> Translator<'a> {
                 return c;
             }
         }
+        self.counted(hint)
+    }
+
+    /// `{hint}{n}` for the first counter `n` whose name is still free (and now taken).
+    fn counted(&mut self, hint: &str) -> String {
         loop {
             let n = self.counters.entry(hint.to_string()).or_insert(0);
             *n += 1;
             let c = format!("{hint}{n}");
-            if !self.names.contains(&c) {
-                self.names.insert(c.clone());
+            if self.names.insert(c.clone()) {
                 return c;
             }
         }
@@ -645,14 +649,7 @@ impl<'a> Translator<'a> {
     /// Pads that differ by side, as a `pad2d` node before the op that has them: the padded input.
     fn pad_before(&mut self, node: &NodeProto, a: NodeRef, pads: Option<[usize; 4]>) -> NodeRef {
         let Some([top, left, bottom, right]) = pads else { return a };
-        let name = loop {
-            let n = self.counters.entry("pad".into()).or_insert(0);
-            *n += 1;
-            let c = format!("pad{n}");
-            if self.names.insert(c.clone()) {
-                break c;
-            }
-        };
+        let name = self.counted("pad");
         let rhs = format!("pad2d({}, top={top}, bottom={bottom}, left={left}, right={right})", a.name);
         let comment = format!("the pads of {} `{}`", node.op_type, node.name);
         self.emits.push(Emit { name, rhs, params: vec![], kind: Kind::Other, comment });

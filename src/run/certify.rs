@@ -86,10 +86,12 @@ pub struct ExampleRecord {
     /// Every layer and margin bound of the example is finite (an example with a non-finite bound is never
     /// certified).
     pub bounds_finite: bool,
+    /// PGD broke the example, its point confirmed in real arithmetic by a float64 enclosure (or the clean input
+    /// is misclassified).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pgd_fooled: Option<bool>,
-    /// The attack found a point of the set where the prediction differs from the label (for the contradiction
-    /// check; `pgd_fooled` also counts clean errors).
+    /// The attack found a point of the set where the f32 prediction differs from the label, confirmed or not
+    /// (for the contradiction check).
     #[serde(skip)]
     pub attack_fooled: bool,
     pub how: Settled,
@@ -183,10 +185,12 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
         ));
     }
     // The float64 copy of the network that confirms the search's counterexamples.
-    let exact = match cfg.branch {
-        Some(_) => Some(exact_copy(model)?),
-        None => None,
+    // The float64 copy also confirms PGD's counterexamples in real arithmetic.
+    let exact = match cfg.branch.is_some() || cfg.attack.is_some() {
+        true => Some(exact_copy(model)?),
+        false => None,
     };
+    let exact_ref = exact.as_ref();
     let mut search_seconds = 0.0;
     for chunk in idx.chunks(cfg.batch.max(1)) {
         let part = chunk.len().div_ceil(workers).max(1);
@@ -197,7 +201,7 @@ pub fn certify_dataset(model: &Model, data: &Dataset, cfg: &CertifyConfig) -> Re
                     sc.spawn(move || -> Result<Vec<ExampleRecord>> {
                         let mut out = Vec::with_capacity(sub.len());
                         for pass in sub.chunks(per_pass.min(sub.len()).max(1)) {
-                            out.extend(certify_chunk(model, data, pass, cfg)?);
+                            out.extend(certify_chunk(model, exact_ref, data, pass, cfg)?);
                         }
                         Ok(out)
                     })
@@ -345,7 +349,13 @@ fn example_sets(
 }
 
 /// Certify (and optionally attack) the examples `chunk` of `data`.
-fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyConfig) -> Result<Vec<ExampleRecord>> {
+fn certify_chunk(
+    model: &Model,
+    exact: Option<&Model>,
+    data: &Dataset,
+    chunk: &[usize],
+    cfg: &CertifyConfig,
+) -> Result<Vec<ExampleRecord>> {
     let (x, labels, set) = example_sets(model, data, chunk, cfg)?;
     let logits = model.forward(&x)?;
     let preds: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).context(|| "predictions".to_string())?;
@@ -380,9 +390,28 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
     let margins = cert.margin_rows()?;
     let finite = cert.finite(&margins);
     let certified = cert.certified(&margins, &labels, cfg.safety_margin);
-    let attacked = match &cfg.attack {
-        Some(pc) => Some(pgd(model, &set, &labels, cfg.eps, Goal::Untargeted, pc)?.1),
-        None => None,
+    // PGD's counterexamples count only once a float64 check confirms them in real arithmetic
+    // ([`confirm_pgd`]); `raw` keeps what the f32 attack saw, which must never contradict a certificate.
+    let (attacked, raw) = match (&cfg.attack, exact) {
+        (Some(pc), Some(exact)) => {
+            let (adv, fooled) = pgd(model, &set, &labels, cfg.eps, Goal::Untargeted, pc)?;
+            let ctx = || "reading the attack's points".to_string();
+            let adv: Vec<Vec<f64>> =
+                adv.to_dtype(DType::F64).and_then(|t| t.flatten_from(1)).and_then(|t| t.to_vec2()).context(ctx)?;
+            let (pix, _) = data.batch(chunk, &candle_core::Device::Cpu, model.dtype)?;
+            let pix: Vec<Vec<f64>> =
+                pix.to_dtype(DType::F64).and_then(|t| t.flatten_from(1)).and_then(|t| t.to_vec2()).context(ctx)?;
+            let mut ok = Vec::with_capacity(chunk.len());
+            for k in 0..chunk.len() {
+                let conf = fooled[k]
+                    && !certified[k]
+                    && preds[k] == labels[k]
+                    && confirm_pgd(exact, &pix[k], &adv[k], labels[k] as usize, cfg)?;
+                ok.push(conf);
+            }
+            (Some(ok), Some(fooled))
+        }
+        _ => (None, None),
     };
     Ok(chunk
         .iter()
@@ -391,6 +420,7 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
             let y = labels[k];
             let min_m = min_margin(&margins[k], y);
             let attack_fooled = attacked.as_ref().map(|a| a[k]).unwrap_or(false);
+            let raw_fooled = raw.as_ref().map(|a| a[k]).unwrap_or(false);
             let is_certified = certified[k] && preds[k] == y;
             let how = if preds[k] != y {
                 Settled::Misclassified
@@ -409,13 +439,75 @@ fn certify_chunk(model: &Model, data: &Dataset, chunk: &[usize], cfg: &CertifyCo
                 min_margin_lb: (finite[k] && min_m.is_finite()).then_some(min_m),
                 bounds_finite: finite[k],
                 pgd_fooled: attacked.as_ref().map(|_| attack_fooled || preds[k] != y),
-                attack_fooled,
+                attack_fooled: raw_fooled,
                 how,
                 search_seconds: None,
                 search_domains: None,
             }
         })
         .collect())
+}
+
+/// Whether PGD's point `cand` (network input space, `[n]`) for example `x` (pixels, `[n]`, label `y`) breaks it in
+/// real arithmetic: the point is moved into the user's set (`x ± ε` clipped to the box, computed in f64 and
+/// shrunk by two ulps, so that it holds for the decimals given; ℓ2: scaled into the ball), mapped through the
+/// normalisation with an enclosure of its rounding, and some other class must beat `y` for every output of the
+/// float64 network's sound interval enclosure on that (tiny) box.
+pub fn confirm_pgd(exact: &Model, x: &[f64], cand: &[f64], y: usize, cfg: &CertifyConfig) -> Result<bool> {
+    let n = x.len();
+    if cand.len() != n || n == 0 {
+        return Ok(false);
+    }
+    // Per-channel normalisation of images `[C, H, W]`: channel of entry `i`.
+    let chan = |i: usize, c: usize| if c == 0 { 0 } else { i / n.div_ceil(c).max(1) };
+    let mut p: Vec<f64> = match &cfg.normalize {
+        Some((m, s)) => cand.iter().enumerate().map(|(i, v)| v * s[chan(i, s.len())] + m[chan(i, m.len())]).collect(),
+        None => cand.to_vec(),
+    };
+    let eps = cfg.eps.next_down().next_down();
+    let (blo, bhi) =
+        cfg.bounds.map(|(a, b)| (a.next_up().next_up(), b.next_down().next_down())).unwrap_or((f64::MIN, f64::MAX));
+    match cfg.norm {
+        Norm::Linf => {
+            for (pi, xi) in p.iter_mut().zip(x) {
+                let lo = (xi - eps).next_up().next_up().max(blo);
+                let hi = (xi + eps).next_down().next_down().min(bhi);
+                if !(lo <= hi) {
+                    return Ok(false);
+                }
+                *pi = pi.max(lo).min(hi);
+            }
+        }
+        Norm::L2 => {
+            let d: f64 = p.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+            let r = eps * (1.0 - 1e-9);
+            if d > r {
+                p.iter_mut().zip(x).for_each(|(a, b)| *a = b + (*a - b) * (r / d));
+            }
+            // Clipping into a box that holds `x` only shortens each coordinate's distance.
+            p.iter_mut().for_each(|a| *a = a.max(blo).min(bhi));
+        }
+    }
+    let (zl, zh): (Vec<f64>, Vec<f64>) = match &cfg.normalize {
+        Some((m, s)) => p
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let z = (v - m[chan(i, m.len())]) / s[chan(i, s.len())];
+                let w = 4.0 * f64::EPSILON * z.abs() + f64::MIN_POSITIVE;
+                (z - w, z + w)
+            })
+            .unzip(),
+        None => (p.clone(), p),
+    };
+    let mut shape = vec![1];
+    shape.extend_from_slice(exact.graph.input_shape());
+    let set = InputSet::from_host_box(&zl, &zh, &shape, DType::F64, &exact.device, false)?;
+    let (ylo, yhi) = super::search::output_interval(exact, &set)?;
+    let (ylo, yhi) = (&ylo[0], &yhi[0]);
+    Ok(yhi.get(y).is_some_and(|hy| {
+        hy.is_finite() && ylo.iter().enumerate().any(|(j, lj)| j != y && lj.is_finite() && *lj > *hy)
+    }))
 }
 
 /// E0900: an example is both certified and broken by an attack. One of the two is wrong, and a wrong
