@@ -131,7 +131,7 @@ fn zero_epsilon_gives_the_clean_margin_in_every_family() {
 }
 
 fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
+    t.to_dtype(candle_core::DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("values")
 }
 
 /// The interval rule of every affine op encloses it: for random radii `r >= 0` and points `r' = s ⊙ r` with
@@ -450,6 +450,75 @@ fn layout_ops_are_exact() {
             // c = e_label − e_j.
             let exact = gx[0] - gx[j] - eps * cols.iter().map(|c| (c[0] - c[j]).abs()).sum::<f64>();
             assert!((lb[0][j] - exact).abs() < 1e-9, "{f}, class {j}: bound {} != LP optimum {exact}", lb[0][j]);
+        }
+    }
+}
+
+/// The deployed inference (`Options::deployed`, the default of `certify`): on every network kind (conv, residual,
+/// batchnorm, pooling, smooth activations), bounded in f64 with `deployed: f32`, an f32 inference of the network
+/// (its weights rounded to f32, candle's forward pass) at random f32 points of the set has every margin above its
+/// bound and every activation input inside its layer bounds; the deployed bounds are never above the
+/// real-arithmetic ones.
+#[test]
+fn deployed_bounds_hold_for_an_f32_inference_on_every_network_kind() {
+    use candle_core::DType;
+    for (idx, (name, spec)) in SPECS.iter().enumerate() {
+        let m = model(spec, 40 + idx as u64, 1.5);
+        let map: std::collections::HashMap<String, Tensor> =
+            m.weights.to_map(&m.graph).into_iter().map(|(k, t)| (k, t.to_dtype(DType::F32).expect("f32"))).collect();
+        let w32 = dualnet::weights::Weights::from_map(&m.graph, map, "f32 copy", DType::F32).expect("f32 weights");
+        let m32 = Model::new(m.graph.clone(), w32, DType::F32, Device::Cpu);
+        let (x, labels) = inputs(&m, 3, 11 + idx as u64);
+        let set = InputSet::new(&x, &[0.02, 0.05, 0.1], Norm::Linf, None).expect("set");
+        let (c, r) = match &set {
+            InputSet::Box { center, radius } => (flat(center), flat(radius)),
+            InputSet::L2 { .. } => unreachable!(),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(idx as u64);
+        for family in FAMILIES {
+            let what = format!("{family} on {name}, deployed f32");
+            let opts = Options { family, deployed: Some(DType::F32), ..Default::default() };
+            let cert = certify_batch_with(&m, &set, &labels, &opts).expect("bounds");
+            let real = certify(&m, &set, &labels, family);
+            let (lb, lr): (Vec<f64>, Vec<f64>) = (flat(&cert.margin_lb), flat(&real.margin_lb));
+            assert!(lb.iter().zip(&lr).all(|(a, b)| a <= b), "{what}: a deployed bound above the real one");
+            for _ in 0..8 {
+                // A random point of the set, rounded to f32 (skipped in the rare case rounding leaves the box).
+                let p = set.random_point(&mut rng).expect("p").to_dtype(DType::F32).expect("f32");
+                let pv = flat(&p);
+                if pv.iter().zip(c.iter().zip(&r)).any(|(v, (c, r))| *v < c - r || *v > c + r) {
+                    continue;
+                }
+                let lbv: Vec<Vec<f64>> = cert.margin_lb.to_vec2().expect("lb");
+                let logits: Vec<Vec<f32>> = m32.forward(&p).expect("forward").to_vec2().expect("logits");
+                for (b, (row, lrow)) in logits.iter().zip(&lbv).enumerate() {
+                    let y = labels[b] as usize;
+                    for (j, l) in lrow.iter().enumerate() {
+                        let v = row[y] as f64 - row[j] as f64;
+                        assert!(v >= *l, "{what}: example {b} class {j}: inference margin {v} below its bound {l}");
+                    }
+                }
+                // The `ibp` family keeps interval propagation's layer bounds (the real network's) and pays the
+                // inference's error on the margins alone.
+                if family == Family::Ibp {
+                    continue;
+                }
+                let vals = m32.forward_all(&p).expect("forward_all");
+                for (z, l, u) in &cert.bounds.layers {
+                    let v = flat(vals[z.index()].as_ref().expect("v"));
+                    let (l, u) = (flat(l), flat(u));
+                    for i in 0..v.len() {
+                        assert!(
+                            v[i] >= l[i] && v[i] <= u[i],
+                            "{what}: `{}` unit {i}: {} outside [{}, {}]",
+                            m.graph.node(*z).name,
+                            v[i],
+                            l[i],
+                            u[i]
+                        );
+                    }
+                }
+            }
         }
     }
 }

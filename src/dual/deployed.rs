@@ -36,7 +36,8 @@ use crate::error::{Context, Error, Result};
 use crate::ir::NodeKind;
 
 /// `(E_i, Δ_i)` of node `i` for an inference with unit roundoff `u` (inputs' `E` in `err`, sound magnitudes
-/// of the real values in `mags`), both inflated for their own rounding in the compute dtype.
+/// of the real values in `mags`), both inflated for their own rounding in the compute dtype. `layer`: bounds of
+/// an activation's input that contain the inference's values as well as the real ones.
 pub fn node_error(
     model: &Model,
     i: NodeIndex,
@@ -125,10 +126,19 @@ pub fn output_error(model: &Model, bounds: &Bounds, inference: DType) -> Result<
     let mut err: Vec<Option<Tensor>> = vec![None; g.dag.node_count()];
     for i in g.order() {
         let node = g.node(i);
-        let layer = match node.kind.op().map(|op| op.role()) {
-            Some(crate::ops::Role::Activation) => bounds.of(node.inputs[0]),
+        // The layer bounds here are the real network's: widened by the inference's error at the input, they
+        // contain its values too (what [`node_error`] asks of them).
+        let widened = match (node.kind.op().map(|op| op.role()), node.inputs.first()) {
+            (Some(crate::ops::Role::Activation), Some(z)) => match (bounds.of(*z), &err[z.index()]) {
+                (Some((l, h)), Some(e)) => {
+                    let go = || rounding::widen_interval(&(l - e)?, &(h + e)?);
+                    Some(go().context(|| format!("deployed error at `{}`", node.name))?)
+                }
+                _ => None,
+            },
             _ => None,
         };
+        let layer = widened.as_ref().map(|(l, h)| (l, h));
         err[i.index()] = Some(node_error(model, i, &err, mags, u, layer)?.0);
     }
     err[g.output.index()].take().ok_or_else(|| Error::Usage("internal: deployed error of the output missing".into()))

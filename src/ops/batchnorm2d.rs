@@ -90,6 +90,18 @@ fn scale_shift(ctx: &NodeCtx) -> Result<(Tensor, Tensor)> {
     go().context(|| format!("batchnorm2d `{}`", ctx.name))
 }
 
+/// `|β| + |mean| |s|` per channel `[C, 1, 1]`: the size of the terms of the shift `β − mean · s`.
+fn shift_size(ctx: &NodeCtx) -> Result<Tensor> {
+    let (s, _) = scale_shift(ctx)?;
+    let go = || -> candle_core::Result<Tensor> {
+        let b = ctx.weight("bias").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let m = ctx.weight("running_mean").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let c = ctx.out_shape[0];
+        b.abs()?.reshape((c, 1, 1))? + m.abs()?.reshape((c, 1, 1))?.mul(&s.abs()?)?
+    };
+    go().context(|| format!("shift of batchnorm2d `{}`", ctx.name))
+}
+
 impl OpExec for BatchNorm2d {
     /// All-ones weights give positive coefficients wherever the op's can be non-zero.
     fn groupable(&self) -> bool {
@@ -102,16 +114,9 @@ impl OpExec for BatchNorm2d {
     /// way each output carries at most a dozen roundings of terms of size `|s| (|x̂| + |mean|) + |β|`; `k = 20`
     /// also covers the computed `s` (within `γ_4 |s|`) that `linear_abs` multiplies by.
     fn deployed_affine(&self, ctx: &NodeCtx) -> Result<Option<(usize, Option<Tensor>)>> {
-        let (s, _) = scale_shift(ctx)?;
-        let go = || -> candle_core::Result<Tensor> {
-            let b = ctx.weight("bias").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let mean = ctx.weight("running_mean").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let c = ctx.out_shape[0];
-            let o = (b.abs()?.reshape((c, 1, 1))? + mean.abs()?.reshape((c, 1, 1))?.mul(&s.abs()?)?)?;
-            o.broadcast_as(ctx.out_shape.as_slice())?.contiguous()
-        };
-        let o = go().context(|| format!("deployed error of batchnorm2d `{}`", ctx.name))?;
-        Ok(Some((20, Some(o))))
+        let o = shift_size(ctx)?;
+        let o = o.broadcast_as(ctx.out_shape.as_slice()).and_then(|o| o.contiguous());
+        Ok(Some((20, Some(o.context(|| format!("deployed error of batchnorm2d `{}`", ctx.name))?))))
     }
     /// One product per entry by the computed scale `s = γ / √(var + eps)`, itself within `3u |s|` of the real one
     /// (an addition, a correctly rounded square root and a division).
@@ -120,14 +125,10 @@ impl OpExec for BatchNorm2d {
     }
     /// The shift `β − mean · s` is computed: within `γ_5 (|β| + |mean| |s|)` of the real one.
     fn bias_error(&self, ctx: &NodeCtx) -> Result<Option<Tensor>> {
-        let (s, _) = scale_shift(ctx)?;
+        let e = shift_size(ctx)?;
         let go = || -> candle_core::Result<Tensor> {
-            let b = ctx.weight("bias").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let m = ctx.weight("running_mean").map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let c = ctx.out_shape[0];
-            let e = (b.abs()?.reshape((c, 1, 1))? + m.abs()?.reshape((c, 1, 1))?.mul(&s.abs()?)?)?;
             let g = crate::float::charge_gamma(5, e.dtype());
-            (e * g)?.broadcast_as(ctx.out_shape.as_slice())?.contiguous()
+            (&e * g)?.broadcast_as(ctx.out_shape.as_slice())?.contiguous()
         };
         Ok(Some(go().context(|| format!("rounding of batchnorm2d `{}`", ctx.name))?))
     }
