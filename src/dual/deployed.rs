@@ -67,14 +67,13 @@ pub fn node_error(
         crate::ops::Role::Affine => op.terms(&ctx) + 4,
         _ => 4,
     };
-    let mut err = rounding::inflate(&d.err.detach(), n + 1).context(ctx_err)?;
+    let (mut err, own) = inflated(d, n).context(ctx_err)?;
     // An activation constant on its input's bounds (which contain the inference's input too) errs nowhere.
     if let Some((l, hi)) = layer {
         if let Some(flat) = op.flat_on(&ctx, l, hi)? {
             err = flat.where_cond(&err.zeros_like().context(ctx_err)?, &err).context(ctx_err)?;
         }
     }
-    let own = d.own.map(|o| rounding::inflate(&o.detach(), n)).transpose().context(ctx_err)?;
     Ok((err, own))
 }
 
@@ -86,21 +85,21 @@ pub fn affine_node(model: &Model, i: NodeIndex, ae: &Tensor, am: &Tensor, u: f64
     let op = node.kind.op().ok_or_else(|| Error::Usage("internal: deployed error of a non-op".into()))?;
     let ctx = model.ctx(i);
     let Some((k, offset)) = op.deployed_affine(&ctx)? else { return Err(no_rule(&node.name, op.name())) };
-    let n = op.terms(&ctx) + 4;
-    if op.terms(&ctx) == 0 && offset.is_none() {
-        return Ok((rounding::inflate(&ae.detach(), n + 1).context(ctx_err)?, None));
-    }
-    let go = || -> candle_core::Result<(Tensor, Tensor)> {
-        let mut s = (am + ae)?;
-        if let Some(o) = &offset {
-            s = s.broadcast_add(o)?;
-        }
-        let own = (s * crate::float::gamma_unit(k, u))?.detach();
-        let err = rounding::inflate(&(ae.detach() + &own)?, n + 1)?;
-        Ok((err, rounding::inflate(&own, n + 1)?))
+    let d = match op.terms(&ctx) == 0 && offset.is_none() {
+        true => crate::ops::Deployed::exact(ae),
+        // `|A| (m + E) = |A| m + |A| E`.
+        false => (am + ae)
+            .and_then(|s| crate::ops::deployed_from_products(ae, &s, offset.as_ref(), k, u))
+            .context(ctx_err)?,
     };
-    let (err, own) = go().context(ctx_err)?;
-    Ok((err, Some(own)))
+    inflated(d, op.terms(&ctx) + 4).context(ctx_err)
+}
+
+/// A node's `(E, Δ)` inflated for their rounding in the compute dtype: sums of at most `n` roundings.
+fn inflated(d: crate::ops::Deployed, n: usize) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let err = rounding::inflate(&d.err.detach(), n + 1)?;
+    let own = d.own.map(|o| rounding::inflate(&o.detach(), n + 1)).transpose()?;
+    Ok((err, own))
 }
 
 /// The diagnostic for an op without a rule for the deployed inference.

@@ -214,15 +214,25 @@ pub fn affine_deployed_error<O: OpExec + ?Sized>(
         .collect::<candle_core::Result<_>>()
         .map_err(|s| Error::Tensor { context: ctx_err(), source: s })?;
     let all = op.linear_abs(ctx, &stacked)?;
-    let go = || -> candle_core::Result<Deployed> {
-        let (ae, mut am) = (all.narrow(0, 0, b)?, all.narrow(0, b, b)?);
-        if let Some(o) = offset {
-            am = am.broadcast_add(o)?;
-        }
-        let own = (am * crate::float::gamma_unit(k, u))?;
-        Ok(Deployed { err: (ae + &own)?, own: Some(own) })
-    };
+    let go = || deployed_from_products(&all.narrow(0, 0, b)?, &all.narrow(0, b, b)?, offset, k, u);
     go().map_err(|s| Error::Tensor { context: ctx_err(), source: s })
+}
+
+/// [`affine_deployed_error`] from its two products, `ae = |A| e` and `am = |A| (m + e)`:
+/// `own = γ_k (am + offset)`, `err = ae + own`.
+pub fn deployed_from_products(
+    ae: &Tensor,
+    am: &Tensor,
+    offset: Option<&Tensor>,
+    k: usize,
+    u: f64,
+) -> candle_core::Result<Deployed> {
+    let am = match offset {
+        Some(o) => am.broadcast_add(o)?,
+        None => am.clone(),
+    };
+    let own = (am * crate::float::gamma_unit(k, u))?;
+    Ok(Deployed { err: (ae + &own)?, own: Some(own) })
 }
 
 pub trait OpExec {
