@@ -1,5 +1,6 @@
 //! Branch and bound against exact answers: on small random ReLU networks (2 to 6 inputs, 12 ReLUs in two layers,
-//! boxes of three sizes), the search ([`dualnet::run::search`]) with ReLU splitting and with input splitting must
+//! boxes of three sizes), the search ([`dualnet::run::search`]) with ReLU splitting (α-CROWN root or not, layers recomputed or
+//! not) and with input splitting must
 //! agree with the exact answer on every robustness property it answers, and answer nearly all of them.
 //!
 //! The exact answer enumerates the activation patterns that some point of the box realises: a depth-first search
@@ -160,8 +161,16 @@ fn forward(layers: &Layers, x: &[f64]) -> Vec<f64> {
 fn branch_and_bound_agrees_with_the_exact_answer() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     let mut cases = 0;
-    let mut answered = [0usize; 2];
-    let mut proved = [0usize; 2];
+    // ReLU splitting as by default (α-CROWN root, warm-started children, layers recomputed), input splitting,
+    // ReLU splitting with a plain CROWN root, and with every layer kept from the parent.
+    let configs = [
+        ("relu", SearchOptions { branching: Branching::Relu, ..Default::default() }),
+        ("input", SearchOptions { branching: Branching::Input, ..Default::default() }),
+        ("relu, crown root", SearchOptions { branching: Branching::Relu, alpha_root: false, ..Default::default() }),
+        ("relu, no recompute", SearchOptions { branching: Branching::Relu, recompute: false, ..Default::default() }),
+    ];
+    let mut answered = [0usize; 4];
+    let mut proved = [0usize; 4];
     let mut violated = 0;
     for case in 0..72 {
         let n = 2 + case % 5;
@@ -187,16 +196,15 @@ fn branch_and_bound_agrees_with_the_exact_answer() {
             .filter(|j| *j != y)
             .map(|j| vec![Constraint { coef: vec![(j, 1.0), (y, -1.0)], offset: 0.0, strict: false }])
             .collect();
-        for (mi, branching) in [Branching::Relu, Branching::Input].into_iter().enumerate() {
+        for (mi, (name, opts)) in configs.iter().enumerate() {
             let p = Problem { model: &model, exact: &exact, lo: &lo, hi: &hi, disjuncts: &disjuncts };
-            let opts = SearchOptions { branching, ..Default::default() };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            let (v, stats) = search(&p, &opts, deadline, None).expect("search");
+            let (v, stats) = search(&p, opts, deadline, None).expect("search");
             match v {
                 Verdict::Proved => {
                     assert!(
                         exact_min > 0.0,
-                        "case {case} ({branching:?}): proved, but the exact minimum margin is {exact_min} ({stats:?})"
+                        "case {case} ({name}): proved, but the exact minimum margin is {exact_min} ({stats:?})"
                     );
                     answered[mi] += 1;
                     proved[mi] += 1;
@@ -204,7 +212,7 @@ fn branch_and_bound_agrees_with_the_exact_answer() {
                 Verdict::Counterexample { x, y: out } => {
                     assert!(
                         exact_min < 0.0,
-                        "case {case} ({branching:?}): a counterexample, exact minimum {exact_min}"
+                        "case {case} ({name}): a counterexample, exact minimum {exact_min}"
                     );
                     // The point is in the box and its outputs violate the property.
                     assert!(x.iter().zip(&lo).zip(&hi).all(|((v, a), b)| a <= v && v <= b));
@@ -215,13 +223,13 @@ fn branch_and_bound_agrees_with_the_exact_answer() {
             }
         }
     }
-    println!("{cases} properties ({violated} violated); answered (relu, input) {answered:?}; proved {proved:?}");
+    println!("{cases} properties ({violated} violated); answered {answered:?}; proved {proved:?}");
     assert!(cases >= 50, "too few properties away from 0: {cases}");
     assert!(
         violated >= 3 && cases - violated >= 3,
         "the cases should mix both answers: {violated} of {cases} violated"
     );
-    for (mi, name) in ["relu", "input"].iter().enumerate() {
+    for (mi, (name, _)) in configs.iter().enumerate() {
         assert!(answered[mi] * 10 >= cases * 9, "{name} splitting answered {} of {cases}", answered[mi]);
     }
 }

@@ -129,6 +129,10 @@ pub struct Args {
     /// by default the layers after the split are computed again.
     #[arg(long)]
     pub no_recompute: bool,
+    /// ReLU splitting: bound the root with CROWN alone (by default its layers and margin slopes are optimised,
+    /// α-CROWN, and every child's ascent starts from its parent's slopes and split multipliers).
+    #[arg(long)]
+    pub no_alpha_root: bool,
     /// Ascent steps on the split multipliers (β-CROWN) of each split domain; 0 turns them off.
     #[arg(long, default_value_t = crate::run::search::DEFAULT_BETA_ITERS)]
     pub beta_iters: usize,
@@ -190,6 +194,7 @@ fn config(args: &Args) -> Result<VerifyConfig> {
         max_memory: parse_bytes("--max-memory", &args.max_memory)?,
         batch: args.batch.max(1),
         recompute: !args.no_recompute,
+        alpha_root: !args.no_alpha_root,
         beta_iters: args.beta_iters,
         ..VerifyConfig::default()
     })

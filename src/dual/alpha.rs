@@ -98,8 +98,8 @@ fn optimise_margins(
         mags: bounds.mags.clone(),
     };
     let best = strict_max(start, &objective(model, set, &single, c)?).context(ctx)?;
-    match ascend(model, set, bounds, model.graph.output, c, iters, lr, None)? {
-        Some(j) => strict_max(&best, &j).context(ctx),
+    match ascend(model, set, bounds, model.graph.output, c, iters, lr, None, None)? {
+        Some((j, _)) => strict_max(&best, &j).context(ctx),
         None => Ok(best),
     }
 }
@@ -147,7 +147,7 @@ fn tighten_layer(
     let mut c_shape = vec![b, 2 * m];
     c_shape.extend_from_slice(&shape);
     let c = Tensor::from_vec(rows, c_shape, l.device()).and_then(|t| t.to_dtype(l.dtype())).context(ctx)?;
-    let Some(j) = ascend(model, set, bounds, z, &c, iters, lr, None)? else { return Ok(()) };
+    let Some((j, _)) = ascend(model, set, bounds, z, &c, iters, lr, None, None)? else { return Ok(()) };
     let jh = host(&j).context(ctx)?;
     let mut changed = false;
     for e in 0..b {
@@ -240,6 +240,10 @@ impl FreeTangent {
 /// below for every `β ≥ 0` and every lower slope in range; both are raised by the projected ascent of
 /// [`ascend`] (β projected onto `[0, ∞)`), from `β = 0`. Never below `start`.
 #[allow(clippy::too_many_arguments)]
+///
+/// `warm` starts the ascent from given parameters (a parent domain's, NaN where there is none: CROWN's slope,
+/// β = 0); the result carries the parameters of each row's best bound, for the domain's children.
+#[allow(clippy::too_many_arguments)]
 pub fn optimised_split_margins(
     model: &Model,
     set: &InputSet,
@@ -249,12 +253,27 @@ pub fn optimised_split_margins(
     signs: &HashMap<NodeIndex, Tensor>,
     iters: usize,
     lr: f64,
-) -> Result<Tensor> {
+    warm: Option<&Warm>,
+) -> Result<(Tensor, Option<Warm>)> {
     let ctx = || "optimising the split multipliers (beta)".to_string();
-    match ascend(model, set, bounds, model.graph.output, c, iters, lr, Some(signs))? {
-        Some(j) => strict_max(start, &j).context(ctx),
-        None => Ok(start.clone()),
+    match ascend(model, set, bounds, model.graph.output, c, iters, lr, Some(signs), warm)? {
+        Some((j, w)) => Ok((strict_max(start, &j).context(ctx)?, Some(w))),
+        None => Ok((start.clone(), None)),
     }
+}
+
+/// The free parameters of the margin rows, `[B, K, *shape]` each: the lower slopes per activation node and
+/// the split multipliers per split activation input. Any value in range gives a valid bound, so they may
+/// start the ascent of another domain with the same rows (NaN entries: the default start).
+#[derive(Debug, Clone, Default)]
+pub struct Warm {
+    pub slopes: HashMap<NodeIndex, Tensor>,
+    pub betas: HashMap<NodeIndex, Tensor>,
+}
+
+/// `w` where it is a number, else `default`.
+fn or_default(w: &Tensor, default: &Tensor) -> candle_core::Result<Tensor> {
+    w.eq(w)?.where_cond(w, default)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -267,7 +286,8 @@ fn ascend(
     iters: usize,
     lr: f64,
     signs: Option<&HashMap<NodeIndex, Tensor>>,
-) -> Result<Option<Tensor>> {
+    warm: Option<&Warm>,
+) -> Result<Option<(Tensor, Warm)>> {
     let ctx = || "optimising the relaxations (alpha)".to_string();
     let (b, k) = (c.dims()[0], c.dims()[1]);
     let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
@@ -294,6 +314,10 @@ fn ascend(
             let mask = expand(&crossing.to_dtype(l.dtype()).context(ctx)?).context(ctx)?;
             let init = expand(al).context(ctx)?;
             let fixed = (1.0 - &mask).and_then(|m| init.mul(&m)).context(ctx)?;
+            let init = match warm.and_then(|w| w.slopes.get(&i)) {
+                Some(w) => or_default(w, &init).and_then(|w| w.clamp(lo, hi)).context(ctx)?,
+                None => init,
+            };
             vars.push((Var::from_tensor(&init).context(ctx)?, lo, hi));
             slopes.push(FreeSlope { node: i, mask, fixed, var: vars.len() - 1 });
         } else if let Some(base) = &r.lines {
@@ -321,7 +345,12 @@ fn ascend(
             continue;
         }
         let s = expand(s).context(ctx)?;
-        vars.push((Var::from_tensor(&s.zeros_like().context(ctx)?).context(ctx)?, 0.0, f64::INFINITY));
+        let zero = s.zeros_like().context(ctx)?;
+        let init = match warm.and_then(|w| w.betas.get(&z)) {
+            Some(w) => or_default(w, &zero).and_then(|w| w.clamp(0.0, f64::INFINITY)).context(ctx)?,
+            None => zero,
+        };
+        vars.push((Var::from_tensor(&init).context(ctx)?, 0.0, f64::INFINITY));
         betas.push((z, s, vars.len() - 1));
     }
     if vars.is_empty() || iters == 0 {
@@ -334,6 +363,7 @@ fn ascend(
         .collect::<candle_core::Result<_>>()
         .context(ctx)?;
     let mut best: Option<Tensor> = None;
+    let mut kept: Vec<Tensor> = Vec::new();
     for t in 1..=iters {
         let mut relax: HashMap<NodeIndex, Relaxation> = bounds.relax.clone();
         for f in &slopes {
@@ -365,9 +395,26 @@ fn ascend(
             (!inject.is_empty()).then_some(&inject),
         )?;
         let j = (lin - rad).context(ctx)?;
+        let jd = j.detach();
+        match &best {
+            None => kept = vars.iter().map(|(v, ..)| v.as_tensor().detach()).collect(),
+            Some(bst) => {
+                // The parameters of each row's best bound so far (a NaN bound never counts as better).
+                let better = jd.gt(bst).context(ctx)?;
+                for ((v, ..), k) in vars.iter().zip(kept.iter_mut()) {
+                    let dims = v.as_tensor().dims().to_vec();
+                    let mut m = better.clone();
+                    while m.rank() < dims.len() {
+                        m = m.unsqueeze(m.rank()).context(ctx)?;
+                    }
+                    let m = m.broadcast_as(dims).context(ctx)?;
+                    *k = m.where_cond(&v.as_tensor().detach(), k).context(ctx)?;
+                }
+            }
+        }
         best = Some(match &best {
-            None => j.detach(),
-            Some(bst) => strict_max(bst, &j.detach()).context(ctx)?,
+            None => jd,
+            Some(bst) => strict_max(bst, &jd).context(ctx)?,
         });
         if t == iters {
             break;
@@ -389,5 +436,13 @@ fn ascend(
             v.set(&next).context(ctx)?;
         }
     }
-    Ok(best)
+    let Some(best) = best else { return Ok(None) };
+    let mut w = Warm::default();
+    for f in &slopes {
+        w.slopes.insert(f.node, kept[f.var].clone());
+    }
+    for (z, _, v) in &betas {
+        w.betas.insert(*z, kept[*v].clone());
+    }
+    Ok(Some((best, w)))
 }

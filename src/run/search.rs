@@ -19,6 +19,12 @@
 //! (`recompute`, the default; without it every layer keeps the parent's bounds and only the margins are
 //! computed). Domains are the batch dimension of the bound code: one pass bounds many.
 //!
+//! **The root and warm starts** (ReLU splitting, `alpha_root`, the default). The root's layer bounds are
+//! optimised once (α-CROWN, [`crate::dual::alpha::tighten`]) and its margins with optimised lower slopes; every
+//! split domain then runs the ascent of the split multipliers and lower slopes (β-CROWN) from its parent's
+//! parameters ([`crate::dual::alpha::Warm`]), and hands its best parameters to its children. Any parameter in
+//! range gives a valid bound, so a warm start changes the speed of the search, never its soundness.
+//!
 //! **Soundness.** Every bound holds in real arithmetic on its domain (the issue *Sound floating point*:
 //! input boxes rounded outward, every rounding charged); the split bounds hold on the domain by its definition;
 //! intersections of sound bounds are sound. A domain is *pruned* only when
@@ -98,6 +104,9 @@ pub struct SearchOptions {
     pub attack: AttackConfig,
     /// Recompute the layers after a split (else they keep the parent's bounds).
     pub recompute: bool,
+    /// ReLU splitting: optimise the root's layers and margin slopes (α-CROWN), and start every child's ascent
+    /// from its parent's slopes and multipliers.
+    pub alpha_root: bool,
     /// Ascent steps on the split multipliers and lower slopes of a split domain (0: none) and their step.
     pub beta_iters: usize,
     pub beta_lr: f64,
@@ -115,6 +124,7 @@ impl Default for SearchOptions {
             safety_margin: 0.0,
             attack: AttackConfig::default(),
             recompute: true,
+            alpha_root: true,
             beta_iters: DEFAULT_BETA_ITERS,
             beta_lr: DEFAULT_BETA_LR,
         }
@@ -179,6 +189,8 @@ struct Domain {
     splits: Arc<Vec<(usize, usize, f64, bool)>>,
     /// The parent's sound margin bound per specification row (they hold on the domain too).
     margins: Option<Arc<Vec<f64>>>,
+    /// The parent's optimised margin parameters (shared by the two children).
+    warm: Option<Arc<HostWarm>>,
     /// Per disjunct: still open here.
     open: Vec<bool>,
     /// The parent's worst open margin (the queue's order).
@@ -190,7 +202,8 @@ impl Domain {
     fn bytes(&self) -> usize {
         // The layer bounds are shared by the two children of a parent: half each.
         let layers = self.layers.as_ref().map(|l| l.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() * 4);
-        layers.unwrap_or(0) + 160 + self.open.len() + self.splits.len() * 32 + 16 * self.lo.len()
+        let warm = self.warm.as_ref().map(|w| w.bytes() / 2).unwrap_or(0);
+        layers.unwrap_or(0) + warm + 160 + self.open.len() + self.splits.len() * 32 + 16 * self.lo.len()
     }
 }
 
@@ -228,6 +241,22 @@ struct Bounded {
     xstar: Vec<f64>,
     /// Sound margin per specification row.
     margins: Vec<f64>,
+    /// The optimised parameters of the margin rows, for the children.
+    warm: Option<HostWarm>,
+}
+
+/// One domain's optimised margin parameters on the host: per node, `[rows, n]` for every specification row
+/// (NaN for rows not optimised here), f32 (a start of an ascent needs no more).
+#[derive(Debug, Clone)]
+struct HostWarm {
+    slopes: Vec<(NodeIndex, Vec<f32>)>,
+    betas: Vec<(NodeIndex, Vec<f32>)>,
+}
+
+impl HostWarm {
+    fn bytes(&self) -> usize {
+        self.slopes.iter().chain(&self.betas).map(|(_, v)| 4 * v.len()).sum()
+    }
 }
 
 enum Branch {
@@ -426,6 +455,76 @@ impl Ctx<'_> {
         }
     }
 
+    /// The batch's warm start (`[nd, rows, *shape]` per node, NaN where a domain has none), if any domain has
+    /// one.
+    fn warm_of(&self, doms: &[&Domain], active: &[usize]) -> Result<Option<crate::dual::alpha::Warm>> {
+        if doms.iter().all(|d| d.warm.is_none()) {
+            return Ok(None);
+        }
+        let model = self.p.model;
+        let (nd, r, all) = (doms.len(), active.len(), self.rows.len());
+        let ctx = || "the warm start of the domains".to_string();
+        let mut nodes: Vec<(NodeIndex, bool)> = Vec::new();
+        for d in doms.iter().filter_map(|d| d.warm.as_ref()) {
+            for (node, beta) in d.slopes.iter().map(|s| (s.0, false)).chain(d.betas.iter().map(|s| (s.0, true))) {
+                if !nodes.contains(&(node, beta)) {
+                    nodes.push((node, beta));
+                }
+            }
+        }
+        let mut w = crate::dual::alpha::Warm::default();
+        for (node, beta) in nodes {
+            // The slopes belong to activations (shaped as their input), the multipliers to activation inputs.
+            let z = if beta { node } else { model.graph.node(node).inputs[0] };
+            let shape = model.batch_shape(z, 1);
+            let n: usize = shape.iter().skip(1).product();
+            let mut buf = vec![f32::NAN; nd * r * n];
+            for (di, d) in doms.iter().enumerate() {
+                let Some(hw) = &d.warm else { continue };
+                let list = if beta { &hw.betas } else { &hw.slopes };
+                let Some((_, v)) = list.iter().find(|(m, _)| *m == node) else { continue };
+                if v.len() != all * n {
+                    continue;
+                }
+                for (p, ri) in active.iter().enumerate() {
+                    buf[(di * r + p) * n..][..n].copy_from_slice(&v[ri * n..][..n]);
+                }
+            }
+            let mut dims = vec![nd, r];
+            dims.extend_from_slice(&shape[1..]);
+            let t = Tensor::from_vec(buf, dims, &model.device).and_then(|t| t.to_dtype(model.dtype)).context(ctx)?;
+            match beta {
+                true => w.betas.insert(node, t),
+                false => w.slopes.insert(node, t),
+            };
+        }
+        Ok(Some(w))
+    }
+
+    /// Each domain's share of the optimised parameters, on the host, for every specification row.
+    fn warm_to_host(&self, w: &crate::dual::alpha::Warm, nd: usize, active: &[usize]) -> Result<Vec<Option<HostWarm>>> {
+        let (r, all) = (active.len(), self.rows.len());
+        let ctx = || "the optimised parameters of the domains".to_string();
+        let mut out: Vec<HostWarm> = (0..nd).map(|_| HostWarm { slopes: Vec::new(), betas: Vec::new() }).collect();
+        for (beta, map) in [(false, &w.slopes), (true, &w.betas)] {
+            for (node, t) in map {
+                let v: Vec<f32> = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).context(ctx)?;
+                let n = v.len() / (nd * r).max(1);
+                for (di, o) in out.iter_mut().enumerate() {
+                    let mut h = vec![f32::NAN; all * n];
+                    for (p, ri) in active.iter().enumerate() {
+                        h[ri * n..][..n].copy_from_slice(&v[(di * r + p) * n..][..n]);
+                    }
+                    match beta {
+                        true => o.betas.push((*node, h)),
+                        false => o.slopes.push((*node, h)),
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().map(Some).collect())
+    }
+
     /// Bound a batch of domains in one pass.
     fn bound(&self, doms: &[&Domain]) -> Result<Vec<Bounded>> {
         let model = self.p.model;
@@ -523,10 +622,19 @@ impl Ctx<'_> {
         }
         let c = Tensor::from_vec(c, (nd, r, k), dev).context(ctx_err)?;
         let mut record = Vec::new();
-        let (bounds, lb) = lower_bounds_given(model, &set, &c, &self.bound_options(), &given, Some(&mut record))?;
+        let (mut bounds, lb) = lower_bounds_given(model, &set, &c, &self.bound_options(), &given, Some(&mut record))?;
+        // The root of a ReLU search (α-CROWN, then β-CROWN on its layer bounds): every layer optimised once,
+        // and the margins' slopes with them; the children keep these layers and start from these slopes.
+        let root = doms.iter().all(|d| d.layers.is_none());
+        let alpha_root = root && self.opts.alpha_root && !self.input_split && self.opts.alpha.0 > 0;
+        if alpha_root {
+            crate::dual::alpha::tighten(model, &set, &mut bounds, self.opts.alpha.0, self.opts.alpha.1)?;
+        }
+        let warm_in = self.warm_of(doms, &active)?;
         // Split multipliers (β-CROWN) with the lower slopes, on the domains' ReLU splits at 0.
-        let lb = match (self.opts.beta_iters, self.input_split, any_split) {
+        let (lb, warm_out) = match (self.opts.beta_iters, self.input_split, any_split || alpha_root) {
             (iters, false, true) if iters > 0 => {
+                let iters = if alpha_root { self.opts.alpha.0.max(iters) } else { iters };
                 let mut signs = std::collections::HashMap::new();
                 for (li, z) in self.layers.z.iter().enumerate() {
                     if !self.layers.relu[li] {
@@ -557,9 +665,14 @@ impl Ctx<'_> {
                     &signs,
                     iters,
                     self.opts.beta_lr,
+                    warm_in.as_ref(),
                 )?
             }
-            _ => lb,
+            _ => (lb, None),
+        };
+        let mut warm_host = match (&warm_out, self.opts.alpha_root) {
+            (Some(w), true) => self.warm_to_host(w, nd, &active)?,
+            _ => vec![None; nd],
         };
         let lb = host_rows(&lb)?;
         let mut lay: Vec<Vec<(Vec<f64>, Vec<f64>)>> = vec![Vec::new(); nd];
@@ -658,7 +771,8 @@ impl Ctx<'_> {
                     false => self.relu_branch(&record, d, r, &layers, &dom.splits)?,
                 },
             };
-            out.push(Bounded { proved, open, worst, layers, branch, xstar, margins });
+            let warm = warm_host[d].take();
+            out.push(Bounded { proved, open, worst, layers, branch, xstar, margins, warm });
         }
         Ok(out)
     }
@@ -817,6 +931,7 @@ pub fn search(
         layers: None,
         splits: Arc::new(Vec::new()),
         margins: None,
+        warm: None,
         open: vec![true; p.disjuncts.len()],
         bound: f64::NEG_INFINITY,
         depth: 0,
@@ -863,6 +978,7 @@ pub fn search(
         };
         let layers = Arc::new(b.layers);
         let margins = Arc::new(b.margins);
+        let warm = b.warm.map(Arc::new);
         for side in [true, false] {
             let (lo, hi, splits) = match branch {
                 Branch::Relu { layer, unit, point } => {
@@ -887,6 +1003,7 @@ pub fn search(
                 layers: Some(layers.clone()),
                 splits,
                 margins: Some(margins.clone()),
+                warm: warm.clone(),
                 open: b.open.clone(),
                 bound: b.worst,
                 depth: parent.depth + 1,

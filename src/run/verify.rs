@@ -48,6 +48,8 @@ pub struct VerifyConfig {
     pub max_memory: f64,
     /// Recompute the layers after a ReLU split (else they keep the parent's bounds).
     pub recompute: bool,
+    /// ReLU splitting: α-CROWN at the root, its slopes warm-starting the children.
+    pub alpha_root: bool,
     /// Ascent steps on the split multipliers (β-CROWN) per split domain; 0 turns them off.
     pub beta_iters: usize,
     /// A spinner for the search's state (domains left, done, worst bound).
@@ -66,6 +68,7 @@ impl VerifyConfig {
             safety_margin: self.safety_margin,
             attack: self.attack,
             recompute: self.recompute,
+            alpha_root: self.alpha_root,
             beta_iters: self.beta_iters,
             beta_lr: super::search::DEFAULT_BETA_LR,
         }
@@ -86,6 +89,7 @@ impl Default for VerifyConfig {
             batch: SearchOptions::default().batch,
             max_memory: super::search::DEFAULT_MAX_MEMORY,
             recompute: true,
+            alpha_root: true,
             beta_iters: super::search::DEFAULT_BETA_ITERS,
             progress: None,
         }
@@ -430,15 +434,42 @@ pub fn merge(inputs: &[PathBuf]) -> Result<(Vec<ResultRow>, Vec<String>)> {
 #[derive(Debug, Clone, Default)]
 pub struct BatchSummary {
     pub counts: std::collections::BTreeMap<String, usize>,
+    /// Seconds of each instance, per answer.
+    pub times: std::collections::BTreeMap<String, Vec<f64>>,
     pub instances: usize,
     pub seconds: f64,
+}
+
+impl BatchSummary {
+    /// The median seconds of the instances with this answer (the mean of the middle two for an even count).
+    pub fn median(&self, answer: &str) -> Option<f64> {
+        let mut t = self.times.get(answer)?.clone();
+        if t.is_empty() {
+            return None;
+        }
+        t.sort_by(f64::total_cmp);
+        let n = t.len();
+        Some(if n % 2 == 1 { t[n / 2] } else { 0.5 * (t[n / 2 - 1] + t[n / 2]) })
+    }
+
+    fn add(&mut self, answer: &str, seconds: f64) {
+        *self.counts.entry(answer.to_string()).or_insert(0) += 1;
+        self.times.entry(answer.to_string()).or_default().push(seconds);
+        self.instances += 1;
+    }
 }
 
 impl std::fmt::Display for BatchSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts: Vec<String> = ["unsat", "sat", "unknown", "timeout", "error"]
             .iter()
-            .map(|w| format!("{} {w}", self.counts.get(*w).copied().unwrap_or(0)))
+            .map(|w| {
+                let n = self.counts.get(*w).copied().unwrap_or(0);
+                match self.median(w) {
+                    Some(m) if n > 0 => format!("{n} {w} (median {m:.2} s)"),
+                    _ => format!("{n} {w}"),
+                }
+            })
             .collect();
         write!(
             f,
@@ -519,8 +550,7 @@ pub fn run_batch(
             result: answer.word().into(),
             seconds: d.seconds,
         });
-        *summary.counts.entry(answer.word().to_string()).or_insert(0) += 1;
-        summary.instances += 1;
+        summary.add(answer.word(), d.seconds);
         crate::weights::write_atomic(out_csv, format_results(&rows).as_bytes())?;
         bar.set_message(format!(
             "{} unsat, {} sat",
@@ -538,6 +568,23 @@ pub fn run_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_gives_the_median_time_per_answer() {
+        let mut s = BatchSummary::default();
+        // unsat: 3.0, 1.0, 2.0 -> sorted 1, 2, 3, median 2; sat: 0.5, 1.5 -> the mean of the two, 1.0.
+        for (a, t) in [("unsat", 3.0), ("sat", 0.5), ("unsat", 1.0), ("sat", 1.5), ("unsat", 2.0)] {
+            s.add(a, t);
+        }
+        s.seconds = 8.0;
+        assert_eq!(s.median("unsat"), Some(2.0));
+        assert_eq!(s.median("sat"), Some(1.0));
+        assert_eq!(s.median("timeout"), None);
+        assert_eq!(
+            s.to_string(),
+            "5 instances: 3 unsat (median 2.00 s), 2 sat (median 1.00 s), 0 unknown, 0 timeout, 0 error; 8.0 s in all, 1.60 s per instance"
+        );
+    }
 
     #[test]
     fn result_file_format() {
