@@ -210,10 +210,7 @@ fn branch_and_bound_agrees_with_the_exact_answer() {
                     proved[mi] += 1;
                 }
                 Verdict::Counterexample { x, y: out } => {
-                    assert!(
-                        exact_min < 0.0,
-                        "case {case} ({name}): a counterexample, exact minimum {exact_min}"
-                    );
+                    assert!(exact_min < 0.0, "case {case} ({name}): a counterexample, exact minimum {exact_min}");
                     // The point is in the box and its outputs violate the property.
                     assert!(x.iter().zip(&lo).zip(&hi).all(|((v, a), b)| a <= v && v <= b));
                     assert!((0..3).any(|j| j != y && out[j] >= out[y]));

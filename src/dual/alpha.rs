@@ -23,6 +23,7 @@
 //!    bounds.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use petgraph::graph::NodeIndex;
@@ -98,7 +99,7 @@ fn optimise_margins(
         mags: bounds.mags.clone(),
     };
     let best = strict_max(start, &objective(model, set, &single, c)?).context(ctx)?;
-    match ascend(model, set, bounds, model.graph.output, c, iters, lr, None, None)? {
+    match ascend(model, set, bounds, model.graph.output, c, iters, lr, None, None, None)? {
         Some((j, _)) => strict_max(&best, &j).context(ctx),
         None => Ok(best),
     }
@@ -107,10 +108,30 @@ fn optimise_margins(
 /// Step 1 of the module doc: optimise the bounds of every narrow activation input, in topological order, and
 /// relax its activations again on them. Every layer bound stays inside the one it had.
 pub fn tighten(model: &Model, set: &InputSet, bounds: &mut Bounds, iters: usize, lr: f64) -> Result<()> {
+    tighten_until(model, set, bounds, iters, lr, None)
+}
+
+/// [`tighten`], stopping with [`Error::Deadline`] once `deadline` has passed (checked at every ascent step).
+pub fn tighten_until(
+    model: &Model,
+    set: &InputSet,
+    bounds: &mut Bounds,
+    iters: usize,
+    lr: f64,
+    deadline: Option<Instant>,
+) -> Result<()> {
     for z in super::bounds::backward_layers(model) {
-        tighten_layer(model, set, bounds, z, iters, lr)?;
+        tighten_layer(model, set, bounds, z, iters, lr, deadline)?;
     }
     Ok(())
+}
+
+/// Rows of one ascent in [`tighten_layer`]: autograd keeps every row's adjoint at every node (about four copies
+/// with the gradients and Adam's moments), within [`super::bounds::CROWN_LAYER_BYTES`].
+fn rows_per_ascent(model: &Model, examples: usize) -> usize {
+    let elems: usize = model.graph.order().map(|i| model.graph.node(i).shape.iter().product::<usize>()).sum();
+    let per_row = 4.0 * 4.0 * elems.max(1) as f64 * examples.max(1) as f64;
+    ((super::bounds::CROWN_LAYER_BYTES / per_row).floor() as usize).max(2)
 }
 
 /// Tighten the bounds of activation input `z` (see the module doc, step 1) and relax its activations again.
@@ -121,6 +142,7 @@ fn tighten_layer(
     z: NodeIndex,
     iters: usize,
     lr: f64,
+    deadline: Option<Instant>,
 ) -> Result<()> {
     let g = &model.graph;
     let ctx = || format!("optimising the bounds of `{}`", g.node(z).name);
@@ -131,37 +153,14 @@ fn tighten_layer(
     let host =
         |t: &Tensor| t.to_dtype(candle_core::DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
     let (mut lh, mut uh) = (host(&l).context(ctx)?, host(&u).context(ctx)?);
-    let units: Vec<usize> = (0..n).filter(|&j| (0..b).any(|e| lh[e * n + j] < 0.0 && uh[e * n + j] > 0.0)).collect();
-    let m = units.len();
-    if m == 0 {
+    let crossing: Vec<usize> =
+        (0..n).filter(|&j| (0..b).any(|e| lh[e * n + j] < 0.0 && uh[e * n + j] > 0.0)).collect();
+    if crossing.is_empty() {
         return Ok(());
     }
-    // Rows `e_j` (lower bounds) then `−e_j` (minus the upper bounds), for every crossing unit `j`.
-    let mut rows = vec![0f64; b * 2 * m * n];
-    for e in 0..b {
-        for (r, &j) in units.iter().enumerate() {
-            rows[(e * 2 * m + r) * n + j] = 1.0;
-            rows[(e * 2 * m + m + r) * n + j] = -1.0;
-        }
-    }
-    let mut c_shape = vec![b, 2 * m];
-    c_shape.extend_from_slice(&shape);
-    let c = Tensor::from_vec(rows, c_shape, l.device()).and_then(|t| t.to_dtype(l.dtype())).context(ctx)?;
-    let Some((j, _)) = ascend(model, set, bounds, z, &c, iters, lr, None, None)? else { return Ok(()) };
-    let jh = host(&j).context(ctx)?;
     let mut changed = false;
-    for e in 0..b {
-        for (r, &q) in units.iter().enumerate() {
-            let (lo, hi) = (jh[e * 2 * m + r], -jh[e * 2 * m + m + r]);
-            let (cl, cu) = (&mut lh[e * n + q], &mut uh[e * n + q]);
-            let (nl, nu) =
-                (if lo.is_finite() { cl.max(lo) } else { *cl }, if hi.is_finite() { cu.min(hi) } else { *cu });
-            // Both are valid bounds; rounding could cross them on a unit fixed at one value: keep the old pair.
-            if nl <= nu && (nl > *cl || nu < *cu) {
-                (*cl, *cu) = (nl, nu);
-                changed = true;
-            }
-        }
+    for units in crossing.chunks((rows_per_ascent(model, b) / 2).max(1)) {
+        changed |= tighten_units(model, set, bounds, z, &l, units, (&mut lh, &mut uh), iters, lr, deadline)?;
     }
     if !changed {
         return Ok(());
@@ -177,6 +176,58 @@ fn tighten_layer(
     }
     bounds.layers[pos] = (z, l, u);
     Ok(())
+}
+
+/// One ascent of [`tighten_layer`] for the crossing `units` of `z` (`l` the layer's bounds as a tensor, `lh`,
+/// `uh` on the host, raised and lowered in place); whether any bound moved.
+#[allow(clippy::too_many_arguments)]
+fn tighten_units(
+    model: &Model,
+    set: &InputSet,
+    bounds: &Bounds,
+    z: NodeIndex,
+    l: &Tensor,
+    units: &[usize],
+    (lh, uh): (&mut [f64], &mut [f64]),
+    iters: usize,
+    lr: f64,
+    deadline: Option<Instant>,
+) -> Result<bool> {
+    let g = &model.graph;
+    let ctx = || format!("optimising the bounds of `{}`", g.node(z).name);
+    let (b, shape) = (l.dims()[0], l.dims()[1..].to_vec());
+    let n: usize = shape.iter().product();
+    let host =
+        |t: &Tensor| t.to_dtype(candle_core::DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
+    let m = units.len();
+    // Rows `e_j` (lower bounds) then `−e_j` (minus the upper bounds), for every crossing unit `j`.
+    let mut rows = vec![0f64; b * 2 * m * n];
+    for e in 0..b {
+        for (r, &j) in units.iter().enumerate() {
+            rows[(e * 2 * m + r) * n + j] = 1.0;
+            rows[(e * 2 * m + m + r) * n + j] = -1.0;
+        }
+    }
+    let mut c_shape = vec![b, 2 * m];
+    c_shape.extend_from_slice(&shape);
+    let c = Tensor::from_vec(rows, c_shape, l.device()).and_then(|t| t.to_dtype(l.dtype())).context(ctx)?;
+    let Some((j, _)) = ascend(model, set, bounds, z, &c, iters, lr, None, None, deadline)? else { return Ok(false) };
+    let jh = host(&j).context(ctx)?;
+    let mut changed = false;
+    for e in 0..b {
+        for (r, &q) in units.iter().enumerate() {
+            let (lo, hi) = (jh[e * 2 * m + r], -jh[e * 2 * m + m + r]);
+            let (cl, cu) = (&mut lh[e * n + q], &mut uh[e * n + q]);
+            let (nl, nu) =
+                (if lo.is_finite() { cl.max(lo) } else { *cl }, if hi.is_finite() { cu.min(hi) } else { *cu });
+            // Both are valid bounds; rounding could cross them on a unit fixed at one value: keep the old pair.
+            if nl <= nu && (nl > *cl || nu < *cu) {
+                (*cl, *cu) = (nl, nu);
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// A free lower slope (ReLU-like activations): crossing units take the parameter, the others keep their slope.
@@ -254,9 +305,10 @@ pub fn optimised_split_margins(
     iters: usize,
     lr: f64,
     warm: Option<&Warm>,
+    deadline: Option<Instant>,
 ) -> Result<(Tensor, Option<Warm>)> {
     let ctx = || "optimising the split multipliers (beta)".to_string();
-    match ascend(model, set, bounds, model.graph.output, c, iters, lr, Some(signs), warm)? {
+    match ascend(model, set, bounds, model.graph.output, c, iters, lr, Some(signs), warm, deadline)? {
         Some((j, w)) => Ok((strict_max(start, &j).context(ctx)?, Some(w))),
         None => Ok((start.clone(), None)),
     }
@@ -287,6 +339,7 @@ fn ascend(
     lr: f64,
     signs: Option<&HashMap<NodeIndex, Tensor>>,
     warm: Option<&Warm>,
+    deadline: Option<Instant>,
 ) -> Result<Option<(Tensor, Warm)>> {
     let ctx = || "optimising the relaxations (alpha)".to_string();
     let (b, k) = (c.dims()[0], c.dims()[1]);
@@ -365,6 +418,9 @@ fn ascend(
     let mut best: Option<Tensor> = None;
     let mut kept: Vec<Tensor> = Vec::new();
     for t in 1..=iters {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::Deadline);
+        }
         let mut relax: HashMap<NodeIndex, Relaxation> = bounds.relax.clone();
         for f in &slopes {
             // The parameter stays in its range (projected after each step); crossing units take it.

@@ -628,7 +628,22 @@ impl Ctx<'_> {
         let root = doms.iter().all(|d| d.layers.is_none());
         let alpha_root = root && self.opts.alpha_root && !self.input_split && self.opts.alpha.0 > 0;
         if alpha_root {
-            crate::dual::alpha::tighten(model, &set, &mut bounds, self.opts.alpha.0, self.opts.alpha.1)?;
+            // At most a fifth of the time left: on a network whose per-unit passes are slow (wide convolutions)
+            // the search keeps the rest. Layers tightened before the budget ran out keep their bounds (every
+            // bound is valid; a layer cut short keeps CROWN's).
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let budget = Instant::now() + left / 5;
+            match crate::dual::alpha::tighten_until(
+                model,
+                &set,
+                &mut bounds,
+                self.opts.alpha.0,
+                self.opts.alpha.1,
+                Some(budget.min(self.deadline)),
+            ) {
+                Err(Error::Deadline) if Instant::now() < self.deadline => {}
+                r => r?,
+            }
         }
         let warm_in = self.warm_of(doms, &active)?;
         // Split multipliers (β-CROWN) with the lower slopes, on the domains' ReLU splits at 0.
@@ -666,6 +681,7 @@ impl Ctx<'_> {
                     iters,
                     self.opts.beta_lr,
                     warm_in.as_ref(),
+                    Some(self.deadline),
                 )?
             }
             _ => (lb, None),
