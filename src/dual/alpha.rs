@@ -126,6 +126,11 @@ pub fn tighten_until(
     Ok(())
 }
 
+/// A tensor's entries on the host, flat, in float64.
+fn host_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+    t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
 /// Rows of one ascent in [`tighten_layer`]: autograd keeps every row's adjoint at every node (about four copies
 /// with the gradients and Adam's moments), within [`super::bounds::CROWN_LAYER_BYTES`].
 fn rows_per_ascent(model: &Model, examples: usize) -> usize {
@@ -150,11 +155,8 @@ fn tighten_layer(
     let (l, u) = (bounds.layers[pos].1.clone(), bounds.layers[pos].2.clone());
     let (b, shape) = (l.dims()[0], l.dims()[1..].to_vec());
     let n: usize = shape.iter().product();
-    let host =
-        |t: &Tensor| t.to_dtype(candle_core::DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
-    let (mut lh, mut uh) = (host(&l).context(ctx)?, host(&u).context(ctx)?);
-    let crossing: Vec<usize> =
-        (0..n).filter(|&j| (0..b).any(|e| lh[e * n + j] < 0.0 && uh[e * n + j] > 0.0)).collect();
+    let (mut lh, mut uh) = (host_f64(&l).context(ctx)?, host_f64(&u).context(ctx)?);
+    let crossing: Vec<usize> = (0..n).filter(|&j| (0..b).any(|e| lh[e * n + j] < 0.0 && uh[e * n + j] > 0.0)).collect();
     if crossing.is_empty() {
         return Ok(());
     }
@@ -197,8 +199,6 @@ fn tighten_units(
     let ctx = || format!("optimising the bounds of `{}`", g.node(z).name);
     let (b, shape) = (l.dims()[0], l.dims()[1..].to_vec());
     let n: usize = shape.iter().product();
-    let host =
-        |t: &Tensor| t.to_dtype(candle_core::DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
     let m = units.len();
     // Rows `e_j` (lower bounds) then `−e_j` (minus the upper bounds), for every crossing unit `j`.
     let mut rows = vec![0f64; b * 2 * m * n];
@@ -212,7 +212,7 @@ fn tighten_units(
     c_shape.extend_from_slice(&shape);
     let c = Tensor::from_vec(rows, c_shape, l.device()).and_then(|t| t.to_dtype(l.dtype())).context(ctx)?;
     let Some((j, _)) = ascend(model, set, bounds, z, &c, iters, lr, None, None, deadline)? else { return Ok(false) };
-    let jh = host(&j).context(ctx)?;
+    let jh = host_f64(&j).context(ctx)?;
     let mut changed = false;
     for e in 0..b {
         for (r, &q) in units.iter().enumerate() {
@@ -290,7 +290,6 @@ impl FreeTangent {
 /// the dual objective of the right side (the term injected at `z`, [`dual_pass_recording`]) bounds the margin
 /// below for every `β ≥ 0` and every lower slope in range; both are raised by the projected ascent of
 /// [`ascend`] (β projected onto `[0, ∞)`), from `β = 0`. Never below `start`.
-#[allow(clippy::too_many_arguments)]
 ///
 /// `warm` starts the ascent from given parameters (a parent domain's, NaN where there is none: CROWN's slope,
 /// β = 0); the result carries the parameters of each row's best bound, for the domain's children.
@@ -309,7 +308,7 @@ pub fn optimised_split_margins(
 ) -> Result<(Tensor, Option<Warm>)> {
     let ctx = || "optimising the split multipliers (beta)".to_string();
     match ascend(model, set, bounds, model.graph.output, c, iters, lr, Some(signs), warm, deadline)? {
-        Some((j, w)) => Ok((strict_max(start, &j).context(ctx)?, Some(w))),
+        Some((j, w)) => Ok((strict_max(start, &j).context(ctx)?, w)),
         None => Ok((start.clone(), None)),
     }
 }
@@ -340,7 +339,10 @@ fn ascend(
     signs: Option<&HashMap<NodeIndex, Tensor>>,
     warm: Option<&Warm>,
     deadline: Option<Instant>,
-) -> Result<Option<(Tensor, Warm)>> {
+) -> Result<Option<(Tensor, Option<Warm>)>> {
+    // Only the split margins hand their parameters on (to a domain's children); elsewhere the best-parameter
+    // bookkeeping would be work on the hot path for nothing.
+    let keep_params = signs.is_some();
     let ctx = || "optimising the relaxations (alpha)".to_string();
     let (b, k) = (c.dims()[0], c.dims()[1]);
     let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
@@ -453,6 +455,7 @@ fn ascend(
         let j = (lin - rad).context(ctx)?;
         let jd = j.detach();
         match &best {
+            _ if !keep_params => {}
             None => kept = vars.iter().map(|(v, ..)| v.as_tensor().detach()).collect(),
             Some(bst) => {
                 // The parameters of each row's best bound so far (a NaN bound never counts as better).
@@ -493,6 +496,9 @@ fn ascend(
         }
     }
     let Some(best) = best else { return Ok(None) };
+    if !keep_params {
+        return Ok(Some((best, None)));
+    }
     let mut w = Warm::default();
     for f in &slopes {
         w.slopes.insert(f.node, kept[f.var].clone());
@@ -500,5 +506,5 @@ fn ascend(
     for (z, _, v) in &betas {
         w.betas.insert(*z, kept[*v].clone());
     }
-    Ok(Some((best, w)))
+    Ok(Some((best, Some(w))))
 }

@@ -508,7 +508,8 @@ impl Ctx<'_> {
         let mut out: Vec<HostWarm> = (0..nd).map(|_| HostWarm { slopes: Vec::new(), betas: Vec::new() }).collect();
         for (beta, map) in [(false, &w.slopes), (true, &w.betas)] {
             for (node, t) in map {
-                let v: Vec<f32> = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).context(ctx)?;
+                let v: Vec<f32> =
+                    t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).context(ctx)?;
                 let n = v.len() / (nd * r).max(1);
                 for (di, o) in out.iter_mut().enumerate() {
                     let mut h = vec![f32::NAN; all * n];

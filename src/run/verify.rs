@@ -433,8 +433,7 @@ pub fn merge(inputs: &[PathBuf]) -> Result<(Vec<ResultRow>, Vec<String>)> {
 /// Counts of answers and the time, for the closing summary.
 #[derive(Debug, Clone, Default)]
 pub struct BatchSummary {
-    pub counts: std::collections::BTreeMap<String, usize>,
-    /// Seconds of each instance, per answer.
+    /// Seconds of each instance, per answer (their number is the answer's count).
     pub times: std::collections::BTreeMap<String, Vec<f64>>,
     pub instances: usize,
     pub seconds: f64,
@@ -452,8 +451,12 @@ impl BatchSummary {
         Some(if n % 2 == 1 { t[n / 2] } else { 0.5 * (t[n / 2 - 1] + t[n / 2]) })
     }
 
+    /// How many instances got this answer.
+    pub fn count(&self, answer: &str) -> usize {
+        self.times.get(answer).map(Vec::len).unwrap_or(0)
+    }
+
     fn add(&mut self, answer: &str, seconds: f64) {
-        *self.counts.entry(answer.to_string()).or_insert(0) += 1;
         self.times.entry(answer.to_string()).or_default().push(seconds);
         self.instances += 1;
     }
@@ -464,7 +467,7 @@ impl std::fmt::Display for BatchSummary {
         let parts: Vec<String> = ["unsat", "sat", "unknown", "timeout", "error"]
             .iter()
             .map(|w| {
-                let n = self.counts.get(*w).copied().unwrap_or(0);
+                let n = self.count(w);
                 match self.median(w) {
                     Some(m) if n > 0 => format!("{n} {w} (median {m:.2} s)"),
                     _ => format!("{n} {w}"),
@@ -552,11 +555,7 @@ pub fn run_batch(
         });
         summary.add(answer.word(), d.seconds);
         crate::weights::write_atomic(out_csv, format_results(&rows).as_bytes())?;
-        bar.set_message(format!(
-            "{} unsat, {} sat",
-            summary.counts.get("unsat").copied().unwrap_or(0),
-            summary.counts.get("sat").copied().unwrap_or(0)
-        ));
+        bar.set_message(format!("{} unsat, {} sat", summary.count("unsat"), summary.count("sat")));
         bar.inc(1);
     }
     bar.finish_and_clear();
