@@ -132,7 +132,7 @@ impl Default for SearchOptions {
 }
 
 /// Default ascent steps and step of the split multipliers.
-pub const DEFAULT_BETA_ITERS: usize = 10;
+pub const DEFAULT_BETA_ITERS: usize = 20;
 pub const DEFAULT_BETA_LR: f64 = 0.1;
 
 /// The default cap of `--max-memory`: 8 GB, a third of a 24 GB machine.
