@@ -230,3 +230,82 @@ fn branch_and_bound_agrees_with_the_exact_answer() {
         assert!(answered[mi] * 10 >= cases * 9, "{name} splitting answered {} of {cases}", answered[mi]);
     }
 }
+
+/// Layer bounds given a parent's (as branch and bound passes them): a ReLU unit the parent leaves stable keeps
+/// the parent's bounds without its rows being run. On the parent's own box the result is the parent's bounds
+/// exactly (the rows run give the same values, the others are the parent's); on a sub-box every bound still
+/// contains the pre-activations of sampled points (computed in f64 from the f32-exact weights) and lies within
+/// the parent's.
+#[test]
+fn layer_bounds_given_a_parent_keep_its_stable_units_and_hold() {
+    use dualnet::dual::bounds::{compute_given, Given, Options};
+    use dualnet::dual::InputSet;
+    use dualnet::ops::Family;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+    let dev = candle_core::Device::Cpu;
+    let host = |t: &candle_core::Tensor| -> Vec<f64> {
+        t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("host")
+    };
+    let mut skipped = 0usize;
+    for case in 0..12 {
+        let n = 2 + case % 4;
+        let layers = random_layers(n, &mut rng);
+        let spec = mlp_spec(&[n, 6, 6, 3]);
+        let model = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F32);
+        let opts = Options { family: Family::Crown, crown_layers: true, ..Default::default() };
+        let center: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect();
+        let lo: Vec<f64> = center.iter().map(|c| c - 0.4).collect();
+        let hi: Vec<f64> = center.iter().map(|c| c + 0.4).collect();
+        let set =
+            |lo: &[f64], hi: &[f64]| InputSet::from_host_box(lo, hi, &[1, n], DType::F32, &dev, false).expect("set");
+        let parent = compute_given(&model, &set(&lo, &hi), &opts, &Given::default()).expect("parent");
+        let zs = model.graph.activation_inputs();
+        let mut given = Given::default();
+        for z in &zs {
+            let (l, u) = parent.of(*z).expect("layer");
+            given.layers.insert(*z, (l.clone(), u.clone()));
+            skipped += host(l).iter().zip(host(u)).filter(|(a, b)| **a >= 0.0 || *b <= 0.0).count();
+        }
+        // Same box: the parent's bounds (within the parent's, as intersected; as tight up to the order of the
+        // sums, the rows run being fewer).
+        let again = compute_given(&model, &set(&lo, &hi), &opts, &given).expect("again");
+        for z in &zs {
+            let ((pl, pu), (al, au)) = (parent.of(*z).expect("p"), again.of(*z).expect("a"));
+            let (pl, pu, al, au) = (host(pl), host(pu), host(al), host(au));
+            for j in 0..pl.len() {
+                assert!(pl[j] <= al[j] && au[j] <= pu[j], "case {case}: {z:?} unit {j} wider than the parent's");
+                let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+                assert!(close(al[j], pl[j]) && close(au[j], pu[j]), "case {case}: {z:?} unit {j} changed");
+            }
+        }
+        // A sub-box (the lower-left quarter of each side): sound and within the parent's.
+        let mid: Vec<f64> = lo.iter().zip(&hi).map(|(a, b)| 0.5 * (a + b)).collect();
+        let child = compute_given(&model, &set(&lo, &mid), &opts, &given).expect("child");
+        for _ in 0..200 {
+            let x: Vec<f64> = lo.iter().zip(&mid).map(|(a, b)| rng.random_range(*a..=*b)).collect();
+            let mut h = x.clone();
+            for (k, (w, b)) in layers.iter().enumerate().take(2) {
+                let z: Vec<f64> =
+                    w.iter().zip(b).map(|(r, bj)| r.iter().zip(&h).map(|(a, v)| a * v).sum::<f64>() + bj).collect();
+                let (cl, cu) = child.of(zs[k]).expect("child layer");
+                let (pl, pu) = parent.of(zs[k]).expect("parent layer");
+                let (cl, cu, pl, pu) = (host(cl), host(cu), host(pl), host(pu));
+                for j in 0..z.len() {
+                    assert!(
+                        cl[j] <= z[j] && z[j] <= cu[j],
+                        "case {case}: layer {k} unit {j}: {} not in [{}, {}]",
+                        z[j],
+                        cl[j],
+                        cu[j]
+                    );
+                    assert!(
+                        pl[j] <= cl[j] && cu[j] <= pu[j],
+                        "case {case}: layer {k} unit {j} wider than the parent's"
+                    );
+                }
+                h = z.iter().map(|v| v.max(0.0)).collect();
+            }
+        }
+    }
+    assert!(skipped > 0, "no stable unit: the test would not exercise the skipped rows");
+}

@@ -688,7 +688,10 @@ pub fn compute_given(model: &Model, set: &InputSet, opts: &Options, given: &Give
                                 && matches!(opts.family, Family::Crown | Family::Alpha)
                                 && crown_bytes(model, z, b) <= CROWN_LAYER_BYTES;
                             let (l, u) = if crown {
-                                crown_backward_bounds(model, set, &out.relax, &mags, z, b)?
+                                // A ReLU unit stable on the parent stays stable: its rows are skipped.
+                                let relu = node.kind.op().is_some_and(|op| op.name() == "relu");
+                                let parent = given.layers.get(&z).filter(|_| relu).map(|(l, u)| (l, u));
+                                crown_backward_bounds(model, set, &out.relax, &mags, z, b, parent, opts.deadline)?
                             } else if backward.contains(&z) {
                                 backward_bounds(model, set, &out.relax, &mags, z, b)?
                             } else {
@@ -952,6 +955,10 @@ fn split_active(r: Relaxation, act: &Tensor, l: &Tensor, u: &Tensor) -> candle_c
 /// The most memory the CROWN bounds of one layer may take ([`Options::crown_layers`]).
 pub const CROWN_LAYER_BYTES: f64 = 512e6;
 
+/// The most adjoint bytes one backward pass of [`crown_backward_bounds`] holds: its rows are split into chunks
+/// of this size, with the deadline checked between them.
+pub const CROWN_CHUNK_BYTES: f64 = 64e6;
+
 /// Bytes of the backward pass for the CROWN bounds of activation input `z` on `b` examples: `2n` adjoints of
 /// every node's size per example.
 pub fn crown_bytes(model: &Model, z: NodeIndex, b: usize) -> f64 {
@@ -1203,6 +1210,7 @@ fn backward_bounds(
 
 /// Bounds of node `z` from the dual network run backwards with the relaxations' own lower lines (CROWN): the
 /// rows `e_i` give the lower bounds and the rows `-e_i` the upper ones, in one pass of `2n` objectives.
+#[allow(clippy::too_many_arguments)]
 fn crown_backward_bounds(
     model: &Model,
     set: &InputSet,
@@ -1210,19 +1218,100 @@ fn crown_backward_bounds(
     mags: &Magnitudes,
     z: NodeIndex,
     b: usize,
+    parent: Option<(&Tensor, &Tensor)>,
+    deadline: Option<std::time::Instant>,
 ) -> Result<(Tensor, Tensor)> {
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
     let n: usize = node.shape.iter().product();
-    let c = unit_rows(set.center(), b, &node.shape, true).context(ctx_err)?;
-    let (lin, rad) = super::objective::dual_pass(model, set, relax, Some(mags), z, &c)?;
-    let j = (&lin - &rad).context(ctx_err)?;
     let mut out_shape = vec![b];
     out_shape.extend_from_slice(&node.shape);
-    let l = j.narrow(1, 0, n).and_then(|t| t.reshape(out_shape.clone())).context(ctx_err)?;
-    let u = j.narrow(1, n, n).and_then(|t| t.neg()).and_then(|t| t.reshape(out_shape)).context(ctx_err)?;
-    Ok((l, u))
+    // Per example, the units whose rows are run: all, or with `parent` (bounds that hold on the example's set,
+    // of a ReLU's input) only those it leaves unstable (`l < 0 < u`). A unit stable on the parent is stable on
+    // the example whatever its new bounds, and its bounds are the parent's (the caller intersects every
+    // computed bound with them), so its rows would change nothing but the cost.
+    let units: Option<Vec<Vec<usize>>> = match parent {
+        Some((pl, pu)) => {
+            let host = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1());
+            let (pl, pu): (Vec<f64>, Vec<f64>) = (host(pl).context(ctx_err)?, host(pu).context(ctx_err)?);
+            if pl.len() != b * n || pu.len() != b * n {
+                return Err(crate::error::Error::Usage("internal: parent bounds of the wrong size".into()));
+            }
+            // NaN compares false: such a unit is run.
+            Some(
+                (0..b).map(|e| (0..n).filter(|&j| !(pl[e * n + j] >= 0.0 || pu[e * n + j] <= 0.0)).collect()).collect(),
+            )
+        }
+        None => None,
+    };
+    let m = units.as_ref().map(|u| u.iter().map(|v| v.len()).max().unwrap_or(0)).unwrap_or(n);
+    let c = match &units {
+        None => unit_rows(set.center(), b, &node.shape, true).context(ctx_err)?,
+        Some(_) if m == 0 => {
+            // Every unit stable on every example: nothing to run.
+            let skip = Tensor::full(SKIPPED, out_shape.clone(), set.center().device())
+                .and_then(|t| t.to_dtype(set.center().dtype()))
+                .context(ctx_err)?;
+            return Ok((skip.neg().context(ctx_err)?, skip));
+        }
+        Some(units) => {
+            // Rows `e_j` then `−e_j` for the example's units, padded with the first of them (ignored).
+            let mut data = vec![0f64; b * 2 * m * n];
+            for (e, us) in units.iter().enumerate() {
+                for r in 0..m {
+                    let Some(&j) = us.get(r).or(us.first()) else { continue };
+                    data[(e * 2 * m + r) * n + j] = 1.0;
+                    data[(e * 2 * m + m + r) * n + j] = -1.0;
+                }
+            }
+            let mut shape = vec![b, 2 * m];
+            shape.extend_from_slice(&node.shape);
+            Tensor::from_vec(data, shape, set.center().device())
+                .and_then(|t| t.to_dtype(set.center().dtype()))
+                .context(ctx_err)?
+        }
+    };
+    // The rows in chunks of at most [`CROWN_CHUNK_BYTES`] of adjoints, the deadline checked before each: a wide
+    // layer's `2 n_z` rows are one pass of many seconds, and a time limit is kept to within one chunk.
+    let per_row = crown_bytes(model, z, b) / (2 * n).max(1) as f64;
+    let chunk = ((CROWN_CHUNK_BYTES / per_row.max(1.0)).floor() as usize).clamp(1, (2 * m).max(1));
+    let mut parts = Vec::with_capacity((2 * m).div_ceil(chunk));
+    for s in (0..2 * m).step_by(chunk) {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(crate::error::Error::Deadline);
+        }
+        let cs = c.narrow(1, s, chunk.min(2 * m - s)).context(ctx_err)?;
+        let (lin, rad) = super::objective::dual_pass(model, set, relax, Some(mags), z, &cs)?;
+        parts.push((&lin - &rad).context(ctx_err)?);
+    }
+    let j = match parts.len() {
+        1 => parts.pop().ok_or_else(|| crate::error::Error::Usage("internal: no rows".into()))?,
+        _ => Tensor::cat(&parts, 1).context(ctx_err)?,
+    };
+    let Some(units) = units else {
+        let l = j.narrow(1, 0, n).and_then(|t| t.reshape(out_shape.clone())).context(ctx_err)?;
+        let u = j.narrow(1, n, n).and_then(|t| t.neg()).and_then(|t| t.reshape(out_shape)).context(ctx_err)?;
+        return Ok((l, u));
+    };
+    // Scattered back; the skipped units get the sentinel (the parent's bounds replace it).
+    let jh: Vec<f64> =
+        j.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).context(ctx_err)?;
+    let (mut l, mut u) = (vec![-SKIPPED; b * n], vec![SKIPPED; b * n]);
+    for (e, us) in units.iter().enumerate() {
+        for (r, &jj) in us.iter().enumerate() {
+            l[e * n + jj] = jh[e * 2 * m + r];
+            u[e * n + jj] = -jh[e * 2 * m + m + r];
+        }
+    }
+    let t = |v: Vec<f64>| {
+        Tensor::from_vec(v, out_shape.clone(), set.center().device()).and_then(|t| t.to_dtype(set.center().dtype()))
+    };
+    Ok((t(l).context(ctx_err)?, t(u).context(ctx_err)?))
 }
+
+/// The bound [`crown_backward_bounds`] gives a unit whose rows it skipped (finite in f32, so that the
+/// intersection with the parent's bounds replaces it).
+const SKIPPED: f64 = 1e30;
 
 #[cfg(test)]
 mod tests {
