@@ -2,7 +2,7 @@
 //! - soundness: no sampled point, corner or PGD point of the set has a margin below the family's bound, and
 //!   every activation input lies within the family's layer bounds;
 //! - `crown` is never looser than `ibp`, example by example, and its layer bounds lie inside the interval ones
-//!   (they are intersected with them); `alpha` is never looser than `wk` or `crown`;
+//!   (they are intersected with them); `alpha` is never looser than `crown`;
 //! - at ε = 0 every family gives the clean margin;
 //! - the CROWN-IBP training bound is sound for every mix β and mixes the two margins linearly;
 //! - every affine op's interval rule encloses its linear map: `|A r'| <= |A| r` for every `|r'| <= r`.
@@ -79,11 +79,13 @@ fn check(idx: usize, seed: u64, eps: f64, norm: Norm, bounded: bool) {
     for (a, b) in crown.iter().flatten().zip(ibp.iter().flatten()) {
         assert!(*a >= b - 1e-9, "{name}: crown margin {a} below the interval margin {b}");
     }
-    // alpha >= max(wk, crown) per margin.
-    let wk: Vec<Vec<f64>> = certs[0].margin_lb.to_vec2().expect("wk");
+    // alpha >= crown per margin (it starts from crown's margins and keeps the best). No order with the `wk`
+    // family is claimed: alpha takes the `wk` objective on its own (tightened) layer bounds, and the `wk`
+    // family's on its own; a narrower interval does not always give a better single-slope line (hardtanh), and
+    // `wk`'s margin came out above alpha's by about 1e-3 for about one random seed in eight.
     let alpha: Vec<Vec<f64>> = certs[3].margin_lb.to_vec2().expect("alpha");
-    for ((a, w), c) in alpha.iter().flatten().zip(wk.iter().flatten()).zip(crown.iter().flatten()) {
-        assert!(*a >= w.max(*c) - 1e-9, "{name}: alpha margin {a} below wk {w} or crown {c}");
+    for (a, c) in alpha.iter().flatten().zip(crown.iter().flatten()) {
+        assert!(*a >= c - 1e-9, "{name}: alpha margin {a} below crown {c}");
     }
     for ((z, l, u), (z2, li, ui)) in certs[1].bounds.layers.iter().zip(&certs[2].bounds.layers) {
         assert_eq!(z, z2);

@@ -126,7 +126,8 @@ pub enum Family {
     Ibp,
     /// `crown` with the lower slopes and tangent points optimised per example, objective row and unit by
     /// projected gradient ascent, first on the bounds of the narrow layers, then on the margin bounds
-    /// ([`crate::dual::alpha`]); never below `crown` or `wk`.
+    /// ([`crate::dual::alpha`]); never below `crown`, nor below the `wk` objective on its own layer bounds
+    /// (the `wk` family's layer bounds are its own: either family may be the tighter).
     Alpha,
 }
 
