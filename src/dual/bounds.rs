@@ -1170,16 +1170,13 @@ fn projected_offset_source(
     Ok(Some(Source { vals, weight: Weight::Median { scale: 1.0, cauchy: true } }))
 }
 
-/// The objective rows `e_j` of every unit of a node of `shape`, for each of `b` examples: `[b, n, *shape]`, or
-/// with `both` the rows `e_j` then `−e_j`, `[b, 2n, *shape]`.
-fn unit_rows(like: &Tensor, b: usize, shape: &[usize], both: bool) -> candle_core::Result<Tensor> {
+/// The objective rows `e_j` of every unit of a node of `shape`, for each of `b` examples: `[b, n, *shape]`.
+fn unit_rows(like: &Tensor, b: usize, shape: &[usize]) -> candle_core::Result<Tensor> {
     let n: usize = shape.iter().product();
     let e = Tensor::eye(n, like.dtype(), like.device())?;
-    let e = if both { Tensor::cat(&[&e, &e.neg()?], 0)? } else { e };
-    let rows = e.dims()[0];
-    let mut full = vec![b, rows];
+    let mut full = vec![b, n];
     full.extend_from_slice(shape);
-    e.unsqueeze(0)?.broadcast_as((b, rows, n))?.contiguous()?.reshape(full)
+    e.unsqueeze(0)?.broadcast_as((b, n, n))?.contiguous()?.reshape(full)
 }
 
 /// Bounds of `z` from the dual network run backwards from it with `c = e_j` for each of its units
@@ -1194,7 +1191,7 @@ fn backward_bounds(
 ) -> Result<(Tensor, Tensor)> {
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
-    let c = unit_rows(set.center(), b, &node.shape, false).context(ctx_err)?;
+    let c = unit_rows(set.center(), b, &node.shape).context(ctx_err)?;
     // Layer bounds use one slope per unit (the lines of [`Relaxation::single_slope`]): then the dual of `-c` is
     // minus the dual of `c`, and one pass gives both bounds. (CROWN's own lower slopes would need a second pass,
     // from `-c`, for each layer; measured on `mnist_small`, they certify no more than these bounds intersected
@@ -1208,8 +1205,9 @@ fn backward_bounds(
     Ok((l, u))
 }
 
-/// Bounds of node `z` from the dual network run backwards with the relaxations' own lower lines (CROWN): the
-/// rows `e_i` give the lower bounds and the rows `-e_i` the upper ones, in one pass of `2n` objectives.
+/// Bounds of node `z` from the dual network run backwards with the relaxations' own lower lines (CROWN): per
+/// example, the rows `e_j` give the lower bounds and the rows `-e_j` the upper ones, for every unit, or with
+/// `parent` only for the units it leaves unstable; the rows are built and run a chunk at a time.
 #[allow(clippy::too_many_arguments)]
 fn crown_backward_bounds(
     model: &Model,
@@ -1224,13 +1222,14 @@ fn crown_backward_bounds(
     let node = model.graph.node(z);
     let ctx_err = || format!("bounds of `{}`", node.name);
     let n: usize = node.shape.iter().product();
+    let (dt, dev) = (set.center().dtype(), set.center().device());
     let mut out_shape = vec![b];
     out_shape.extend_from_slice(&node.shape);
     // Per example, the units whose rows are run: all, or with `parent` (bounds that hold on the example's set,
     // of a ReLU's input) only those it leaves unstable (`l < 0 < u`). A unit stable on the parent is stable on
     // the example whatever its new bounds, and its bounds are the parent's (the caller intersects every
     // computed bound with them), so its rows would change nothing but the cost.
-    let units: Option<Vec<Vec<usize>>> = match parent {
+    let units: Vec<Vec<usize>> = match parent {
         Some((pl, pu)) => {
             let host = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1());
             let (pl, pu): (Vec<f64>, Vec<f64>) = (host(pl).context(ctx_err)?, host(pu).context(ctx_err)?);
@@ -1238,74 +1237,54 @@ fn crown_backward_bounds(
                 return Err(crate::error::Error::Usage("internal: parent bounds of the wrong size".into()));
             }
             // NaN compares false: such a unit is run.
-            Some(
-                (0..b).map(|e| (0..n).filter(|&j| !(pl[e * n + j] >= 0.0 || pu[e * n + j] <= 0.0)).collect()).collect(),
-            )
+            (0..b).map(|e| (0..n).filter(|&j| !(pl[e * n + j] >= 0.0 || pu[e * n + j] <= 0.0)).collect()).collect()
         }
-        None => None,
+        None => vec![(0..n).collect(); b],
     };
-    let m = units.as_ref().map(|u| u.iter().map(|v| v.len()).max().unwrap_or(0)).unwrap_or(n);
-    let c = match &units {
-        None => unit_rows(set.center(), b, &node.shape, true).context(ctx_err)?,
-        Some(_) if m == 0 => {
-            // Every unit stable on every example: nothing to run.
-            let skip = Tensor::full(SKIPPED, out_shape.clone(), set.center().device())
-                .and_then(|t| t.to_dtype(set.center().dtype()))
-                .context(ctx_err)?;
-            return Ok((skip.neg().context(ctx_err)?, skip));
-        }
-        Some(units) => {
-            // Rows `e_j` then `−e_j` for the example's units, padded with the first of them (ignored).
-            let mut data = vec![0f64; b * 2 * m * n];
-            for (e, us) in units.iter().enumerate() {
-                for r in 0..m {
-                    let Some(&j) = us.get(r).or(us.first()) else { continue };
-                    data[(e * 2 * m + r) * n + j] = 1.0;
-                    data[(e * 2 * m + m + r) * n + j] = -1.0;
+    // `2m` rows per example: `e_j` for its units, then `−e_j`, each list padded with its first unit (ignored).
+    let m = units.iter().map(|v| v.len()).max().unwrap_or(0);
+    let rows = |s: usize, len: usize| -> candle_core::Result<Tensor> {
+        let mut data = vec![0f64; b * len * n];
+        for (e, us) in units.iter().enumerate() {
+            for r in s..s + len {
+                let (k, sign) = if r < m { (r, 1.0) } else { (r - m, -1.0) };
+                if let Some(&j) = us.get(k).or(us.first()) {
+                    data[(e * len + r - s) * n + j] = sign;
                 }
             }
-            let mut shape = vec![b, 2 * m];
-            shape.extend_from_slice(&node.shape);
-            Tensor::from_vec(data, shape, set.center().device())
-                .and_then(|t| t.to_dtype(set.center().dtype()))
-                .context(ctx_err)?
         }
+        let mut shape = vec![b, len];
+        shape.extend_from_slice(&node.shape);
+        Tensor::from_vec(data, shape, dev)?.to_dtype(dt)
     };
     // The rows in chunks of at most [`CROWN_CHUNK_BYTES`] of adjoints, the deadline checked before each: a wide
     // layer's `2 n_z` rows are one pass of many seconds, and a time limit is kept to within one chunk.
     let per_row = crown_bytes(model, z, b) / (2 * n).max(1) as f64;
     let chunk = ((CROWN_CHUNK_BYTES / per_row.max(1.0)).floor() as usize).clamp(1, (2 * m).max(1));
-    let mut parts = Vec::with_capacity((2 * m).div_ceil(chunk));
+    // Per example, the `2m` values `lin − rad`, chunk by chunk.
+    let mut jh = vec![0f64; b * 2 * m];
     for s in (0..2 * m).step_by(chunk) {
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return Err(crate::error::Error::Deadline);
         }
-        let cs = c.narrow(1, s, chunk.min(2 * m - s)).context(ctx_err)?;
+        let len = chunk.min(2 * m - s);
+        let cs = rows(s, len).context(ctx_err)?;
         let (lin, rad) = super::objective::dual_pass(model, set, relax, Some(mags), z, &cs)?;
-        parts.push((&lin - &rad).context(ctx_err)?);
-    }
-    let j = match parts.len() {
-        1 => parts.pop().ok_or_else(|| crate::error::Error::Usage("internal: no rows".into()))?,
-        _ => Tensor::cat(&parts, 1).context(ctx_err)?,
-    };
-    let Some(units) = units else {
-        let l = j.narrow(1, 0, n).and_then(|t| t.reshape(out_shape.clone())).context(ctx_err)?;
-        let u = j.narrow(1, n, n).and_then(|t| t.neg()).and_then(|t| t.reshape(out_shape)).context(ctx_err)?;
-        return Ok((l, u));
-    };
-    // Scattered back; the skipped units get the sentinel (the parent's bounds replace it).
-    let jh: Vec<f64> =
-        j.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).context(ctx_err)?;
-    let (mut l, mut u) = (vec![-SKIPPED; b * n], vec![SKIPPED; b * n]);
-    for (e, us) in units.iter().enumerate() {
-        for (r, &jj) in us.iter().enumerate() {
-            l[e * n + jj] = jh[e * 2 * m + r];
-            u[e * n + jj] = -jh[e * 2 * m + m + r];
+        let part: Vec<f64> =
+            (&lin - &rad).and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.to_vec2()).context(ctx_err)?.concat();
+        for e in 0..b {
+            jh[e * 2 * m + s..][..len].copy_from_slice(&part[e * len..][..len]);
         }
     }
-    let t = |v: Vec<f64>| {
-        Tensor::from_vec(v, out_shape.clone(), set.center().device()).and_then(|t| t.to_dtype(set.center().dtype()))
-    };
+    // Scattered back; the skipped units get the sentinel (the parent's bounds replace it).
+    let (mut l, mut u) = (vec![-SKIPPED; b * n], vec![SKIPPED; b * n]);
+    for (e, us) in units.iter().enumerate() {
+        for (r, &j) in us.iter().enumerate() {
+            l[e * n + j] = jh[e * 2 * m + r];
+            u[e * n + j] = -jh[e * 2 * m + m + r];
+        }
+    }
+    let t = |v: Vec<f64>| Tensor::from_vec(v, out_shape.clone(), dev).and_then(|t| t.to_dtype(dt));
     Ok((t(l).context(ctx_err)?, t(u).context(ctx_err)?))
 }
 
