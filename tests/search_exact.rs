@@ -309,3 +309,129 @@ fn layer_bounds_given_a_parent_keep_its_stable_units_and_hold() {
     }
     assert!(skipped > 0, "no stable unit: the test would not exercise the skipped rows");
 }
+
+/// Whether some point of the box makes class `t` beat every other class by at least `shift` (`y_t − y_j ≥ shift`
+/// for all `j ≠ t`): one linear program per feasible activation pattern, enumerated as in [`exact_min_margins`].
+fn target_reachable(layers: &Layers, lo: &[f64], hi: &[f64], t: usize, shift: f64) -> bool {
+    let n = lo.len();
+    let inputs: Vec<Affine> = (0..n)
+        .map(|i| {
+            let mut a = vec![0.0; n];
+            a[i] = 1.0;
+            Affine { a, b: 0.0 }
+        })
+        .collect();
+    #[allow(clippy::too_many_arguments)]
+    fn go(
+        layers: &Layers,
+        li: usize,
+        prev: &[Affine],
+        cur: &mut Vec<Affine>,
+        cons: &mut Vec<Affine>,
+        lo: &[f64],
+        hi: &[f64],
+        t: usize,
+        shift: f64,
+    ) -> bool {
+        let n = lo.len();
+        let (w, b) = &layers[li];
+        let zero = Affine { a: vec![0.0; n], b: 0.0 };
+        if li + 1 == layers.len() {
+            let out: Vec<Affine> = w
+                .iter()
+                .zip(b)
+                .map(|(row, bj)| {
+                    let terms: Vec<(f64, &Affine)> = row.iter().copied().zip(prev.iter()).collect();
+                    Affine::combine(&terms, *bj, n)
+                })
+                .collect();
+            let mut all = cons.clone();
+            for j in (0..out.len()).filter(|j| *j != t) {
+                all.push(Affine::combine(&[(1.0, &out[t]), (-1.0, &out[j])], -shift, n));
+            }
+            return lp_min(&zero, &all, lo, hi).is_some();
+        }
+        let j = cur.len();
+        if j == w.len() {
+            let next = std::mem::take(cur);
+            let r = go(layers, li + 1, &next, &mut Vec::new(), cons, lo, hi, t, shift);
+            *cur = next;
+            return r;
+        }
+        let terms: Vec<(f64, &Affine)> = w[j].iter().copied().zip(prev.iter()).collect();
+        let z = Affine::combine(&terms, b[j], n);
+        let neg = Affine { a: z.a.iter().map(|v| -v).collect(), b: -z.b };
+        for (constraint, post) in [(z.clone(), z.clone()), (neg, zero.clone())] {
+            cons.push(constraint);
+            let mut found = false;
+            if lp_min(&zero, cons, lo, hi).is_some() {
+                cur.push(post);
+                found = go(layers, li, prev, cur, cons, lo, hi, t, shift);
+                cur.pop();
+            }
+            cons.pop();
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+    go(layers, 0, &inputs, &mut Vec::new(), &mut Vec::new(), lo, hi, t, shift)
+}
+
+/// A targeted property (one disjunct, a conjunction of rows: `y_t ≥ y_j` for every `j ≠ t`), as the
+/// `marabou-cifar10` benchmark writes them. Below the root, branch and bound optimises only the best row of a
+/// conjunction per domain (the others keep their one-pass and parent's margins): every answer must still agree
+/// with the exact one, and most properties must be answered.
+#[test]
+fn branch_and_bound_on_conjunctions_agrees_with_the_exact_answer() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4242);
+    let opts = SearchOptions { branching: Branching::Relu, ..Default::default() };
+    let (mut cases, mut answered, mut proved, mut violated) = (0, 0, 0, 0);
+    for case in 0..48 {
+        let n = 2 + case % 4;
+        let layers = random_layers(n, &mut rng);
+        let spec = mlp_spec(&[n, 6, 6, 3]);
+        let model = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F32);
+        let exact = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F64);
+        let center: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect();
+        let radius = [0.1, 0.3, 0.6][case % 3];
+        let lo: Vec<f64> = center.iter().map(|c| c - radius).collect();
+        let hi: Vec<f64> = center.iter().map(|c| c + radius).collect();
+        let f = forward(&layers, &center);
+        let y = (0..3).max_by(|a, b| f[*a].total_cmp(&f[*b])).expect("label");
+        let t = (y + 1 + case % 2) % 3;
+        // Away from the boundary: reachable with a margin of 1e-4 to spare, or not even 1e-4 short of it.
+        let reachable = target_reachable(&layers, &lo, &hi, t, 1e-4);
+        if !reachable && target_reachable(&layers, &lo, &hi, t, -1e-4) {
+            continue;
+        }
+        cases += 1;
+        violated += usize::from(reachable);
+        let disjuncts = vec![(0..3)
+            .filter(|j| *j != t)
+            .map(|j| Constraint { coef: vec![(t, 1.0), (j, -1.0)], offset: 0.0, strict: false })
+            .collect::<Vec<_>>()];
+        let p = Problem { model: &model, exact: &exact, lo: &lo, hi: &hi, disjuncts: &disjuncts };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (v, stats) = search(&p, &opts, deadline, None).expect("search");
+        match v {
+            Verdict::Proved => {
+                assert!(!reachable, "case {case}: proved, but class {t} can win on the box ({stats:?})");
+                answered += 1;
+                proved += 1;
+            }
+            Verdict::Counterexample { x, y: out } => {
+                assert!(reachable, "case {case}: a counterexample, but class {t} cannot win on the box");
+                assert!(x.iter().zip(&lo).zip(&hi).all(|((v, a), b)| a <= v && v <= b));
+                assert!((0..3).all(|j| out[t] >= out[j]));
+                answered += 1;
+            }
+            Verdict::Unknown { .. } | Verdict::Timeout { .. } => {}
+        }
+    }
+    println!("{cases} targeted properties ({violated} reachable); answered {answered}, proved {proved}");
+    assert!(cases >= 30, "too few properties away from the boundary: {cases}");
+    assert!(violated >= 3 && cases - violated >= 3, "the cases should mix both answers: {violated} of {cases}");
+    assert!(answered * 10 >= cases * 9, "answered {answered} of {cases}");
+}

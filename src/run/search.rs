@@ -646,9 +646,37 @@ impl Ctx<'_> {
                 r => r?,
             }
         }
-        let warm_in = self.warm_of(doms, &active)?;
+        // The rows the ascent optimises: at the root every active row; below it, per open disjunct of every
+        // domain, the row whose margin was best on the domain's parent. A disjunct is refuted by any one of its
+        // rows, so the others (of a conjunction of many output constraints) keep their one-pass and parent's
+        // margins, both sound; the ascent's cost is per row.
+        let asc: Vec<usize> = match doms.iter().all(|d| d.margins.is_some()) {
+            false => active.clone(),
+            true => {
+                let mut keep = vec![false; self.rows.len()];
+                for d in doms {
+                    let Some(pm) = &d.margins else { continue };
+                    for (di, _) in d.open.iter().enumerate().filter(|(_, o)| **o) {
+                        let best = (0..self.rows.len())
+                            .filter(|ri| self.rows[*ri].0 == di)
+                            .max_by(|a, b| pm[*a].total_cmp(&pm[*b]));
+                        if let Some(ri) = best {
+                            keep[ri] = true;
+                        }
+                    }
+                }
+                let asc: Vec<usize> = active.iter().copied().filter(|ri| keep[*ri]).collect();
+                if asc.is_empty() {
+                    active.clone()
+                } else {
+                    asc
+                }
+            }
+        };
+        let asc_pos: Vec<usize> = asc.iter().filter_map(|ri| pos[*ri]).collect();
+        let warm_in = self.warm_of(doms, &asc)?;
         // Split multipliers (β-CROWN) with the lower slopes, on the domains' ReLU splits at 0.
-        let (lb, warm_out) = match (self.opts.beta_iters, self.input_split, any_split || alpha_root) {
+        let (lb_opt, warm_out) = match (self.opts.beta_iters, self.input_split, any_split || alpha_root) {
             (iters, false, true) if iters > 0 => {
                 let iters = if alpha_root { self.opts.alpha.0.max(iters) } else { iters };
                 let mut signs = std::collections::HashMap::new();
@@ -671,13 +699,21 @@ impl Ctx<'_> {
                         signs.insert(*z, t);
                     }
                 }
+                let (c, lb_a) = match asc.len() == active.len() {
+                    true => (c.clone(), lb.clone()),
+                    false => {
+                        let idx: Vec<u32> = asc_pos.iter().map(|p| *p as u32).collect();
+                        let idx = Tensor::from_vec(idx, asc.len(), dev).context(ctx_err)?;
+                        (c.index_select(&idx, 1).context(ctx_err)?, lb.index_select(&idx, 1).context(ctx_err)?)
+                    }
+                };
                 let c = c.to_dtype(dt).context(ctx_err)?;
                 crate::dual::alpha::optimised_split_margins(
                     model,
                     &set,
                     &bounds,
                     &c,
-                    &lb,
+                    &lb_a,
                     &signs,
                     iters,
                     self.opts.beta_lr,
@@ -685,13 +721,25 @@ impl Ctx<'_> {
                     Some(self.deadline),
                 )?
             }
-            _ => (lb, None),
+            _ => (lb.clone(), None),
         };
         let mut warm_host = match (&warm_out, self.opts.alpha_root) {
-            (Some(w), true) => self.warm_to_host(w, nd, &active)?,
+            (Some(w), true) => self.warm_to_host(w, nd, &asc)?,
             _ => vec![None; nd],
         };
-        let lb = host_rows(&lb)?;
+        // The one-pass margins, with the ascent's (each at least as good on its row) in their places.
+        let lb = match lb_opt.dims()[1] == active.len() {
+            true => host_rows(&lb_opt)?,
+            false => {
+                let mut all = host_rows(&lb)?;
+                for (row, opt) in all.iter_mut().zip(host_rows(&lb_opt)?) {
+                    for (p, v) in asc_pos.iter().zip(opt) {
+                        row[*p] = v;
+                    }
+                }
+                all
+            }
+        };
         let mut lay: Vec<Vec<(Vec<f64>, Vec<f64>)>> = vec![Vec::new(); nd];
         for z in &self.layers.z {
             let (l, u) = bounds.of(*z).ok_or_else(|| Error::Usage("internal: layer bounds missing".into()))?;
