@@ -382,20 +382,20 @@ fn target_reachable(layers: &Layers, lo: &[f64], hi: &[f64], t: usize, shift: f6
 /// A targeted property (one disjunct, a conjunction of rows: `y_t ≥ y_j` for every `j ≠ t`), as the
 /// `marabou-cifar10` benchmark writes them. Below the root, branch and bound optimises only the best row of a
 /// conjunction per domain (the others keep their one-pass and parent's margins): every answer must still agree
-/// with the exact one, and most properties must be answered.
+/// with the exact one, and at least 85% of the properties must be answered.
 #[test]
 fn branch_and_bound_on_conjunctions_agrees_with_the_exact_answer() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(4242);
     let opts = SearchOptions { branching: Branching::Relu, ..Default::default() };
-    let (mut cases, mut answered, mut proved, mut violated) = (0, 0, 0, 0);
-    for case in 0..48 {
+    let (mut cases, mut answered, mut proved, mut violated, mut branched) = (0, 0, 0, 0, 0);
+    for case in 0..72 {
         let n = 2 + case % 4;
         let layers = random_layers(n, &mut rng);
         let spec = mlp_spec(&[n, 6, 6, 3]);
         let model = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F32);
         let exact = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F64);
         let center: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect();
-        let radius = [0.1, 0.3, 0.6][case % 3];
+        let radius = [0.3, 0.6, 1.0][case % 3];
         let lo: Vec<f64> = center.iter().map(|c| c - radius).collect();
         let hi: Vec<f64> = center.iter().map(|c| c + radius).collect();
         let f = forward(&layers, &center);
@@ -415,6 +415,7 @@ fn branch_and_bound_on_conjunctions_agrees_with_the_exact_answer() {
         let p = Problem { model: &model, exact: &exact, lo: &lo, hi: &hi, disjuncts: &disjuncts };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let (v, stats) = search(&p, &opts, deadline, None).expect("search");
+        branched += usize::from(stats.domains > 1);
         match v {
             Verdict::Proved => {
                 assert!(!reachable, "case {case}: proved, but class {t} can win on the box ({stats:?})");
@@ -430,8 +431,9 @@ fn branch_and_bound_on_conjunctions_agrees_with_the_exact_answer() {
             Verdict::Unknown { .. } | Verdict::Timeout { .. } => {}
         }
     }
-    println!("{cases} targeted properties ({violated} reachable); answered {answered}, proved {proved}");
+    println!("{cases} targeted properties ({violated} reachable, {branched} split); answered {answered}, proved {proved}");
+    assert!(branched >= 5, "too few properties needed splits: {branched}");
     assert!(cases >= 30, "too few properties away from the boundary: {cases}");
     assert!(violated >= 3 && cases - violated >= 3, "the cases should mix both answers: {violated} of {cases}");
-    assert!(answered * 10 >= cases * 9, "answered {answered} of {cases}");
+    assert!(answered * 100 >= cases * 85, "answered {answered} of {cases}");
 }
