@@ -57,9 +57,11 @@ fn lp_min(f: &Affine, cons: &[Affine], lo: &[f64], hi: &[f64]) -> Option<f64> {
     }
 }
 
-/// The exact minimum over the box of every margin `f_y − f_j` (index `j`; `+∞` at `y`), by enumerating the
-/// feasible activation patterns.
-fn exact_min_margins(layers: &Layers, lo: &[f64], hi: &[f64], y: usize) -> Vec<f64> {
+/// Every feasible activation pattern of the network on the box: `visit(out, cons)` gets the outputs as affine
+/// functions of the input on the pattern's region and the region's constraints (`g(x) ≥ 0`); the enumeration
+/// stops once `visit` returns true. A pattern is entered only when its region so far is feasible (one linear
+/// program per branch).
+fn for_each_pattern(layers: &Layers, lo: &[f64], hi: &[f64], visit: &mut dyn FnMut(&[Affine], &[Affine]) -> bool) {
     let n = lo.len();
     let inputs: Vec<Affine> = (0..n)
         .map(|i| {
@@ -68,9 +70,6 @@ fn exact_min_margins(layers: &Layers, lo: &[f64], hi: &[f64], y: usize) -> Vec<f
             Affine { a, b: 0.0 }
         })
         .collect();
-    let k = layers.last().expect("layers").1.len();
-    let mut best = vec![f64::INFINITY; k];
-    // Depth-first: layer `li`, unit `j`, the post-activations of the finished layers' units so far.
     #[allow(clippy::too_many_arguments)]
     fn go(
         layers: &Layers,
@@ -80,13 +79,12 @@ fn exact_min_margins(layers: &Layers, lo: &[f64], hi: &[f64], y: usize) -> Vec<f
         cons: &mut Vec<Affine>,
         lo: &[f64],
         hi: &[f64],
-        y: usize,
-        best: &mut [f64],
-    ) {
+        visit: &mut dyn FnMut(&[Affine], &[Affine]) -> bool,
+    ) -> bool {
         let n = lo.len();
         let (w, b) = &layers[li];
+        let zero = Affine { a: vec![0.0; n], b: 0.0 };
         if li + 1 == layers.len() {
-            // The output layer: affine outputs, the margins' minima on this pattern.
             let out: Vec<Affine> = w
                 .iter()
                 .zip(b)
@@ -95,39 +93,51 @@ fn exact_min_margins(layers: &Layers, lo: &[f64], hi: &[f64], y: usize) -> Vec<f
                     Affine::combine(&terms, *bj, n)
                 })
                 .collect();
-            for j in 0..out.len() {
-                if j == y {
-                    continue;
-                }
-                let m = Affine::combine(&[(1.0, &out[y]), (-1.0, &out[j])], 0.0, n);
-                if let Some(v) = lp_min(&m, cons, lo, hi) {
-                    best[j] = best[j].min(v);
-                }
-            }
-            return;
+            return visit(&out, cons);
         }
         let j = cur.len();
         if j == w.len() {
             let next = std::mem::take(cur);
-            go(layers, li + 1, &next, &mut Vec::new(), cons, lo, hi, y, best);
+            let stop = go(layers, li + 1, &next, &mut Vec::new(), cons, lo, hi, visit);
             *cur = next;
-            return;
+            return stop;
         }
         let terms: Vec<(f64, &Affine)> = w[j].iter().copied().zip(prev.iter()).collect();
         let z = Affine::combine(&terms, b[j], n);
         let neg = Affine { a: z.a.iter().map(|v| -v).collect(), b: -z.b };
-        let zero = Affine { a: vec![0.0; n], b: 0.0 };
-        for (constraint, post) in [(z.clone(), z.clone()), (neg, zero)] {
+        for (constraint, post) in [(z.clone(), z.clone()), (neg, zero.clone())] {
             cons.push(constraint);
-            if lp_min(&Affine { a: vec![0.0; n], b: 0.0 }, cons, lo, hi).is_some() {
+            let mut stop = false;
+            if lp_min(&zero, cons, lo, hi).is_some() {
                 cur.push(post);
-                go(layers, li, prev, cur, cons, lo, hi, y, best);
+                stop = go(layers, li, prev, cur, cons, lo, hi, visit);
                 cur.pop();
             }
             cons.pop();
+            if stop {
+                return true;
+            }
         }
+        false
     }
-    go(layers, 0, &inputs, &mut Vec::new(), &mut Vec::new(), lo, hi, y, &mut best);
+    go(layers, 0, &inputs, &mut Vec::new(), &mut Vec::new(), lo, hi, visit);
+}
+
+/// The exact minimum over the box of every margin `f_y − f_j` (index `j`; `+∞` at `y`), by enumerating the
+/// feasible activation patterns.
+fn exact_min_margins(layers: &Layers, lo: &[f64], hi: &[f64], y: usize) -> Vec<f64> {
+    let n = lo.len();
+    let k = layers.last().expect("layers").1.len();
+    let mut best = vec![f64::INFINITY; k];
+    for_each_pattern(layers, lo, hi, &mut |out, cons| {
+        for j in (0..out.len()).filter(|j| *j != y) {
+            let m = Affine::combine(&[(1.0, &out[y]), (-1.0, &out[j])], 0.0, n);
+            if let Some(v) = lp_min(&m, cons, lo, hi) {
+                best[j] = best[j].min(v);
+            }
+        }
+        false
+    });
     best
 }
 
@@ -157,6 +167,30 @@ fn forward(layers: &Layers, x: &[f64]) -> Vec<f64> {
     h
 }
 
+/// A random `[n, 6, 6, 3]` ReLU network (f32-exact weights, as an f32 and an f64 model), a box of the given
+/// radius around a random centre, and the label the network gives the centre.
+struct Case {
+    layers: Layers,
+    model: dualnet::dual::Model,
+    exact: dualnet::dual::Model,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    y: usize,
+}
+
+fn random_case(n: usize, radius: f64, rng: &mut impl Rng) -> Case {
+    let layers = random_layers(n, rng);
+    let spec = mlp_spec(&[n, 6, 6, 3]);
+    let model = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F32);
+    let exact = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F64);
+    let center: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect();
+    let lo: Vec<f64> = center.iter().map(|c| c - radius).collect();
+    let hi: Vec<f64> = center.iter().map(|c| c + radius).collect();
+    let f = forward(&layers, &center);
+    let y = (0..3).max_by(|a, b| f[*a].total_cmp(&f[*b])).expect("label");
+    Case { layers, model, exact, lo, hi, y }
+}
+
 #[test]
 fn branch_and_bound_agrees_with_the_exact_answer() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
@@ -174,16 +208,7 @@ fn branch_and_bound_agrees_with_the_exact_answer() {
     let mut violated = 0;
     for case in 0..72 {
         let n = 2 + case % 5;
-        let layers = random_layers(n, &mut rng);
-        let spec = mlp_spec(&[n, 6, 6, 3]);
-        let model = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F32);
-        let exact = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F64);
-        let center: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect();
-        let radius = [0.05, 0.2, 0.5][case % 3];
-        let lo: Vec<f64> = center.iter().map(|c| c - radius).collect();
-        let hi: Vec<f64> = center.iter().map(|c| c + radius).collect();
-        let f = forward(&layers, &center);
-        let y = (0..3).max_by(|a, b| f[*a].total_cmp(&f[*b])).expect("label");
+        let Case { layers, model, exact, lo, hi, y } = random_case(n, [0.05, 0.2, 0.5][case % 3], &mut rng);
         let mins = exact_min_margins(&layers, &lo, &hi, y);
         let exact_min = mins.iter().copied().fold(f64::INFINITY, f64::min);
         if exact_min.abs() < 1e-4 {
@@ -311,72 +336,20 @@ fn layer_bounds_given_a_parent_keep_its_stable_units_and_hold() {
 }
 
 /// Whether some point of the box makes class `t` beat every other class by at least `shift` (`y_t − y_j ≥ shift`
-/// for all `j ≠ t`): one linear program per feasible activation pattern, enumerated as in [`exact_min_margins`].
+/// for all `j ≠ t`): one linear program per feasible activation pattern ([`for_each_pattern`]).
 fn target_reachable(layers: &Layers, lo: &[f64], hi: &[f64], t: usize, shift: f64) -> bool {
     let n = lo.len();
-    let inputs: Vec<Affine> = (0..n)
-        .map(|i| {
-            let mut a = vec![0.0; n];
-            a[i] = 1.0;
-            Affine { a, b: 0.0 }
-        })
-        .collect();
-    #[allow(clippy::too_many_arguments)]
-    fn go(
-        layers: &Layers,
-        li: usize,
-        prev: &[Affine],
-        cur: &mut Vec<Affine>,
-        cons: &mut Vec<Affine>,
-        lo: &[f64],
-        hi: &[f64],
-        t: usize,
-        shift: f64,
-    ) -> bool {
-        let n = lo.len();
-        let (w, b) = &layers[li];
-        let zero = Affine { a: vec![0.0; n], b: 0.0 };
-        if li + 1 == layers.len() {
-            let out: Vec<Affine> = w
-                .iter()
-                .zip(b)
-                .map(|(row, bj)| {
-                    let terms: Vec<(f64, &Affine)> = row.iter().copied().zip(prev.iter()).collect();
-                    Affine::combine(&terms, *bj, n)
-                })
-                .collect();
-            let mut all = cons.clone();
-            for j in (0..out.len()).filter(|j| *j != t) {
-                all.push(Affine::combine(&[(1.0, &out[t]), (-1.0, &out[j])], -shift, n));
-            }
-            return lp_min(&zero, &all, lo, hi).is_some();
+    let zero = Affine { a: vec![0.0; n], b: 0.0 };
+    let mut found = false;
+    for_each_pattern(layers, lo, hi, &mut |out, cons| {
+        let mut all = cons.to_vec();
+        for j in (0..out.len()).filter(|j| *j != t) {
+            all.push(Affine::combine(&[(1.0, &out[t]), (-1.0, &out[j])], -shift, n));
         }
-        let j = cur.len();
-        if j == w.len() {
-            let next = std::mem::take(cur);
-            let r = go(layers, li + 1, &next, &mut Vec::new(), cons, lo, hi, t, shift);
-            *cur = next;
-            return r;
-        }
-        let terms: Vec<(f64, &Affine)> = w[j].iter().copied().zip(prev.iter()).collect();
-        let z = Affine::combine(&terms, b[j], n);
-        let neg = Affine { a: z.a.iter().map(|v| -v).collect(), b: -z.b };
-        for (constraint, post) in [(z.clone(), z.clone()), (neg, zero.clone())] {
-            cons.push(constraint);
-            let mut found = false;
-            if lp_min(&zero, cons, lo, hi).is_some() {
-                cur.push(post);
-                found = go(layers, li, prev, cur, cons, lo, hi, t, shift);
-                cur.pop();
-            }
-            cons.pop();
-            if found {
-                return true;
-            }
-        }
-        false
-    }
-    go(layers, 0, &inputs, &mut Vec::new(), &mut Vec::new(), lo, hi, t, shift)
+        found = lp_min(&zero, &all, lo, hi).is_some();
+        found
+    });
+    found
 }
 
 /// A targeted property (one disjunct, a conjunction of rows: `y_t ≥ y_j` for every `j ≠ t`), as the
@@ -390,16 +363,7 @@ fn branch_and_bound_on_conjunctions_agrees_with_the_exact_answer() {
     let (mut cases, mut answered, mut proved, mut violated, mut branched) = (0, 0, 0, 0, 0);
     for case in 0..72 {
         let n = 2 + case % 4;
-        let layers = random_layers(n, &mut rng);
-        let spec = mlp_spec(&[n, 6, 6, 3]);
-        let model = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F32);
-        let exact = mlp_model(&spec, &["l0", "l1", "l2"], &layers, DType::F64);
-        let center: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect();
-        let radius = [0.3, 0.6, 1.0][case % 3];
-        let lo: Vec<f64> = center.iter().map(|c| c - radius).collect();
-        let hi: Vec<f64> = center.iter().map(|c| c + radius).collect();
-        let f = forward(&layers, &center);
-        let y = (0..3).max_by(|a, b| f[*a].total_cmp(&f[*b])).expect("label");
+        let Case { layers, model, exact, lo, hi, y } = random_case(n, [0.3, 0.6, 1.0][case % 3], &mut rng);
         let t = (y + 1 + case % 2) % 3;
         // Away from the boundary: reachable with a margin of 1e-4 to spare, or not even 1e-4 short of it.
         let reachable = target_reachable(&layers, &lo, &hi, t, 1e-4);
@@ -431,7 +395,9 @@ fn branch_and_bound_on_conjunctions_agrees_with_the_exact_answer() {
             Verdict::Unknown { .. } | Verdict::Timeout { .. } => {}
         }
     }
-    println!("{cases} targeted properties ({violated} reachable, {branched} split); answered {answered}, proved {proved}");
+    println!(
+        "{cases} targeted properties ({violated} reachable, {branched} split); answered {answered}, proved {proved}"
+    );
     assert!(branched >= 5, "too few properties needed splits: {branched}");
     assert!(cases >= 30, "too few properties away from the boundary: {cases}");
     assert!(violated >= 3 && cases - violated >= 3, "the cases should mix both answers: {violated} of {cases}");
