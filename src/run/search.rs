@@ -654,16 +654,17 @@ impl Ctx<'_> {
             false => active.clone(),
             true => {
                 let mut keep = vec![false; self.rows.len()];
+                let mut best: Vec<Option<usize>> = vec![None; self.p.disjuncts.len()];
                 for d in doms {
                     let Some(pm) = &d.margins else { continue };
-                    for (di, _) in d.open.iter().enumerate().filter(|(_, o)| **o) {
-                        let best = (0..self.rows.len())
-                            .filter(|ri| self.rows[*ri].0 == di)
-                            .max_by(|a, b| pm[*a].total_cmp(&pm[*b]));
-                        if let Some(ri) = best {
-                            keep[ri] = true;
+                    // One pass over the rows: per open disjunct, the last of its best rows.
+                    best.iter_mut().for_each(|b| *b = None);
+                    for (ri, (di, _)) in self.rows.iter().enumerate().filter(|(_, (di, _))| d.open[*di]) {
+                        if best[*di].is_none_or(|b| pm[ri].total_cmp(&pm[b]).is_ge()) {
+                            best[*di] = Some(ri);
                         }
                     }
+                    best.iter().flatten().for_each(|ri| keep[*ri] = true);
                 }
                 let asc: Vec<usize> = active.iter().copied().filter(|ri| keep[*ri]).collect();
                 if asc.is_empty() {
