@@ -82,6 +82,30 @@ fn mnist_train_split_loads() {
     assert_eq!(mnist::load(&dir, Split::Test).unwrap(), mnist::load(&mnist_dir(), Split::Test).unwrap());
 }
 
+/// CIFAR-10 as the shared JPEGs (`test.tar.gz`: `test/<class>/<n>.jpg`), when present: 1000 per class, the
+/// classes interleaved (image i has label i mod 10 while every class still has images).
+#[test]
+fn cifar10_jpeg_test_split_loads() {
+    let Some(dir) = common::shared("data/cifar10-jpeg", "the CIFAR-10 JPEG check") else { return };
+    let d = data::load("cifar10", &dir, Split::Test).unwrap();
+    assert_eq!(d.len(), 10_000);
+    assert_eq!(d.shape, [3, 32, 32]);
+    let mut counts = [0usize; 10];
+    for &l in &d.labels {
+        counts[usize::from(l)] += 1;
+    }
+    assert_eq!(counts, [1000; 10]);
+    assert_eq!(
+        d.labels.iter().take(20).copied().collect::<Vec<_>>(),
+        (0..20).map(|i| (i % 10) as u8).collect::<Vec<_>>()
+    );
+    // Real photographs: not constant, every pixel in [0, 1].
+    let first = d.image(0);
+    assert!(first.iter().all(|&p| (0.0..=1.0).contains(&p)));
+    let mean = first.iter().sum::<f32>() / first.len() as f32;
+    assert!(first.iter().any(|&p| (p - mean).abs() > 0.1));
+}
+
 /// The shipped folder has the test split only; asking it for the training split is E0109 with the way out.
 #[test]
 fn shipped_folder_lacks_the_training_split() {

@@ -53,6 +53,7 @@ specs! {
     cifar_small => "specs/cifar_small.net",
     cifar_large => "specs/cifar_large.net",
     cifar_resnet => "specs/cifar_resnet.net",
+    cifar_resnet_small => "specs/cifar_resnet_small.net",
     examples_dense_skip => "specs/examples/dense_skip.net",
     examples_hardtanh_mlp => "specs/examples/hardtanh_mlp.net",
     examples_maxpool_smooth => "specs/examples/maxpool_smooth.net",

@@ -17,6 +17,8 @@ const NOT_TABLE2: &[&str] = &[
     "mnist_small_ibp_eps0.1.yaml",
     "mnist_small_ibp_eps0.3.yaml",
     "mnist_small_ibp_fast_eps0.3.yaml",
+    "cifar_small_bab_eps2.yaml",
+    "cifar_resnet_small_bab_eps2.yaml",
 ];
 
 /// The Table 2 rows that must have a recipe (single-model names; each also has a `_cascade` twin).

@@ -1,5 +1,8 @@
 //! CIFAR-10 from the binary release (`cifar-10-binary.tar.gz`, unpacked).
 //!
+//! The images may also be JPEGs in class folders (`<split>/<class>/<n>.jpg`, or the archive `<split>.tar.gz`
+//! that holds them): when the binary files are not there, [`super::cifar_jpeg`] loads that layout.
+//!
 //! Files: `data_batch_1.bin` … `data_batch_5.bin` (train, 10,000 records each in the release) and `test_batch.bin`
 //! (test, 10,000), looked for in the data folder itself, then in its `cifar-10-batches-bin/` subfolder (the
 //! folder the release unpacks to). Gzipped files are recognised by their content and decompressed.
@@ -66,7 +69,10 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
         }
     }
     if !missing.is_empty() {
-        return Err(Error::input(missing_files(dir, &folders, &missing)));
+        if let Some(source) = super::cifar_jpeg::find(dir, split) {
+            return super::cifar_jpeg::load(&source);
+        }
+        return Err(Error::input(missing_files(dir, &folders, &missing, split)));
     }
 
     let mut records = Vec::new();
@@ -94,11 +100,12 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
     Dataset::new(images, labels, [3, 32, 32], CLASSES.len(), "cifar10")
 }
 
-fn missing_files(dir: &Path, folders: &[PathBuf], missing: &[&str]) -> Diagnostic {
+fn missing_files(dir: &Path, folders: &[PathBuf], missing: &[&str], split: Split) -> Diagnostic {
     let names = missing.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
     let noun = if missing.len() == 1 { "file" } else { "files" };
     Diagnostic::new(Code::DataMissing, format!("no CIFAR-10 {noun} {names} in `{}`", dir.display())).help(format!(
-        "looked in {}; point `--data-dir` at the folder that holds the CIFAR-10 binary files; {HINT}",
+        "looked in {}; point `--data-dir` at the folder that holds the CIFAR-10 binary files, or JPEGs as \
+         `{split}/<class>/<n>.jpg` or `{split}.tar.gz`; {HINT}",
         list_paths(folders)
     ))
 }

@@ -1,4 +1,5 @@
-//! Datasets: MNIST (idx files, [`mnist`]) and CIFAR-10 (binary release, [`cifar`]), held in memory.
+//! Datasets: MNIST (idx files, [`mnist`]) and CIFAR-10 (binary release, [`cifar`], or JPEGs in class folders,
+//! [`cifar_jpeg`]), held in memory.
 //!
 //! A [`Dataset`] keeps every image as `f32` pixels in `[0, 1]` (`byte / 255`, computed in `f32`, no
 //! normalisation) in one `ndarray` array of shape `[N, C, H, W]` (standard, row-major layout), and the labels in
@@ -9,6 +10,7 @@
 //! there but wrong; a file that exists but cannot be read is an I/O error.
 
 pub mod cifar;
+pub mod cifar_jpeg;
 pub mod mnist;
 
 use std::fmt;
